@@ -1,0 +1,591 @@
+"""Reading gating states out of a PyTorch model (Section 3 and Appendix A).
+
+A *gating layer* is a call of an ``nn.ReLU``, ``nn.MaxPool1d``/``nn.MaxPool2d`` or
+(training-mode) ``nn.Dropout`` module.  For every input it produces a binary
+vector sigma_l of "which elements pass":
+
+* ReLU: ``sigma = 1`` where the layer's *input* is > 0 (read before the module
+  runs, so ``inplace=True`` is handled).
+* Max-pool: the one-hot of the winning element of every pooling window
+  (Appendix A writes it as a d'×d matrix).  We store the winner's offset inside
+  its window (one small integer per output element) and expose it as the one-hot
+  restricted to the entries that can ever be 1, i.e. ``d' * window`` gates: every
+  pairwise Hamming distance, entropy and total correlation equals that of the
+  d'×d matrix, since the dropped entries are always 0.
+* Dropout: the keep mask, only while the module is in training mode (in eval
+  mode dropout is the identity and is not a gating layer).  While recording,
+  tcomplex draws the Bernoulli(1 - p) keep mask itself and applies it, so the mask
+  is known exactly; the layer's output distribution is unchanged.
+
+A module called several times in one forward pass (torchvision's ``BasicBlock``
+calls ``self.relu`` twice) gives one gating layer per call, named ``name#0``,
+``name#1``, ...; a module called once keeps its plain qualified name.
+
+Hooks are installed only inside :class:`GateRecorder` (a context manager) and
+are always removed on exit, also when the forward pass raises.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "GATE_KINDS",
+    "GateInfo",
+    "GateRecorder",
+    "Recording",
+    "gating_modules",
+    "record_gates",
+    "record_gates_with_and_without_sampling",
+    "resolve_layers",
+]
+
+GATE_KINDS: tuple[str, ...] = ("relu", "maxpool", "dropout")
+
+#: alpha of Section 4.4 / Appendix H: 0.01 for gates after fully connected layers,
+#: 0.04 for gates after convolutional layers.
+ALPHA_FC = 0.01
+ALPHA_CONV = 0.04
+
+#: Attribute a model's submodule may carry to switch its own random sampling
+#: (e.g. a VAE's reparameterisation) off while I(X; Sigma) is measured (Eq. 3).
+SAMPLING_ATTRIBUTE = "tcomplex_sampling"
+
+
+def _kind_of(module: nn.Module) -> str | None:
+    if isinstance(module, nn.ReLU):
+        return "relu"
+    if isinstance(module, (nn.MaxPool1d, nn.MaxPool2d)):
+        return "maxpool"
+    if type(module) is nn.Dropout:
+        return "dropout"
+    return None
+
+
+@dataclass(frozen=True)
+class GateInfo:
+    """Static description of one gating layer (one call of one module).
+
+    Attributes
+    ----------
+    name: unique, stable name (``module`` or ``module#call``).
+    module: qualified name of the module in the model.
+    call: index of this call among the module's calls in one forward pass.
+    kind: ``"relu"``, ``"maxpool"`` or ``"dropout"``.
+    after: ``"conv"`` when the gated tensor has spatial dimensions (the gate
+        follows a convolution), ``"fc"`` otherwise.
+    width: number of gates per sample, d_l.
+    shape: per-sample shape of the gated tensor (for max-pool: of its output).
+    window: max-pool window size (1 for the other kinds).
+    """
+
+    name: str
+    module: str
+    call: int
+    kind: str
+    after: str
+    width: int
+    shape: tuple[int, ...]
+    window: int = 1
+
+    @property
+    def default_alpha(self) -> float:
+        """alpha of Section 4.4: 0.04 after a convolution, 0.01 after an FC layer."""
+        return ALPHA_CONV if self.after == "conv" else ALPHA_FC
+
+
+@dataclass
+class _PoolWinners:
+    """Compact max-pool states: the winner's offset inside each window."""
+
+    offsets: Tensor  # uint8/int16 [n, d']
+    window: int
+
+    def onehot(self) -> Tensor:
+        n, d_out = self.offsets.shape
+        return F.one_hot(self.offsets.long(), self.window).reshape(n, d_out * self.window).bool()
+
+
+def _concat_states(parts: list[Tensor | _PoolWinners]) -> Tensor | _PoolWinners:
+    if isinstance(parts[0], _PoolWinners):
+        return _PoolWinners(torch.cat([p.offsets for p in parts]), parts[0].window)
+    return torch.cat(parts)
+
+
+class Recording(Mapping[str, Tensor]):
+    """Ordered mapping from gating-layer name to a bool tensor ``[n, d_l]``.
+
+    Layers are in forward order.  ``rec.info[name]`` gives a :class:`GateInfo`.
+    ``rec.concat()`` is Sigma = [Sigma_1, ..., Sigma_L] and ``rec.suffix(l)`` is
+    (Sigma_l, ..., Sigma_L) (Proposition 2, Figure 1).
+    """
+
+    def __init__(self, states: Mapping[str, Tensor | _PoolWinners], info: Mapping[str, GateInfo]):
+        if list(states) != list(info):
+            raise ValueError("states and info must name the same layers in the same order")
+        self._states = dict(states)
+        self.info: dict[str, GateInfo] = dict(info)
+        sizes = {_num_rows(s) for s in self._states.values()}
+        if len(sizes) > 1:
+            raise ValueError(f"layers hold different numbers of samples: {sorted(sizes)}")
+        self.n: int = sizes.pop() if sizes else 0
+
+    def __getitem__(self, name: str) -> Tensor:
+        if name not in self._states:
+            raise KeyError(f"no gating layer {name!r}; layers: {list(self._states)}")
+        s = self._states[name]
+        return s.onehot() if isinstance(s, _PoolWinners) else s
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._states)
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    def __repr__(self) -> str:
+        body = ", ".join(f"{k}: [{self.n}, {i.width}] {i.kind}" for k, i in self.info.items())
+        return f"Recording({body})"
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._states)
+
+    def select(self, layers: Sequence[str | int]) -> Recording:
+        """A recording of only the given layers (names or 1-based / negative positions)."""
+        chosen = resolve_layers(self.names, layers)
+        return Recording({k: self._states[k] for k in chosen}, {k: self.info[k] for k in chosen})
+
+    def concat(self, names: Sequence[str | int] | None = None) -> Tensor:
+        """Concatenate layers (all by default) into one bool tensor ``[n, sum d_l]``."""
+        chosen = self.names if names is None else resolve_layers(self.names, names)
+        if not chosen:
+            raise ValueError("nothing to concatenate: the recording has no layers")
+        return torch.cat([self[k] for k in chosen], dim=1)
+
+    def suffix(self, l: int) -> Tensor:
+        """(Sigma_l, ..., Sigma_L) for 1-based l, as one bool tensor (Proposition 2)."""
+        if not 1 <= l <= len(self):
+            raise ValueError(f"l must be in 1..{len(self)}, got {l}")
+        return self.concat(self.names[l - 1 :])
+
+    def default_alpha(self, names: Sequence[str | int] | None = None) -> float:
+        """alpha for a set of layers: 0.04 if any of them follows a convolution, else 0.01.
+
+        This matches the authors' public code, which uses 0.04 for the concatenated
+        Sigma of a network as soon as one of its gating layers is convolutional.
+        """
+        chosen = self.names if names is None else resolve_layers(self.names, names)
+        return ALPHA_CONV if any(self.info[k].after == "conv" for k in chosen) else ALPHA_FC
+
+
+def _num_rows(s: Tensor | _PoolWinners) -> int:
+    return (s.offsets if isinstance(s, _PoolWinners) else s).shape[0]
+
+
+def resolve_layers(available: Sequence[str], layers: Iterable[str | int]) -> list[str]:
+    """Map layer names or positions to names, in the order given.
+
+    Integers are positions in forward order: 1-based (the paper's "l = 3, 4") or
+    negative from the end (``-4, -3, -2, -1`` are the last four gating layers).
+    An unknown name or a position out of range is a ValueError listing the valid ones.
+    """
+    available = list(available)
+    out: list[str] = []
+    for item in layers:
+        if isinstance(item, bool):
+            raise ValueError(f"layer selector {item!r} is not a name or an integer position")
+        if isinstance(item, int):
+            L = len(available)
+            if 1 <= item <= L:
+                out.append(available[item - 1])
+            elif -L <= item <= -1:
+                out.append(available[item])
+            else:
+                raise ValueError(
+                    f"layer position {item} is out of range: use 1..{L} or -{L}..-1 "
+                    f"(gating layers in forward order: {available})"
+                )
+        elif isinstance(item, str):
+            if item not in available:
+                raise ValueError(f"unknown gating layer {item!r}; valid names: {available}")
+            out.append(item)
+        else:
+            raise ValueError(f"layer selector {item!r} is not a name or an integer position")
+    if len(set(out)) != len(out):
+        raise ValueError(f"a layer is selected twice: {out}")
+    return out
+
+
+def gating_modules(model: nn.Module, kinds: Sequence[str] = GATE_KINDS) -> dict[str, nn.Module]:
+    """Qualified name -> module for every module of the requested kinds."""
+    _check_kinds(kinds)
+    return {name: m for name, m in model.named_modules() if _kind_of(m) in kinds}
+
+
+def _check_kinds(kinds: Sequence[str]) -> None:
+    if isinstance(kinds, str):
+        raise ValueError(f"kinds must be a sequence such as ('relu',), not the string {kinds!r}")
+    bad = [k for k in kinds if k not in GATE_KINDS]
+    if bad or not kinds:
+        raise ValueError(f"unknown gating kinds {bad or kinds!r}; choose from {GATE_KINDS}")
+
+
+def _tuple(v: Any, n: int) -> tuple[int, ...]:
+    return tuple(v) if isinstance(v, (tuple, list)) else (v,) * n
+
+
+def _pool_winner_offsets(x: Tensor, pool: nn.Module) -> tuple[Tensor, int, tuple[int, ...]]:
+    """Offset of the max inside its window for every pooled output element."""
+    nd = 2 if isinstance(pool, nn.MaxPool2d) else 1
+    k = _tuple(pool.kernel_size, nd)
+    s = _tuple(pool.stride if pool.stride is not None else pool.kernel_size, nd)
+    p = _tuple(pool.padding, nd)
+    dil = _tuple(pool.dilation, nd)
+    fn = F.max_pool2d if nd == 2 else F.max_pool1d
+    _, idx = fn(x, k, s, p, dil, ceil_mode=pool.ceil_mode, return_indices=True)
+    out_shape = idx.shape[-nd:]
+    window = 1
+    for ki in k:
+        window *= ki
+    if nd == 2:
+        width = x.shape[-1]
+        rows, cols = idx // width, idx % width
+        top = torch.arange(out_shape[0], device=x.device) * s[0] - p[0]
+        left = torch.arange(out_shape[1], device=x.device) * s[1] - p[1]
+        dr = (rows - top[:, None]) // dil[0]
+        dc = (cols - left[None, :]) // dil[1]
+        off = dr * k[1] + dc
+    else:
+        left = torch.arange(out_shape[0], device=x.device) * s[0] - p[0]
+        off = (idx - left) // dil[0]
+    dtype = torch.uint8 if window <= 255 else torch.int16
+    return off.flatten(1).to(dtype), window, tuple(idx.shape[1:])
+
+
+class GateRecorder:
+    """Context manager that records gating states of ``model`` during forward passes.
+
+    >>> with GateRecorder(model, kinds=("relu",)) as rec:
+    ...     model(x)
+    >>> recording = rec.recording()        # name -> bool [n, d_l]
+
+    Parameters
+    ----------
+    model: any ``nn.Module``; its train/eval mode is left as it is.
+    kinds: which gating kinds to record (subset of ``GATE_KINDS``).
+    layers: optional names or positions (see :func:`resolve_layers`) to keep;
+        validated after the first forward pass.
+    sampling: ``False`` removes the model's random sampling while recording
+        (training-mode dropout becomes the identity with an all-ones mask, and
+        modules with a ``tcomplex_sampling`` attribute get it set to False), as
+        Eq. 3 requires for I(X; Sigma).
+    store: keep every batch (for :meth:`recording`); ``False`` keeps only the
+        last batch in :attr:`last` (for use inside a training loop).
+    store_device: where stored states live (default CPU).
+    check_nan: raise if a gating layer's input holds NaN.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        kinds: Sequence[str] = GATE_KINDS,
+        layers: Sequence[str | int] | None = None,
+        sampling: bool = True,
+        store: bool = True,
+        store_device: str | torch.device | None = "cpu",
+        check_nan: bool = True,
+    ):
+        _check_kinds(kinds)
+        self.model = model
+        self.kinds = tuple(kinds)
+        self.layers = None if layers is None else list(layers)
+        self.sampling = sampling
+        self.store = store
+        self.store_device = None if store_device is None else torch.device(store_device)
+        self.check_nan = check_nan
+        self._modules = gating_modules(model, self.kinds)
+        if not self._modules:
+            raise ValueError(
+                f"the model has no gating module of kinds {self.kinds} (nn.ReLU, nn.MaxPool1d/2d, "
+                "nn.Dropout); functional calls such as F.relu cannot be hooked: use module layers"
+            )
+        self._handles: list[Any] = []
+        self._saved_sampling: list[tuple[nn.Module, Any]] = []
+        self._calls: dict[str, int] = {}
+        self._batch: dict[tuple[str, int], Tensor | _PoolWinners] = {}
+        self._batch_info: dict[tuple[str, int], tuple[str, str, tuple[int, ...], int, int]] = {}
+        self._order: list[tuple[str, int]] | None = None  # keys kept, forward order
+        self._layout: list[tuple[str, int]] = []  # every gating call of the first forward
+        self._called: list[tuple[str, int]] = []
+        self._names: dict[tuple[str, int], str] = {}
+        self.info: dict[str, GateInfo] = {}
+        self._stored: dict[str, list[Tensor | _PoolWinners]] = {}
+        self.last: dict[str, Tensor] = {}
+        self._active = False
+        self._pending_input: dict[str, Tensor] = {}
+
+    # -- context management -------------------------------------------------
+    def __enter__(self) -> GateRecorder:
+        if self._active:
+            raise RuntimeError("this GateRecorder is already active")
+        self._active = True
+        try:
+            self._handles.append(self.model.register_forward_pre_hook(self._on_root_start))
+            self._handles.append(self.model.register_forward_hook(self._on_root_end))
+            for name, module in self._modules.items():
+                self._handles.append(module.register_forward_pre_hook(self._make_pre_hook(name, module)))
+                if _kind_of(module) == "dropout":
+                    self._handles.append(module.register_forward_hook(self._make_dropout_hook(name, module)))
+            if not self.sampling:
+                for m in self.model.modules():
+                    if hasattr(m, SAMPLING_ATTRIBUTE):
+                        self._saved_sampling.append((m, getattr(m, SAMPLING_ATTRIBUTE)))
+                        setattr(m, SAMPLING_ATTRIBUTE, False)
+        except BaseException:
+            self._remove()
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._remove()
+
+    def _remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        for m, value in self._saved_sampling:
+            setattr(m, SAMPLING_ATTRIBUTE, value)
+        self._saved_sampling.clear()
+        self._pending_input.clear()
+        self._active = False
+
+    # -- hooks ----------------------------------------------------------------
+    def _on_root_start(self, module: nn.Module, args: Any) -> None:
+        self._calls = {}
+        self._called = []
+        self._batch = {}
+
+    def _on_root_end(self, module: nn.Module, args: Any, output: Any) -> None:
+        if self._order is None:
+            self._finalise_layout()
+        if self._called != self._layout:
+            raise RuntimeError(
+                "the gating layers called in this forward pass differ from the first one "
+                f"(first: {self._layout}, now: {self._called}); data-dependent control flow "
+                "cannot be recorded batch by batch"
+            )
+        self.last = {}
+        for key in self._order:
+            name = self._names[key]
+            state = self._batch[key]
+            self.last[name] = state.onehot() if isinstance(state, _PoolWinners) else state
+            if self.store:
+                if self.store_device is not None:
+                    state = _to(state, self.store_device)
+                self._stored.setdefault(name, []).append(state)
+        self._batch = {}
+
+    def _finalise_layout(self) -> None:
+        keys = list(self._called)  # forward order
+        self._layout = keys
+        if not keys:
+            raise ValueError(
+                f"no gating layer of kinds {self.kinds} was called in the forward pass "
+                "(dropout gates only in training mode; functional F.relu calls cannot be hooked)"
+            )
+        counts: dict[str, int] = {}
+        for module_name, _ in keys:
+            counts[module_name] = counts.get(module_name, 0) + 1
+        names = {
+            key: key[0] if counts[key[0]] == 1 else f"{key[0]}#{key[1]}" for key in keys
+        }
+        all_names = [names[k] for k in keys]
+        kept = all_names if self.layers is None else resolve_layers(all_names, self.layers)
+        order = [k for k in keys if names[k] in kept]  # the selection, in forward order
+        self._order = order
+        self._names = {k: names[k] for k in order}
+        for k in order:
+            kind, after, shape, width, window = self._batch_info[k]
+            self.info[names[k]] = GateInfo(names[k], k[0], k[1], kind, after, width, shape, window)
+
+    def _wanted(self, key: tuple[str, int]) -> bool:
+        return self._order is None or key in self._names
+
+    def _next_key(self, name: str) -> tuple[str, int]:
+        call = self._calls.get(name, 0)
+        self._calls[name] = call + 1
+        self._called.append((name, call))
+        return (name, call)
+
+    def _checked_input(self, name: str, args: tuple[Any, ...]) -> Tensor:
+        if not args or not isinstance(args[0], Tensor):
+            raise TypeError(f"gating layer {name!r} was called without a tensor input")
+        x = args[0]
+        if self.check_nan and x.is_floating_point() and torch.isnan(x).any():
+            raise ValueError(
+                f"NaN in the input of gating layer {name!r}: the model produced NaN activations "
+                "(diverged training or NaN inputs); gating states of NaN are undefined"
+            )
+        return x
+
+    def _make_pre_hook(self, name: str, module: nn.Module):
+        kind = _kind_of(module)
+
+        def hook(mod: nn.Module, args: tuple[Any, ...]) -> None:
+            if kind == "dropout":
+                if not mod.training:
+                    return
+                x = self._checked_input(name, args)
+                # keep the input: inplace dropout overwrites it before the forward hook
+                self._pending_input[name] = x.clone() if mod.inplace else x
+                return
+            key = self._next_key(name)
+            if not self._wanted(key):
+                return
+            x = self._checked_input(name, args)
+            after = "conv" if x.dim() > 2 else "fc"
+            if kind == "relu":
+                state: Tensor | _PoolWinners = (x > 0).flatten(1)
+                width, window, shape = state.shape[1], 1, tuple(x.shape[1:])
+            else:
+                offsets, window, shape = _pool_winner_offsets(x, mod)
+                state = _PoolWinners(offsets, window)
+                width = offsets.shape[1] * window
+                after = "conv"
+            self._record(key, state, kind, after, shape, width, window)
+
+        return hook
+
+    def _make_dropout_hook(self, name: str, module: nn.Module):
+        def hook(mod: nn.Module, args: tuple[Any, ...], output: Tensor) -> Tensor | None:
+            if not mod.training:
+                return None
+            x = self._pending_input.pop(name)
+            key = self._next_key(name)
+            if self.sampling:
+                keep = torch.empty_like(x).bernoulli_(1.0 - mod.p).bool()
+                out = x * keep / (1.0 - mod.p) if mod.p < 1 else torch.zeros_like(x)
+            else:
+                keep = torch.ones_like(x, dtype=torch.bool)
+                out = x
+            if self._wanted(key):
+                after = "conv" if x.dim() > 2 else "fc"
+                state = keep.flatten(1)
+                self._record(key, state, "dropout", after, tuple(x.shape[1:]), state.shape[1], 1)
+            if mod.inplace:
+                output.copy_(out)
+                return output
+            return out
+
+        return hook
+
+    def _record(self, key, state, kind, after, shape, width, window) -> None:
+        self._batch[key] = state
+        if self._order is None:
+            self._batch_info[key] = (kind, after, shape, width, window)
+
+    # -- results ----------------------------------------------------------------
+    @property
+    def names(self) -> list[str]:
+        """Names of the recorded gating layers, in forward order (after a forward)."""
+        return list(self.info)
+
+    def recording(self) -> Recording:
+        """All stored batches as a :class:`Recording`."""
+        if not self.store:
+            raise RuntimeError("this recorder was created with store=False; use .last")
+        if not self._stored:
+            raise RuntimeError("nothing recorded yet: run a forward pass inside the context")
+        states = {name: _concat_states(parts) for name, parts in self._stored.items()}
+        return Recording(states, self.info)
+
+    def clear(self) -> None:
+        """Forget stored batches (layer layout is kept)."""
+        self._stored = {}
+        self.last = {}
+
+
+def _to(state: Tensor | _PoolWinners, device: torch.device) -> Tensor | _PoolWinners:
+    if isinstance(state, _PoolWinners):
+        return _PoolWinners(state.offsets.to(device), state.window)
+    return state.to(device)
+
+
+def _batches(inputs: Tensor | Iterable[Any], batch_size: int) -> Iterator[Tensor]:
+    if isinstance(inputs, Tensor):
+        if inputs.dim() == 0 or inputs.shape[0] == 0:
+            raise ValueError(f"inputs must hold at least one sample, got shape {tuple(inputs.shape)}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        yield from inputs.split(batch_size)
+        return
+    for item in inputs:
+        x = item[0] if isinstance(item, (tuple, list)) else item
+        if isinstance(x, Mapping):
+            raise TypeError("batches that are mappings are not supported: yield tensors or (x, y) tuples")
+        if not isinstance(x, Tensor):
+            raise TypeError(f"a batch must be a tensor or an (x, y, ...) tuple, got {type(x).__name__}")
+        yield x
+
+
+def record_gates(
+    model: nn.Module,
+    inputs: Tensor | Iterable[Any],
+    *,
+    kinds: Sequence[str] = GATE_KINDS,
+    layers: Sequence[str | int] | None = None,
+    batch_size: int = 256,
+    sampling: bool = True,
+    device: str | torch.device | None = None,
+) -> Recording:
+    """Record the gating states sigma_l of every gating layer for all ``inputs``.
+
+    Parameters
+    ----------
+    model: the network; its train/eval mode is respected and left unchanged.
+    inputs: a tensor ``[n, ...]`` (split into ``batch_size`` batches) or an
+        iterable of batches (tensors or ``(x, y, ...)`` tuples, e.g. a DataLoader).
+    kinds: gating kinds to record (Section 3: ReLU, max-pool, dropout).
+    layers: names or positions of the layers to keep (:func:`resolve_layers`).
+    sampling: False records with the model's random sampling removed (Eq. 3).
+    device: where to run the forward passes (default: the model's device).
+
+    Returns
+    -------
+    Recording: ordered mapping name -> bool tensor ``[n, d_l]`` (on the CPU).
+    """
+    if device is None:
+        p = next(iter(model.parameters()), None)
+        device = p.device if p is not None else torch.device("cpu")
+    seen = 0
+    with GateRecorder(model, kinds=kinds, layers=layers, sampling=sampling) as rec, torch.no_grad():
+        for x in _batches(inputs, batch_size):
+            model(x.to(device))
+            seen += x.shape[0]
+    if seen == 0:
+        raise ValueError("inputs yielded no sample")
+    return rec.recording()
+
+
+def record_gates_with_and_without_sampling(
+    model: nn.Module, inputs: Tensor | Iterable[Any], **kwargs: Any
+) -> tuple[Recording, Recording]:
+    """Record Sigma twice: as the model runs (for H, Eq. 2) and with sampling removed (Eq. 3).
+
+    The two recordings have the same layers and widths, so ``kde_entropy`` of the
+    first and ``kde_mutual_information`` of the second are directly comparable
+    (H(Sigma) >= I(X; Sigma)).  ``inputs`` is iterated twice.
+    """
+    if "sampling" in kwargs:
+        raise TypeError("sampling is set by this function")
+    return (
+        record_gates(model, inputs, sampling=True, **kwargs),
+        record_gates(model, inputs, sampling=False, **kwargs),
+    )

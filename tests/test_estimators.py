@@ -1,0 +1,282 @@
+"""Mathematical properties of the estimators on synthetic ground truth."""
+
+from __future__ import annotations
+
+import math
+import pickle
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import tcomplex as tc
+from tcomplex.estimators import SaturationWarning
+
+LOG2 = math.log(2)
+
+
+def reference_kde_entropy(s: torch.Tensor, sigma2: float) -> float:
+    """Slow, obviously correct Eq. 2 in bits: a double loop over samples."""
+    x = s.double()
+    n = x.shape[0]
+    total = 0.0
+    for j in range(n):
+        inner = 0.0
+        for k in range(n):
+            inner += math.exp(-0.5 * float(((x[j] - x[k]) ** 2).sum()) / sigma2)
+        total += math.log(inner / n)
+    return -total / n / LOG2
+
+
+def reference_tc(s: torch.Tensor, synth: torch.Tensor, sigma2: float) -> float:
+    x, z = s.double(), synth.double()
+    num = torch.logsumexp(-0.5 * torch.cdist(x, x) ** 2 / sigma2, 1)
+    den = torch.logsumexp(-0.5 * torch.cdist(x, z) ** 2 / sigma2, 1)
+    return float((num - den).mean()) / LOG2
+
+
+def random_states(n: int, d: int, p: float = 0.4, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, d, generator=g) < p
+
+
+# --- KDE entropy -------------------------------------------------------------------
+def test_identical_states_have_zero_entropy():
+    s = torch.ones(50, 30, dtype=torch.bool)
+    assert tc.kde_entropy(s, alpha=0.01) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_far_apart_distinct_states_reach_log2_n():
+    n = 64
+    s = torch.zeros(n, n * 50, dtype=torch.bool)
+    for i in range(n):  # disjoint blocks of 50 ones: pairwise distance 100 >> sigma0^2
+        s[i, i * 50 : (i + 1) * 50] = True
+    with pytest.warns(SaturationWarning):
+        h = tc.kde_entropy(s, alpha=1e-3, bandwidth="variance")
+    assert h == pytest.approx(math.log2(n), abs=1e-9)
+    assert h.saturated
+
+
+@pytest.mark.parametrize("bandwidth", ["dims", "variance"])
+def test_matches_slow_reference(bandwidth):
+    s = random_states(40, 25, seed=1)
+    h = tc.kde_entropy(s, alpha=0.05, bandwidth=bandwidth)
+    assert float(h) == pytest.approx(reference_kde_entropy(s, h.sigma2), rel=1e-10)
+
+
+def test_blocked_and_unblocked_agree_on_soft_states():
+    g = torch.Generator().manual_seed(3)
+    s = torch.rand(300, 40, generator=g)  # soft gates in [0, 1]
+    a = tc.kde_entropy(s, alpha=0.02, block=7)
+    b = tc.kde_entropy(s, alpha=0.02, block=1000)
+    x = s.double()
+    ref = -(torch.logsumexp(-0.5 * torch.cdist(x, x) ** 2 / (0.02 * 40), 1) - math.log(300)).mean() / LOG2
+    # soft states go through a float32 GEMM: agreement to float32 precision
+    assert float(a) == pytest.approx(float(b), rel=1e-6)
+    assert float(a) == pytest.approx(float(ref), rel=1e-6)
+
+
+def test_invariant_to_permutation_of_samples_and_gates():
+    s = random_states(120, 60, seed=2)
+    g = torch.Generator().manual_seed(9)
+    perm_rows = torch.randperm(120, generator=g)
+    perm_cols = torch.randperm(60, generator=g)
+    h = tc.kde_entropy(s, alpha=0.01)
+    assert float(tc.kde_entropy(s[perm_rows], alpha=0.01)) == pytest.approx(float(h), rel=1e-10)
+    assert float(tc.kde_entropy(s[:, perm_cols], alpha=0.01)) == pytest.approx(float(h), rel=1e-10)
+
+
+def test_monotone_decreasing_in_alpha():
+    s = random_states(200, 50, seed=4)
+    values = [float(tc.kde_entropy(s, alpha=a)) for a in (0.001, 0.01, 0.05, 0.2, 1.0, 5.0)]
+    assert all(x > y for x, y in zip(values, values[1:])), values
+
+
+def test_numpy_input_and_nats():
+    s = random_states(80, 20, seed=5)
+    bits = tc.kde_entropy(s.numpy(), alpha=0.1)
+    nats = tc.kde_entropy(s, alpha=0.1, base=math.e)
+    assert float(nats) == pytest.approx(float(bits) * LOG2, rel=1e-12)
+
+
+def test_variance_bandwidth_saturates_where_dims_does_not():
+    # sparse, structured states: small variance relative to d
+    g = torch.Generator().manual_seed(6)
+    proto = torch.rand(10, 400, generator=g) < 0.5
+    idx = torch.randint(0, 10, (500,), generator=g)
+    noise = torch.rand(500, 400, generator=g) < 0.02
+    s = proto[idx] ^ noise
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SaturationWarning)
+        dims = tc.kde_entropy(s, alpha=0.01)
+        var = tc.kde_entropy(s, alpha=0.01, bandwidth="variance")
+    assert var.sigma2 < dims.sigma2
+    assert float(var) > float(dims)
+
+
+def test_estimate_pickles_with_its_flags():
+    s = random_states(30, 10, seed=7)
+    h = tc.kde_entropy(s, alpha=0.2)
+    back = pickle.loads(pickle.dumps(h))
+    assert float(back) == float(h) and back.sigma2 == h.sigma2 and back.saturated == h.saturated
+
+
+# --- interaction information (Proposition 1) -------------------------------------
+def test_interaction_information_nonnegative_and_bounded_on_deterministic_net():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 4))
+    x = torch.randn(400, 8)
+    y = net(x).argmax(1)
+    rec = tc.record_gates(net, x)
+    for alpha in (0.001, 0.01, 0.1, 1.0):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SaturationWarning)
+            ii = tc.kde_interaction_information(rec.concat(), y, alpha=alpha)
+        assert -1e-9 <= float(ii) <= math.log2(4) + 1e-9
+
+
+def test_interaction_information_class_prior_is_n_m_over_n():
+    # class 0: 30 identical states; class 1: 10 mutually far states
+    s = torch.zeros(40, 400, dtype=torch.bool)
+    for i in range(10):
+        s[30 + i, i * 40 : (i + 1) * 40] = True
+    y = torch.tensor([0] * 30 + [1] * 10)
+    a = 1e-3
+    h = tc.kde_entropy(s, alpha=a)
+    h1 = tc.kde_entropy(s[30:], alpha=a * 400 / 400)  # same d, same sigma0^2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SaturationWarning)
+        ii = tc.kde_interaction_information(s, y, alpha=a)
+    expected = float(h) - (30 / 40) * 0.0 - (10 / 40) * float(h1)
+    assert float(ii) == pytest.approx(expected, rel=1e-9)
+
+
+def test_interaction_information_zero_when_labels_independent_of_states():
+    s = torch.zeros(100, 20, dtype=torch.bool)
+    s[50:, :10] = True  # two patterns
+    y = torch.tensor([0, 1] * 50)  # each pattern half of each class
+    ii = tc.kde_interaction_information(s, y, alpha=0.01)
+    assert float(ii) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_mutual_information_equals_entropy_for_deterministic_states():
+    s = random_states(60, 30, seed=8)
+    assert float(tc.kde_mutual_information(s, alpha=0.05)) == float(tc.kde_entropy(s, alpha=0.05))
+
+
+# --- total correlation and Eq. 6 ----------------------------------------------------
+def test_kde_tc_matches_reference_with_same_synthetic_draw():
+    s = random_states(50, 12, seed=10)
+    g1 = torch.Generator().manual_seed(123)
+    est = tc.kde_total_correlation(s, alpha=0.1, generator=g1)
+    g2 = torch.Generator().manual_seed(123)
+    synth = torch.rand(s.shape, generator=g2) < s.float().mean(0)
+    assert float(est) == pytest.approx(reference_tc(s, synth, 0.1 * 12), rel=1e-9)
+
+
+def test_kde_tc_small_for_independent_and_large_for_copied_gates():
+    g = torch.Generator().manual_seed(11)
+    independent = torch.rand(1000, 16, generator=g) < 0.5
+    base = torch.rand(1000, 1, generator=g) < 0.5
+    copied = base.expand(1000, 16).clone()
+    tc_ind = tc.kde_total_correlation(independent, alpha=0.05)
+    tc_cop = tc.kde_total_correlation(copied, alpha=0.05)
+    assert abs(float(tc_ind)) < 0.5
+    assert float(tc_cop) > 5.0
+
+
+def test_plugin_eq6_exact():
+    g = torch.Generator().manual_seed(12)
+    z = torch.rand(3000, 3, generator=g) < 0.5
+    s = torch.cat([z, z[:, :1] ^ z[:, 1:2], z[:, :2].all(1, keepdim=True), torch.rand(3000, 2, generator=g) < 0.2], 1)
+    h = tc.plugin_entropy(s)
+    t = tc.plugin_total_correlation(s)
+    c = tc.marginal_entropy_sum(s)
+    assert float(h) + t == pytest.approx(c, abs=1e-10)
+    assert t > 0.5  # the xor/and gates depend on the others
+
+
+def test_plugin_values_on_known_distributions():
+    # two independent fair bits, all four patterns equally often: H = 2, TC = 0
+    s = torch.tensor([[0, 0], [0, 1], [1, 0], [1, 1]] * 25, dtype=torch.bool)
+    assert float(tc.plugin_entropy(s)) == pytest.approx(2.0)
+    assert tc.plugin_total_correlation(s) == pytest.approx(0.0, abs=1e-12)
+    # one fair bit copied 5 times: H = 1, TC = 4, C = 5
+    s = torch.tensor([[0] * 5, [1] * 5] * 50, dtype=torch.bool)
+    assert float(tc.plugin_entropy(s)) == pytest.approx(1.0)
+    assert tc.plugin_total_correlation(s) == pytest.approx(4.0)
+    assert tc.marginal_entropy_sum(s) == pytest.approx(5.0)
+
+
+# --- Proposition 2 on a real small MLP -----------------------------------------------
+def test_plugin_suffix_entropy_nonincreasing_in_l():
+    torch.manual_seed(1)
+    net = nn.Sequential(
+        nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 2)
+    )
+    rec = tc.record_gates(net, torch.randn(3000, 6))
+    hs = [float(h) for h in tc.layerwise_entropies(rec, estimator="plugin")]
+    assert len(hs) == 3
+    assert all(a >= b - 1e-12 for a, b in zip(hs, hs[1:])), hs
+    kde = tc.layerwise_entropies(rec, estimator="kde")
+    assert len(kde) == 3 and all(k.sigma2 is not None for k in kde)
+
+
+# --- bad input -------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "states, message",
+    [
+        (torch.zeros(0, 5), "empty"),
+        (torch.zeros(1, 5), "single sample"),
+        (torch.zeros(5), "2-D"),
+        (torch.zeros(3, 4, 5), "2-D"),
+        (torch.tensor([[0.0, float("nan")], [1.0, 0.0]]), "NaN"),
+        (torch.tensor([[0.0, 2.0], [1.0, 0.0]]), "outside"),
+        (torch.tensor([[0.0, -0.5], [1.0, 0.0]]), "outside"),
+    ],
+)
+def test_bad_states_are_clear_errors(states, message):
+    with pytest.raises(ValueError, match=message):
+        tc.kde_entropy(states, alpha=0.01)
+
+
+@pytest.mark.parametrize("alpha", [0, -1.0, float("nan"), float("inf")])
+def test_bad_alpha(alpha):
+    with pytest.raises(ValueError, match="alpha"):
+        tc.kde_entropy(torch.ones(4, 3), alpha=alpha)
+
+
+def test_zero_variance_with_variance_bandwidth():
+    with pytest.raises(ValueError, match="zero variance"):
+        tc.kde_entropy(torch.ones(10, 3), alpha=0.01, bandwidth="variance")
+
+
+def test_label_length_mismatch_and_unknown_bandwidth():
+    with pytest.raises(ValueError, match="labels hold 3"):
+        tc.kde_interaction_information(torch.ones(4, 3), [0, 1, 0], alpha=0.01)
+    with pytest.raises(ValueError, match="bandwidth"):
+        tc.kde_entropy(torch.ones(4, 3), alpha=0.01, bandwidth="silverman")
+
+
+def test_plugin_rejects_soft_states():
+    with pytest.raises(ValueError, match="binary"):
+        tc.plugin_entropy(torch.full((4, 3), 0.5))
+
+
+def test_large_d_stays_exact_in_float32_gemm():
+    # d beyond float16/bfloat16 exactness: the distances must still be exact integers
+    s = random_states(20, 70000, p=0.5, seed=13)
+    h = tc.kde_entropy(s, alpha=1e-4, block=8)
+    x = s.double()
+    d2 = (x[:, None, :] - x[None, :, :]).pow(2).sum(-1)
+    ref = -(torch.logsumexp(-0.5 * d2 / (1e-4 * 70000), 1) - math.log(20)).mean() / LOG2
+    assert float(h) == pytest.approx(float(ref), rel=1e-12)
+
+
+def test_activation_rates_and_numpy_array_in_eq6():
+    s = np.array([[1, 0], [1, 1], [0, 0], [1, 0]], dtype=np.uint8)
+    assert tc.activation_rates(s).tolist() == [0.75, 0.25]
+    h_b = -(0.75 * math.log2(0.75) + 0.25 * math.log2(0.25))
+    assert tc.marginal_entropy_sum(s) == pytest.approx(2 * h_b)
