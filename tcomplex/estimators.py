@@ -53,7 +53,7 @@ __all__ = [
 Bandwidth = Literal["dims", "variance"]
 
 #: Memory for one float32 block of states; blocks of rows are sized to it.
-BLOCK_BYTES = 64 * 2**20
+BLOCK_BYTES = 256 * 2**20
 SATURATION_TOLERANCE = 0.01
 
 
