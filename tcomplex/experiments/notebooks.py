@@ -1,0 +1,236 @@
+"""Executing the book's notebooks with papermill and rendering them with jupyter-book.
+
+* Source notebooks live in ``book/`` (``01_metrics.ipynb`` ...), each with a
+  cell tagged ``parameters``.
+* A profile (``papermill_runs/<profile>.yaml``) gives the parameters of every
+  notebook: ``quick`` (CI), ``offline`` (the committed book, 2 CPU cores, MNIST
+  and Fashion-MNIST) and ``paper`` (the paper's settings, GPU and internet).
+* Executed notebooks go to ``papermill_runs/<profile>/<name>.ipynb`` and carry,
+  in their metadata, a hash of the source notebook and of the parameters they
+  ran with, so :func:`stale_notebooks` knows which ones must run again (file
+  times are useless in a fresh clone).
+* :func:`build_book` copies the book's pages and the executed notebooks of a
+  profile into a staging folder and runs ``jupyter-book build`` with execution
+  off; the HTML lands in ``book/_build/html``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "PROFILES",
+    "project_root",
+    "load_profile",
+    "notebook_names",
+    "declared_parameters",
+    "resolve_parameters",
+    "run_notebook",
+    "stale_notebooks",
+    "build_book",
+    "executed_path",
+]
+
+PROFILES = ("quick", "offline", "paper")
+DEFAULT_PROFILE = "offline"
+KERNEL = "python3"
+HASH_KEY = "tcomplex"
+
+
+def project_root(start: str | os.PathLike[str] | None = None) -> Path:
+    """The repository root: the first parent holding ``book/_toc.yml``.
+
+    Searched upwards from ``start`` (default: the working directory), then from
+    this package's location (an editable install).
+    """
+    candidates = [Path(start or os.getcwd()).resolve(), Path(__file__).resolve().parent]
+    for c in candidates:
+        for p in (c, *c.parents):
+            if (p / "book" / "_toc.yml").is_file() and (p / "papermill_runs").is_dir():
+                return p
+    raise FileNotFoundError(
+        "cannot find the tcomplex project (a folder with book/_toc.yml and papermill_runs/): "
+        "run this from a checkout of the repository"
+    )
+
+
+def load_profile(profile: str, root: Path | None = None) -> dict[str, Any]:
+    """The profile file ``papermill_runs/<profile>.yaml`` as a dict.
+
+    Keys: ``description``, ``defaults`` (parameters for every notebook) and
+    ``notebooks`` (notebook name -> its parameters, in execution order).
+    """
+    root = root or project_root()
+    path = root / "papermill_runs" / f"{profile}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in (root / "papermill_runs").glob("*.yaml"))
+        raise ValueError(f"unknown profile {profile!r}: no {path}; profiles: {known}")
+    data = yaml.safe_load(path.read_text()) or {}
+    data.setdefault("defaults", {})
+    data.setdefault("notebooks", {})
+    return data
+
+
+def notebook_names(root: Path | None = None) -> list[str]:
+    """Book notebooks (``book/*.ipynb`` stems), sorted; the report page comes last."""
+    root = root or project_root()
+    names = sorted(p.stem for p in (root / "book").glob("*.ipynb"))
+    return sorted(names, key=lambda n: (n.startswith("00"), n))
+
+
+def _source(name: str, root: Path) -> Path:
+    path = root / "book" / f"{name}.ipynb"
+    if not path.is_file():
+        raise ValueError(f"unknown notebook {name!r}; notebooks: {notebook_names(root)}")
+    return path
+
+
+def declared_parameters(name: str, root: Path | None = None) -> dict[str, Any]:
+    """Parameters declared in the notebook's ``parameters`` cell, with their defaults."""
+    import papermill
+
+    root = root or project_root()
+    info = papermill.inspect_notebook(str(_source(name, root)))
+    return {k: v.get("default") for k, v in info.items()}
+
+
+def resolve_parameters(
+    name: str, profile: str, overrides: dict[str, Any] | None = None, root: Path | None = None
+) -> dict[str, Any]:
+    """Profile defaults + the notebook's profile entry + overrides, validated.
+
+    A parameter the notebook does not declare is a ValueError (papermill only warns).
+    """
+    root = root or project_root()
+    prof = load_profile(profile, root)
+    params: dict[str, Any] = {"profile": profile}
+    params.update(prof["defaults"])
+    params.update(prof["notebooks"].get(name) or {})
+    params.update(overrides or {})
+    declared = declared_parameters(name, root)
+    unknown = sorted(set(params) - set(declared))
+    if unknown:
+        raise ValueError(
+            f"notebook {name!r} does not declare parameter(s) {unknown}; it declares: {sorted(declared)}"
+        )
+    return params
+
+
+def executed_path(name: str, profile: str, root: Path | None = None) -> Path:
+    root = root or project_root()
+    return root / "papermill_runs" / profile / f"{name}.ipynb"
+
+
+def _fingerprint(name: str, params: dict[str, Any], root: Path) -> str:
+    h = hashlib.sha256(_source(name, root).read_bytes())
+    h.update(json.dumps(params, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
+
+
+def _stored_fingerprint(path: Path) -> str | None:
+    if not path.is_file():
+        return None
+    try:
+        meta = json.loads(path.read_text()).get("metadata", {})
+    except (OSError, json.JSONDecodeError):
+        return None
+    return meta.get(HASH_KEY, {}).get("fingerprint")
+
+
+def run_notebook(
+    name: str,
+    profile: str = DEFAULT_PROFILE,
+    overrides: dict[str, Any] | None = None,
+    *,
+    root: Path | None = None,
+    progress: bool = True,
+    output: Path | None = None,
+) -> Path:
+    """Execute one notebook with papermill (kernel ``python3``) and return the output path.
+
+    The output notebook records the source/parameter fingerprint, the profile and
+    the wall time.  The working directory of the kernel is the project root, so
+    relative paths in profiles (``runs/quick``) are relative to it.
+    """
+    import time
+
+    import nbformat
+    import papermill
+
+    root = root or project_root()
+    params = resolve_parameters(name, profile, overrides, root)
+    out = output or executed_path(name, profile, root)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".running-{out.name}")
+    t0 = time.perf_counter()
+    papermill.execute_notebook(
+        str(_source(name, root)), str(tmp), parameters=params, kernel_name=KERNEL,
+        progress_bar=progress, cwd=str(root), log_output=False,
+    )
+    nb = nbformat.read(tmp, as_version=4)
+    nb.metadata[HASH_KEY] = {
+        "fingerprint": _fingerprint(name, params, root) if not overrides else "custom",
+        "profile": profile,
+        "parameters": params,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "python": sys.version.split()[0],
+    }
+    nbformat.write(nb, tmp)
+    os.replace(tmp, out)
+    return out
+
+
+def stale_notebooks(profile: str, root: Path | None = None) -> list[str]:
+    """Notebooks whose executed copy is missing or ran from another source or parameters."""
+    root = root or project_root()
+    prof = load_profile(profile, root)
+    names = list(prof["notebooks"]) or notebook_names(root)
+    stale = []
+    for name in names:
+        params = resolve_parameters(name, profile, None, root)
+        if _stored_fingerprint(executed_path(name, profile, root)) != _fingerprint(name, params, root):
+            stale.append(name)
+    return stale
+
+
+def build_book(profile: str = DEFAULT_PROFILE, root: Path | None = None, *, quiet: bool = True) -> Path:
+    """Render the executed notebooks of ``profile`` with jupyter-book (execution off).
+
+    Returns the folder of the HTML (``book/_build/html``).
+    """
+    root = root or project_root()
+    book, executed = root / "book", root / "papermill_runs" / profile
+    missing = [n for n in notebook_names(root) if not (executed / f"{n}.ipynb").is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"profile {profile!r} has no executed notebook for {missing} in {executed}: "
+            f"run `tcomplex book --profile {profile}` (it executes what is missing)"
+        )
+    stage = book / "_build" / "stage"
+    if stage.exists():
+        shutil.rmtree(stage)
+    stage.mkdir(parents=True)
+    for item in book.iterdir():
+        if item.name.startswith("_build") or item.suffix == ".ipynb":
+            continue
+        (shutil.copytree if item.is_dir() else shutil.copy2)(item, stage / item.name)
+    for n in notebook_names(root):
+        shutil.copy2(executed / f"{n}.ipynb", stage / f"{n}.ipynb")
+    (stage / "_profile.txt").write_text(profile)
+    exe = Path(sys.executable).parent / "jupyter-book"
+    cmd = [str(exe) if exe.exists() else "jupyter-book", "build", str(stage), "--path-output", str(book), "--all"]
+    if quiet:
+        cmd.append("-q")
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(f"jupyter-book build failed:\n{res.stdout[-4000:]}\n{res.stderr[-4000:]}")
+    return book / "_build" / "html"

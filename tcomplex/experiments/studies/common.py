@@ -1,0 +1,107 @@
+"""Helpers every chapter uses: paths of a notebook run, cached training, reloading models."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from tcomplex.experiments import data as data_mod
+from tcomplex.experiments.notebooks import project_root
+from tcomplex.experiments.train import TrainConfig, _build, train
+
+__all__ = ["Context", "train_many", "load_trained_model", "final_epoch"]
+
+
+@dataclass
+class Context:
+    """Where a notebook reads and writes, resolved against the project root.
+
+    ``runs``: the training cache (not in git); ``results``: compact result files
+    and findings of the profile (committed with the executed notebooks).
+    """
+
+    profile: str
+    runs: Path
+    results: Path
+    data_root: Path
+
+    @classmethod
+    def create(cls, profile: str, runs_root: str, results_dir: str, data_root: str | None) -> Context:
+        root = project_root()
+        runs = Path(runs_root) if Path(runs_root).is_absolute() else root / runs_root
+        results = Path(results_dir) if Path(results_dir).is_absolute() else root / results_dir
+        runs.mkdir(parents=True, exist_ok=True)
+        results.mkdir(parents=True, exist_ok=True)
+        return cls(profile, runs, results, data_mod.resolve_data_root(data_root))
+
+    def save(self, frame: pd.DataFrame, name: str) -> Path:
+        """Save a compact result table as ``<results>/<name>.csv``."""
+        path = self.results / f"{name}.csv"
+        frame.to_csv(path, index=False)
+        return path
+
+
+def train_many(configs: Sequence[TrainConfig], ctx: Context, *, desc: str = "runs") -> pd.DataFrame:
+    """Train (or load, when finished) each config in turn; all their rows in one frame.
+
+    Finished runs are read from the cache, interrupted ones resume; a progress
+    bar over runs is shown when a person watches.
+    """
+    frames = []
+    show = sys.stderr.isatty()
+    for cfg in tqdm(list(configs), desc=desc, unit="run", disable=not show):
+        res = train(cfg, ctx.runs, data_root=ctx.data_root, progress=show)
+        frames.append(res.rows)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def load_trained_model(cfg: TrainConfig, ctx: Context) -> torch.nn.Module:
+    """The model of a finished run at its last tracked epoch (eval mode, CPU)."""
+    run = ctx.runs / cfg.run_id
+    ckpt = run / "checkpoint.pt"
+    if not ckpt.exists():
+        raise FileNotFoundError(f"run {cfg.run_id} has no checkpoint in {run}: train it first")
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    info = data_mod.DATASETS[cfg.dataset]
+    model = _build(cfg, tuple(info.shape), info.num_classes)
+    if cfg.complexity_lambda > 0:
+        from tcomplex.ebm import relax_relus
+
+        names = [k[0] for k in state["penalty"]["targets"]] if state.get("penalty") else []
+        relax_relus(model, sorted(set(names)), float(cfg.complexity_options.get("beta", 100.0)))
+    model.load_state_dict(state["model"])
+    return model.eval()
+
+
+def final_epoch(rows: pd.DataFrame) -> int:
+    return int(rows.epoch.max())
+
+
+def config_json(cfg: TrainConfig) -> str:
+    return json.dumps(cfg.to_dict(), sort_keys=True)
+
+
+
+
+def setting_note(ctx: Context, comparisons: Sequence[tuple[str, Any, Any]]) -> tuple[str, str]:
+    """Compare our setting with the paper's.
+
+    ``comparisons`` holds (what, paper's value, our value).  Returns
+    (markdown for the top of the notebook, one line for findings tables).
+    """
+    diffs = [(what, paper, ours) for what, paper, ours in comparisons if paper != ours]
+    head = f"**Profile `{ctx.profile}`.** "
+    if not diffs:
+        return head + "This chapter runs the paper's own setting.", ""
+    lines = "\n".join(f"* {what}: paper {paper}, here **{ours}**" for what, paper, ours in diffs)
+    short = "; ".join(f"{what} {ours} (paper {paper})" for what, paper, ours in diffs)
+    return head + "Substitutions made for this machine's data and compute budget:\n\n" + lines, short

@@ -1,0 +1,84 @@
+"""Plot helpers shared by the book's notebooks (matplotlib + seaborn).
+
+They take tidy frames (one row per run x epoch x layer x metric, as written by
+the training substrate) and draw on a given axes; no computation happens here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pandas as pd
+
+__all__ = ["use_style", "metric_curves", "rate_histograms", "mark_ceiling", "show_table"]
+
+
+def use_style() -> None:
+    """The book's look: seaborn's whitegrid, readable font sizes, 110 dpi inline figures."""
+    import matplotlib as mpl
+    import seaborn as sns
+
+    sns.set_theme(style="whitegrid", context="notebook")
+    mpl.rcParams.update({"figure.dpi": 110, "savefig.dpi": 110, "axes.titlesize": 11, "legend.fontsize": 9})
+
+
+def metric_curves(
+    ax: Any,
+    rows: pd.DataFrame,
+    metric: str,
+    *,
+    layer: str = "__all__",
+    hue: str = "model",
+    x: str = "epoch",
+    logx: bool = False,
+    label_fmt: str = "{}",
+    **kwargs: Any,
+) -> Any:
+    """Mean +/- sd over seeds of one metric against epochs, one line per ``hue`` value."""
+    sel = rows[(rows.metric == metric) & (rows.layer == layer)]
+    if sel.empty:
+        raise ValueError(f"no rows for metric {metric!r} at layer {layer!r}")
+    for key, grp in sel.groupby(hue, sort=False):
+        stats = grp.groupby(x).value.agg(["mean", "std", "count"]).reset_index()
+        line = ax.plot(stats[x], stats["mean"], marker="o", ms=3, label=label_fmt.format(key), **kwargs)[0]
+        if (stats["count"] > 1).any():
+            ax.fill_between(stats[x], stats["mean"] - stats["std"].fillna(0), stats["mean"] + stats["std"].fillna(0),
+                            color=line.get_color(), alpha=0.2, lw=0)
+    if logx:
+        ax.set_xscale("symlog", linthresh=1)
+    ax.set_xlabel(x)
+    ax.set_ylabel(metric)
+    return ax
+
+
+def rate_histograms(ax: Any, rows: pd.DataFrame, epochs: Sequence[int], *, layer: str = "__all__") -> Any:
+    """Histograms of per-gate activation rates (Figure 3c) at the given epochs."""
+    sel = rows[(rows.metric == "rate_hist") & (rows.layer == layer) & (rows.epoch.isin(list(epochs)))]
+    if sel.empty:
+        raise ValueError(f"no activation-rate histograms for layer {layer!r} at epochs {list(epochs)}")
+    nbins = int(sel["bin"].max()) + 1
+    width = 1.0 / nbins
+    for e in epochs:
+        h = sel[sel.epoch == e].groupby("bin").value.mean().reindex(range(nbins), fill_value=0)
+        frac = h / h.sum()
+        ax.step([b * width for b in range(nbins)] + [1.0], list(frac) + [frac.iloc[-1]], where="post",
+                label=f"epoch {e}")
+    ax.set_xlabel("activation rate of a gate")
+    ax.set_ylabel("fraction of gates")
+    ax.legend()
+    return ax
+
+
+def mark_ceiling(ax: Any, value: float, text: str) -> None:
+    """A dashed horizontal line at an estimator's ceiling (e.g. log2 n)."""
+    ax.axhline(value, ls="--", lw=1, color="0.4")
+    ax.annotate(text, (1.0, value), xycoords=("axes fraction", "data"), ha="right", va="bottom", fontsize=8,
+                color="0.3")
+
+
+def show_table(df: pd.DataFrame, digits: int = 3) -> Any:
+    """A compact HTML rendering of a frame (rounded, no index) for notebooks."""
+    from IPython.display import HTML
+
+    return HTML(df.round(digits).to_html(index=False, escape=True, border=0, classes="tcomplex-table"))
