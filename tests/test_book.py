@@ -1,0 +1,98 @@
+"""The book: profiles name only declared parameters; the rendered HTML works in a browser."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import shutil
+import threading
+from pathlib import Path
+from urllib.parse import urljoin, urlparse
+
+import pytest
+
+from tcomplex.experiments import notebooks as nbs
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.parametrize("profile", nbs.PROFILES)
+def test_every_profile_parameter_is_declared_by_its_notebook(profile):
+    prof = nbs.load_profile(profile, ROOT)
+    assert set(prof["notebooks"]) == set(nbs.notebook_names(ROOT)), "every notebook needs an entry in every profile"
+    for name in prof["notebooks"]:
+        params = nbs.resolve_parameters(name, profile, None, ROOT)
+        assert params["profile"] == profile
+        assert params["results_dir"].endswith(f"{profile}/results")
+
+
+def test_unknown_parameter_is_rejected_with_the_declared_ones():
+    with pytest.raises(ValueError, match="does not declare parameter.*not_a_parameter.*declares"):
+        nbs.resolve_parameters("01_metrics", "quick", {"not_a_parameter": 1}, ROOT)
+    with pytest.raises(ValueError, match="unknown profile"):
+        nbs.load_profile("huge", ROOT)
+    with pytest.raises(ValueError, match="unknown notebook"):
+        nbs.declared_parameters("99_nothing", ROOT)
+
+
+def test_quick_notebooks_are_executed_and_current():
+    """The committed quick notebooks ran from the current sources and parameters."""
+    assert nbs.stale_notebooks("quick", ROOT) == []
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):  # keep pytest output clean
+        pass
+
+
+@pytest.fixture(scope="module")
+def served_book():
+    html = nbs.build_book("quick", ROOT)
+    handler = functools.partial(_QuietHandler, directory=str(html))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield html, f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_book_pages_load_with_figures_equations_and_working_links(served_book):
+    from playwright.sync_api import sync_playwright
+
+    html, base = served_book
+    chapters = ["intro", *nbs.notebook_names(ROOT)]
+    args = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=args)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        external = []
+        page.on("request", lambda r: external.append(r.url) if urlparse(r.url).hostname not in ("127.0.0.1", None) and not r.url.startswith("data:") else None)
+        for chapter in chapters:
+            url = urljoin(base, f"{chapter}.html")
+            resp = page.goto(url, wait_until="load")
+            assert resp is not None and resp.status == 200, f"{chapter}: HTTP {resp and resp.status}"
+            assert page.title(), f"{chapter}: page has no title"
+            if chapter != "intro":
+                # every executed chapter shows figures that the browser decoded
+                sizes = page.eval_on_selector_all(
+                    "article img", "els => els.map(e => [e.naturalWidth, e.getBoundingClientRect().width])"
+                )
+                assert sizes, f"{chapter}: no figure"
+                assert all(w > 0 and shown > 0 for w, shown in sizes), f"{chapter}: empty image {sizes}"
+                assert page.locator("article table").count() > 0, f"{chapter}: no findings table"
+            if chapter in ("intro", "01_metrics"):
+                page.wait_for_selector("mjx-container", timeout=15000)
+                assert page.locator("mjx-container").count() > 0, f"{chapter}: equations not typeset"
+            hrefs = page.eval_on_selector_all("a[href]", "els => els.map(e => e.href)")
+            for href in hrefs:
+                target = urlparse(href)
+                if target.hostname != "127.0.0.1":
+                    continue
+                path = html / target.path.lstrip("/")
+                assert path.exists(), f"{chapter}: broken link {href}"
+        browser.close()
+    assert not external, f"the book fetched from outside the machine: {external[:5]}"
