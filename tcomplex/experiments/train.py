@@ -41,7 +41,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from tcomplex import estimators as est
 from tcomplex.gating import GateRecorder, Recording, record_gates
@@ -568,6 +568,7 @@ def train(
             "scheduler": sched.state_dict() if sched is not None else None,
             "penalty": penalty.state_dict() if penalty is not None else None,
             "config": cfg.to_dict(),
+            "rows": rows,  # so a kill before the rows file is written loses none of them
         })
         _write_rows(run, epoch, rows, cfg)
         h = next(r["value"] for r in rows if r["layer"] == ALL and r["metric"] == "H")
@@ -575,7 +576,10 @@ def train(
 
     # a checkpoint whose rows were not written yet (killed in between): write them now
     if resumed is not None and not (run / "rows" / f"epoch_{resumed:05d}.csv").exists():
-        track(resumed, None, None)
+        if state.get("rows") is not None:
+            _write_rows(run, resumed, state["rows"], cfg)
+        else:  # checkpoint of an older version: recompute (loses epoch_train_loss/seconds)
+            track(resumed, None, None)
     if start_epoch == 0 and 0 in epochs_to_track and not (run / "rows" / "epoch_00000.csv").exists():
         track(0, None, None)
 
@@ -595,7 +599,7 @@ def train(
                 loss = loss + penalty.loss()
             if not torch.isfinite(loss):
                 raise FloatingPointError(
-                    f"run {cfg.run_id}: the loss became {float(loss)} at epoch {epoch}; lower the learning "
+                    f"run {cfg.run_id}: the loss became {float(loss.detach())} at epoch {epoch}; lower the learning "
                     "rate (or λ of the complexity loss)"
                 )
             opt.zero_grad(set_to_none=True)

@@ -1,0 +1,204 @@
+"""Tests of the ``tcomplex`` command line (tcomplex.cli)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tcomplex import cli
+from tcomplex.experiments.train import load_results
+
+REPO = Path(__file__).resolve().parents[1]
+MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+               "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+TINY_SET = ["--set", "train_subset=1000", "--set", "test_subset=500", "--set", "analysis_per_class=10",
+            "--set", "eval_train_size=1000", "--set", "device=cpu"]
+
+
+@pytest.fixture(scope="module")
+def data_root() -> str:
+    env = os.environ.get("TCOMPLEX_DATA")
+    root = Path(os.path.abspath(env)) if env else (REPO / ".." / "shared" / "data").resolve()
+    if not all((root / "MNIST" / "raw" / f).is_file() for f in MNIST_FILES):
+        pytest.skip(f"real MNIST not found under {root} (set TCOMPLEX_DATA)")
+    return str(root)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """One thread: on a busy 2-core machine, two spinning threads are many times slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _train_args(out, *extra, data_root=None, epochs="1"):
+    args = ["train", "--model", "mlp_mnist", "--dataset", "mnist", "--epochs", epochs, "--out", str(out)]
+    if data_root is not None:
+        args += ["--data-root", str(data_root)]
+    return args + TINY_SET + list(extra)
+
+
+def _one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    errors = [line for line in lines if "error:" in line]
+    assert len(errors) == 1, err
+    assert "Traceback" not in err
+    return errors[0]
+
+
+# --------------------------------------------------------------------------- #
+# help and placeholders
+# --------------------------------------------------------------------------- #
+def test_help_lists_the_subcommands(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for word in ("train", "sweep", "run", "book"):
+        assert word in out
+
+
+@pytest.mark.parametrize("command", ["train", "sweep", "run", "book"])
+def test_subcommand_help(command, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main([command, "--help"])
+    assert info.value.code == 0
+    assert f"tcomplex {command}" in capsys.readouterr().out
+
+
+def test_console_script_help():
+    script = Path(sys.executable).with_name("tcomplex")
+    cmd = [str(script), "--help"] if script.exists() else [sys.executable, "-m", "tcomplex.cli", "--help"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "usage: tcomplex" in done.stdout and "sweep" in done.stdout
+
+
+def test_no_subcommand_prints_help_and_exits_2(capsys):
+    assert cli.main([]) == 2
+    assert "usage: tcomplex" in capsys.readouterr().err
+
+
+def test_run_and_book_parse_and_reject_bad_input(capsys):
+    args = cli.build_parser().parse_args(["run", "nb.ipynb", "--profile", "quick", "-p", "epochs", "3", "-p", "seed", "1"])
+    assert args.notebook == "nb.ipynb" and args.profile == "quick"
+    assert args.parameters == [["epochs", "3"], ["seed", "1"]]
+    assert cli.build_parser().parse_args(["book"]).profile is None
+    assert cli.main(["run", "01_metrics", "--profile", "quick", "-p", "not_a_parameter", "1"]) == 2
+    assert "does not declare parameter(s) ['not_a_parameter']" in capsys.readouterr().err
+    assert cli.main(["run", "99_nothing", "--profile", "quick"]) == 2
+    assert "unknown notebook" in capsys.readouterr().err
+    assert cli.main(["book", "--profile", "full"]) == 2
+    assert "unknown profile 'full'" in capsys.readouterr().err
+
+
+def test_parse_set():
+    assert cli.parse_set(["lr=0.1", "kinds=[\"relu\"]", "label=hello world", "alpha=null", "x.y=a=b"]) == {
+        "lr": 0.1, "kinds": ["relu"], "label": "hello world", "alpha": None, "x.y": "a=b"}
+
+
+# --------------------------------------------------------------------------- #
+# train
+# --------------------------------------------------------------------------- #
+def test_train_writes_results_and_prints_a_summary(data_root, tmp_path, capsys):
+    out = tmp_path / "runs"
+    assert cli.main(_train_args(out, "--seed", "3", "--set", "label=2024", data_root=data_root)) == 0
+    captured = capsys.readouterr()
+    df = load_results(out, finished_only=True)
+    (run_id,) = df["run_id"].unique()
+    assert run_id.startswith("mlp_mnist-mnist-s3-")
+    assert sorted(df["epoch"].unique()) == [0, 1]
+    cfg = json.loads((out / run_id / "config.json").read_text())
+    assert cfg["label"] == "2024" and cfg["train_subset"] == 1000  # string field kept as text
+    table = captured.out
+    for word in ("H", "I_XSY", "test_acc", str(out / run_id / "rows"), "checkpoint.pt"):
+        assert word in table
+    # without a terminal: one log line per tracked epoch on stderr
+    assert captured.err.count(" epoch 0: H=") == 1 and captured.err.count(" epoch 1: H=") == 1
+
+    # again: finished, not redone
+    assert cli.main(_train_args(out, "--seed", "3", "--set", "label=2024", data_root=data_root)) == 0
+    assert "already finished" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--set", "bogus=1"], r"unknown TrainConfig field 'bogus'; valid fields: model, dataset"),
+    (["--set", "epochs=abc"], r"bad value for 'epochs': expected int, got 'abc'"),
+    (["--set", "lr"], r"--set expects key=value, got 'lr'"),
+    (["--set", "task=segment"], r"task must be classify, regress or vae"),
+    (["--set", "model=no_such_model"], r"unknown model 'no_such_model'; valid models: mlp_mnist"),
+    (["--set", "dataset=mnist3"], r"unknown dataset 'mnist3'; valid datasets: mnist"),
+])
+def test_train_user_errors_exit_2_with_one_line(extra, message, tmp_path, capsys):
+    import re
+
+    assert cli.main(_train_args(tmp_path / "runs", *extra)) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert line.startswith("tcomplex train: error: ")
+    assert re.search(message, line), line
+    assert not (tmp_path / "runs").exists()
+
+
+def test_train_missing_dataset_exits_2_naming_dataset_and_root(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert cli.main(_train_args(tmp_path / "runs", data_root=empty)) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert f"dataset 'mnist' not found under {empty}" in line and "--data-root" in line
+
+
+# --------------------------------------------------------------------------- #
+# sweep
+# --------------------------------------------------------------------------- #
+def _sweep_file(tmp_path, grid) -> Path:
+    f = tmp_path / "sweep.json"
+    base = {"model": "mlp_mnist", "dataset": "mnist", "epochs": 1, "train_subset": 1000, "test_subset": 500,
+            "analysis_per_class": 10, "eval_train_size": 1000, "device": "cpu"}
+    f.write_text(json.dumps({"base": base, "grid": grid}))
+    return f
+
+
+def test_sweep_dry_run_lists_the_runs(tmp_path, capsys):
+    f = _sweep_file(tmp_path, {"seed": [0, 1], "lr": [0.1, 0.01]})
+    assert cli.main(["sweep", str(f), "--out", str(tmp_path / "runs"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("to run") == 4 and "4 runs" in out
+
+
+def test_sweep_runs_and_reports(data_root, tmp_path, capsys):
+    f = _sweep_file(tmp_path, {"seed": [5]})
+    out = tmp_path / "runs"
+    assert cli.main(["sweep", str(f), "--out", str(out), "--workers", "1", "--threads", "1",
+                     "--data-root", data_root]) == 0
+    assert "1 finished, 0 skipped (already finished), 0 failed" in capsys.readouterr().out
+    assert load_results(out, finished_only=True)["seed"].unique().tolist() == [5]
+    # a failing grid point: exit 1, reported; the finished run is skipped
+    f = _sweep_file(tmp_path, {"seed": [5], "model": ["mlp_mnist", "no_such_model"]})
+    assert cli.main(["sweep", str(f), "--out", str(out), "--threads", "1", "--data-root", data_root]) == 1
+    report = capsys.readouterr().out
+    assert "0 finished, 1 skipped (already finished), 1 failed" in report
+    assert "FAILED" in report and "unknown model 'no_such_model'" in report
+
+
+@pytest.mark.parametrize("content, message", [
+    ({"base": {}, "grid": {"sed": [1]}}, "unknown TrainConfig field 'sed'"),
+    ({"bas": {}}, r"unknown top-level keys \['bas'\]"),
+])
+def test_sweep_bad_file_exits_2(content, message, tmp_path, capsys):
+    import re
+
+    f = tmp_path / "s.json"
+    f.write_text(json.dumps(content))
+    assert cli.main(["sweep", str(f), "--out", str(tmp_path / "runs")]) == 2
+    assert re.search(message, _one_error_line(capsys.readouterr().err))
+    assert cli.main(["sweep", str(tmp_path / "missing.json")]) == 2
+    assert "sweep file not found" in capsys.readouterr().err

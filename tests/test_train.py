@@ -1,0 +1,271 @@
+"""Tests of tcomplex.experiments.train: tracked epochs, configs, determinism,
+accuracy on real MNIST, resuming after a kill, and data-root errors.
+
+MNIST is read from ``TCOMPLEX_DATA`` (or ``<repo>/../shared/data``); tests that
+need it are skipped when it is absent.  Budgets are tiny (a few hundred to a
+few thousand images, 1-12 short epochs).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from tcomplex.experiments import train as T
+from tcomplex.experiments.data import DatasetNotFoundError
+from tcomplex.experiments.train import TrainConfig, tracked_epochs
+
+REPO = Path(__file__).resolve().parents[1]
+MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+               "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+KEY = ["epoch", "layer", "metric", "bin"]
+
+
+def _data_root() -> Path:
+    env = os.environ.get("TCOMPLEX_DATA")
+    return Path(os.path.abspath(env)) if env else (REPO / ".." / "shared" / "data").resolve()
+
+
+@pytest.fixture(scope="module")
+def data_root() -> str:
+    root = _data_root()
+    if not all((root / "MNIST" / "raw" / f).is_file() for f in MNIST_FILES):
+        pytest.skip(f"real MNIST not found under {root} (set TCOMPLEX_DATA)")
+    return str(root)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """One thread: on a busy 2-core machine, two spinning threads are many times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _tiny(**kw) -> TrainConfig:
+    base = dict(model="mlp_mnist", dataset="mnist", epochs=1, train_subset=600, test_subset=300,
+                analysis_per_class=10, eval_train_size=600, device="cpu")
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _without_seconds(df: pd.DataFrame) -> pd.DataFrame:
+    out = df[df["metric"] != "epoch_seconds"].sort_values(KEY, na_position="first")
+    return out.reset_index(drop=True)
+
+
+def _assert_same_rows(a: pd.DataFrame, b: pd.DataFrame) -> None:
+    pd.testing.assert_frame_equal(_without_seconds(a), _without_seconds(b), check_exact=True)
+
+
+def _assert_no_duplicates(df: pd.DataFrame) -> None:
+    dup = df[df.duplicated(KEY, keep=False)]
+    assert dup.empty, f"duplicated rows:\n{dup[KEY]}"
+
+
+# --------------------------------------------------------------------------- #
+# tracked epochs, configs, run ids
+# --------------------------------------------------------------------------- #
+def test_tracked_epochs_default_union_of_every_k_and_fibonacci():
+    assert tracked_epochs(10) == [0, 1, 2, 3, 5, 8, 10]
+    assert tracked_epochs(30) == [0, 1, 2, 3, 5, 8, 10, 13, 15, 20, 21, 25, 30]
+    assert tracked_epochs(0) == [0]
+    assert tracked_epochs(1) == [0, 1]
+
+
+def test_tracked_epochs_options():
+    assert tracked_epochs(10, every=0, log_spaced=False) == [0, 10]
+    assert tracked_epochs(12, every=3, log_spaced=False) == [0, 3, 6, 9, 12]
+    assert tracked_epochs(7, every=5, log_spaced=False) == [0, 5, 7]  # the last epoch always
+    assert tracked_epochs(10, explicit=[4, 2, 2, 0]) == [0, 2, 4]  # explicit wins, sorted, unique
+    with pytest.raises(ValueError, match=r"track_epochs \[11\] outside 0..10"):
+        tracked_epochs(10, explicit=[1, 11])
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"task": "segment"}, "task must be classify, regress or vae"),
+    ({"epochs": -1}, "epochs must be >= 0"),
+    ({"task": "regress"}, "task='regress' needs task_n"),
+    ({"complexity_lambda": -0.1}, "complexity_lambda must be >= 0"),
+])
+def test_train_config_validation(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**kwargs)
+
+
+def test_train_config_from_dict_rejects_unknown_fields():
+    with pytest.raises(ValueError, match=r"unknown TrainConfig fields \['bogus'\]; valid fields: .*'lr'"):
+        TrainConfig.from_dict({"bogus": 1, "lr": 0.1})
+
+
+def test_run_id_is_stable_and_changes_with_each_field():
+    a = TrainConfig()
+    assert a.run_id == TrainConfig().run_id
+    assert a.run_id.startswith("mlp_mnist-mnist-s0-")
+    assert TrainConfig.from_dict(json.loads(json.dumps(a.to_dict()))).run_id == a.run_id  # JSON round trip
+    changed = [TrainConfig(seed=1), TrainConfig(lr=0.02), TrainConfig(epochs=11), TrainConfig(train_subset=100),
+               TrainConfig(model_kwargs={"bias": True}), TrainConfig(kinds=("relu", "leaky_relu")),
+               TrainConfig(complexity_lambda=0.1)]
+    ids = {c.run_id for c in changed}
+    assert a.run_id not in ids and len(ids) == len(changed)
+    # free text and the device are not part of the identity
+    assert TrainConfig(label="a note", device="cpu").run_id == a.run_id
+
+
+# --------------------------------------------------------------------------- #
+# real training
+# --------------------------------------------------------------------------- #
+MNIST_2EP = dict(epochs=2, train_subset=3000, test_subset=2000, analysis_per_class=20, eval_train_size=3000)
+
+
+@pytest.fixture(scope="module")
+def mnist_run(data_root, tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs_a")
+    return T.train(_tiny(**MNIST_2EP), root, data_root=data_root, progress=False)
+
+
+def test_two_epochs_on_mnist_learn(mnist_run):
+    rows = mnist_run.rows
+    assert sorted(rows["epoch"].unique()) == [0, 1, 2]
+    acc = rows[(rows.metric == "test_acc") & (rows.layer == T.ALL)].set_index("epoch")["value"]
+    assert acc[0] < 0.3  # chance before training
+    assert acc[2] > 0.5, acc
+    h = rows[(rows.metric == "H") & (rows.layer == T.ALL)]["value"]
+    assert h.between(0, 20).all()  # at most log2(200 analysis images) ~ 7.6 bits
+    # files on disk: one rows file per tracked epoch, a checkpoint, finished.json, config.json
+    run = mnist_run.path
+    assert sorted(p.name for p in (run / "rows").iterdir()) == [f"epoch_{e:05d}.csv" for e in (0, 1, 2)]
+    assert (run / "checkpoint.pt").is_file() and (run / "finished.json").is_file()
+    assert json.loads((run / "config.json").read_text())["train_subset"] == 3000
+    pd.testing.assert_frame_equal(T.load_results(run.parent), rows)
+
+
+def test_same_config_twice_gives_identical_rows(mnist_run, data_root, tmp_path):
+    again = T.train(_tiny(**MNIST_2EP), tmp_path, data_root=data_root, progress=False)
+    assert again.run_id == mnist_run.run_id
+    _assert_same_rows(again.rows, mnist_run.rows)
+
+
+def test_finished_run_is_not_redone(mnist_run, data_root):
+    t0 = time.perf_counter()
+    again = T.train(_tiny(**MNIST_2EP), mnist_run.path.parent, data_root=data_root, progress=False)
+    assert time.perf_counter() - t0 < 5
+    assert again.resumed_from is None and again.seconds == 0.0
+    pd.testing.assert_frame_equal(again.rows, mnist_run.rows)  # including epoch_seconds: the same files
+
+
+# a training process that is slowed down (not changed) so that the test can kill it mid-run
+_KILLABLE = """
+import json, sys, time
+import torch
+torch.set_num_threads(1)  # as in the test process: the same arithmetic
+from tcomplex.experiments import train as T
+original = T._epoch_batches
+def slow(cfg, d, epoch):
+    time.sleep(0.25)
+    return original(cfg, d, epoch)
+T._epoch_batches = slow
+T.train(T.TrainConfig.from_dict(json.loads(sys.argv[1])), sys.argv[2], data_root=sys.argv[3], progress=False)
+"""
+
+RESUME = dict(epochs=8, track_every=3, track_log=False)  # tracked: 0, 3, 6, 8
+
+
+@pytest.fixture(scope="module")
+def resume_reference(data_root, tmp_path_factory):
+    return T.train(_tiny(**RESUME), tmp_path_factory.mktemp("ref"), data_root=data_root, progress=False)
+
+
+def test_resume_after_kill_gives_the_rows_of_an_uninterrupted_run(resume_reference, data_root, tmp_path):
+    cfg = _tiny(**RESUME)
+    run = T.run_dir(tmp_path, cfg)
+    proc = subprocess.Popen([sys.executable, "-c", _KILLABLE, json.dumps(cfg.to_dict()), str(tmp_path), data_root],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        # the checkpoint of epoch 3 is written before the rows of epoch 3
+        while not (run / "rows" / "epoch_00003.csv").exists():
+            if proc.poll() is not None:
+                pytest.fail(f"the training subprocess ended early (rc {proc.returncode}):\n{proc.stderr.read().decode()}")
+            if time.monotonic() > deadline:
+                pytest.fail("no checkpoint of epoch >= 1 after 120 s")
+            time.sleep(0.01)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (run / "finished.json").exists()
+    killed_at = torch.load(run / "checkpoint.pt", weights_only=False)["epoch"]
+    assert 3 <= killed_at < 8
+
+    resumed = T.train(cfg, tmp_path, data_root=data_root, progress=False)
+    assert resumed.resumed_from == killed_at
+    assert (run / "finished.json").exists()
+    _assert_no_duplicates(resumed.rows)
+    assert sorted(resumed.rows["epoch"].unique()) == [0, 3, 6, 8]
+    _assert_same_rows(resumed.rows, resume_reference.rows)
+
+    # and it is finished now: not redone
+    t0 = time.perf_counter()
+    again = T.train(cfg, tmp_path, data_root=data_root, progress=False)
+    assert time.perf_counter() - t0 < 5 and again.resumed_from is None
+    pd.testing.assert_frame_equal(again.rows, resumed.rows)
+
+
+def test_kill_between_checkpoint_and_rows_loses_no_row(resume_reference, data_root, tmp_path, monkeypatch):
+    """The checkpoint of an epoch is written before its rows: a kill in between must not lose them."""
+    cfg = _tiny(**RESUME)
+    original = T._write_rows
+
+    def killed_at_epoch_6(run, epoch, rows, config):
+        if epoch == 6:
+            raise KeyboardInterrupt("simulated kill")
+        original(run, epoch, rows, config)
+
+    monkeypatch.setattr(T, "_write_rows", killed_at_epoch_6)
+    with pytest.raises(KeyboardInterrupt):
+        T.train(cfg, tmp_path, data_root=data_root, progress=False)
+    monkeypatch.setattr(T, "_write_rows", original)
+    run = T.run_dir(tmp_path, cfg)
+    assert not (run / "rows" / "epoch_00006.csv").exists()
+
+    resumed = T.train(cfg, tmp_path, data_root=data_root, progress=False)
+    assert resumed.resumed_from == 6
+    _assert_no_duplicates(resumed.rows)
+    _assert_same_rows(resumed.rows, resume_reference.rows)
+    # epoch_train_loss/epoch_seconds of epoch 6 came from the checkpoint, not lost
+    assert ((resumed.rows.epoch == 6) & (resumed.rows.metric == "epoch_seconds")).sum() == 1
+
+
+# --------------------------------------------------------------------------- #
+# data root errors
+# --------------------------------------------------------------------------- #
+def test_missing_dataset_names_dataset_and_root(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DatasetNotFoundError) as info:
+        T.train(_tiny(), tmp_path / "runs", data_root=empty, progress=False)
+    err = info.value
+    assert err.dataset == "mnist"
+    assert Path(err.root) == empty.resolve()
+    assert "Dataset 'mnist' not found under" in str(err) and str(empty) in str(err)
+    assert "MNIST/raw/train-images-idx3-ubyte" in str(err)
+
+
+def test_unknown_dataset_is_a_value_error(tmp_path):
+    with pytest.raises(ValueError, match="unknown dataset 'mnist2'"):
+        T.train(_tiny(dataset="mnist2"), tmp_path, progress=False)
