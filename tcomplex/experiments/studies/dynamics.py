@@ -1,0 +1,746 @@
+"""Chapter 3: how the complexity changes during training (Section 4.2, Figures 3, 4, 6).
+
+The paper's four findings, each tested on tracked training runs:
+
+1. MLPs and LeNets (Fig. 3a/b): H(Sigma) and I(X;Sigma;Y) of the whole network
+   first decrease, then increase (minimum near epoch 55 of 500 for MLP-MNIST);
+   Fig. 3c: activation rates are random at epoch 0 and the "noisy activations"
+   are removed by the minimum.  Test: :func:`tcomplex.experiments.report.dip_then_rise`
+   per run and metric; for Fig. 3c the mean binary entropy of a gate's state
+   (C / d, Eq. 6's C divided by the number of gates) at epoch 0 vs the minimum.
+2. Other DNNs (VGG-16 on Pascal VOC): the complexity rises monotonically early
+   and then saturates.  Test: :func:`~tcomplex.experiments.report.rise_then_saturate`
+   with no step down larger than the tolerance, plus "levels off": less than
+   :data:`LATE_RISE_SHARE` of the total rise happens in the second half of training.
+3. Residual networks (Fig. 4: ResNet-20/32, the residual MLP): H(Sigma) and
+   I(X;Sigma;Y) increase monotonically.  Test: the rise part of (2).
+4. A VAE with a classifier (Fig. 6): for each gating layer of the classifier
+   the gap H(Sigma_l) - I(X;Sigma_l) (Eq. 3: states recorded with the sampling
+   switched off) decreases during training.  Test: the gap at the last tracked
+   epoch is smaller than at the first by more than the tolerance.
+
+A curve whose smallest value sits at the estimator's ceiling (log2 n for H,
+flagged by the ``saturated_H`` rows; log2 #classes for I(X;Sigma;Y)) is flat
+within 1% and can show neither a dip nor a rise: it counts as *not reproduced*,
+with that reason.
+
+Finally the MNIST MLP is compared with the authors' published curve
+(:data:`AUTHORS_MLP_MNIST`), measured under their convention (sigma0^2 = alpha*d,
+alpha = 0.01, n = 2000, bits).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy import stats
+
+from tcomplex.estimators import SATURATION_TOLERANCE
+from tcomplex.experiments import data as data_mod
+from tcomplex.experiments import models as models_mod
+from tcomplex.experiments.report import (
+    NOT_MEASURED,
+    NOT_REPRODUCED,
+    PARTLY,
+    REPRODUCED,
+    Finding,
+    dip_then_rise,
+    fmt_mean_sd,
+    rise_then_saturate,
+)
+from tcomplex.experiments.train import TrainConfig, measure_complexity
+
+__all__ = [
+    "CHAPTER",
+    "GROUPS",
+    "AUTHORS_MLP_MNIST",
+    "AUTHORS_MLP_MNIST_SOURCE",
+    "AUTHORS_SETTING",
+    "PAPER_RUNS",
+    "RunSpec",
+    "parse_runs",
+    "configs",
+    "with_groups",
+    "paper_comparisons",
+    "curves",
+    "shape_table",
+    "rate_table",
+    "vae_gaps",
+    "cost_table",
+    "authors_table",
+    "init_normalisation_table",
+    "count_verdict",
+    "findings",
+    "plot_group",
+    "plot_rates",
+    "plot_vae",
+    "plot_authors",
+]
+
+CHAPTER = "03_training_dynamics"
+ALL = "__all__"
+
+#: run groups: which finding of Section 4.2 a run tests
+GROUPS: dict[str, str] = {
+    "plain": "finding 1 (Fig. 3): MLPs and LeNets without skip-connections, dip then rise",
+    "vgg": "finding 2: VGG, rise then saturate",
+    "residual": "finding 3 (Fig. 4): residual networks, monotone rise",
+    "vae": "finding 4 (Fig. 6): VAE classifier, gap H(Σ_l) − I(X;Σ_l) shrinks",
+}
+
+#: Reference points of the authors' published curve for MLP-MNIST
+#: (784-1024-256-128-64-10, no bias) on MNIST, as (epoch, H(Sigma), I(X;Sigma;Y)) in bits.
+AUTHORS_MLP_MNIST: tuple[tuple[int, float, float], ...] = (
+    (0, 10.85, 3.28),
+    (55, 7.35, 1.5),
+    (500, 10.65, 3.25),
+)
+#: Where :data:`AUTHORS_MLP_MNIST` comes from.
+AUTHORS_MLP_MNIST_SOURCE = (
+    "the authors' published plot for MLP-MNIST made with their public code "
+    "(sjtu-xai-lab/transformation-complexity), values read off and quoted in the project's "
+    "issue and design notes (DESIGN.md, 'Known facts about the estimators')"
+)
+#: The setting behind :data:`AUTHORS_MLP_MNIST` (their code: 200 images per class
+#: from the training set, sigma0^2 = alpha * d, full MNIST, constant SGD).
+AUTHORS_SETTING: dict[str, Any] = {
+    "model": "mlp_mnist", "dataset": "mnist", "bandwidth": "dims", "alpha": 0.01,
+    "analysis_images": 2000, "optimizer": "sgd", "lr": 0.01, "momentum": 0.9,
+    "batch_size": 128, "epochs": 500, "train_subset": None,
+}
+#: The authors' input normalisation of MNIST (their ``datasets/mnist.py``:
+#: ``transforms.Normalize(mean=[.5], std=[.5])``); ours uses the dataset's own
+#: mean and std (0.1307, 0.3081).
+AUTHORS_INPUT_MEAN = 0.5
+AUTHORS_INPUT_STD = 0.5
+#: Agreement with a published point: within this many bits ...
+AUTHORS_TOL_BITS = 0.5
+#: ... and, for the minimum, an epoch within a factor of 2 of theirs.
+AUTHORS_EPOCH_FACTOR = 2.0
+
+#: Finding 2, "saturated later": less than this share of the total rise in the
+#: second half of training.
+LATE_RISE_SHARE = 0.25
+#: Fig. 3c: the mean gate entropy C/d must drop by more than this (bits per gate)
+#: from epoch 0 to the minimum of H.
+GATE_ENTROPY_TOL = 0.01
+
+#: The paper's runs as [group, model, dataset, epochs, train images (None = all)].
+#: Epochs: 500 for MLP-MNIST (Fig. 3c); the paper states no other number.
+PAPER_RUNS: list[list[Any]] = [
+    ["plain", "mlp_mnist", "mnist", 500, None],
+    ["plain", "lenet5", "mnist", 500, None],
+    ["plain", "mlp_cifar10", "cifar10", 500, None],
+    ["plain", "lenet5", "cifar10", 500, None],
+    ["vgg", "vgg16", "voc2012_crops", 200, None],
+    ["residual", "resnet20", "cifar10", 200, None],
+    ["residual", "resnet32", "cifar10", 200, None],
+    ["residual", "resmlp10", "cifar10", 200, None],
+    ["vae", "vae_classifier", "mnist", 200, None],
+    ["vae", "vae_classifier", "cifar10", 200, None],
+]
+
+
+# ---------------------------------------------------------------------------
+# runs
+# ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RunSpec:
+    """One line of the notebook's ``runs`` parameter."""
+
+    group: str
+    model: str
+    dataset: str
+    epochs: int
+    train_subset: int | None
+
+    @classmethod
+    def parse(cls, item: Sequence[Any]) -> RunSpec:
+        """From ``[group, model, dataset, epochs, train_subset]``."""
+        if len(item) != 5:
+            raise ValueError(f"a run is [group, model, dataset, epochs, train_subset], got {item!r}")
+        group, model, dataset, epochs, subset = item
+        if group not in GROUPS:
+            raise ValueError(f"unknown group {group!r} in {item!r}; groups: {sorted(GROUPS)}")
+        if dataset not in data_mod.DATASETS:
+            raise ValueError(f"unknown dataset {dataset!r} in {item!r}; datasets: {sorted(data_mod.DATASETS)}")
+        return cls(str(group), str(model), str(dataset), int(epochs), None if subset is None else int(subset))
+
+
+def parse_runs(runs: Sequence[Sequence[Any]]) -> list[RunSpec]:
+    """The notebook's ``runs`` parameter as :class:`RunSpec` s (validated)."""
+    return [RunSpec.parse(r) for r in runs]
+
+
+def _model_kwargs(model: str) -> dict[str, Any]:
+    """The residual MLP keeps PyTorch's default init: the authors' ``ResMLP`` never
+    applies its kaiming init, and with kaiming init 9 blocks ReLU(x + Wx) blow up
+    (the loss is NaN in the first epoch at lr 0.01)."""
+    return {"init": "torch_default"} if model == "resmlp10" else {}
+
+
+def configs(runs: Sequence[Sequence[Any]], seeds: Sequence[int], analysis_images: int, track_every: int,
+            eval_images: int | None) -> list[TrainConfig]:
+    """Training runs of the chapter, one per run line and seed.
+
+    Epochs are tracked at 0, every ``track_every`` and at the Fibonacci numbers
+    (``track_log``), so the early dip is resolved.  The analysis set has
+    ``analysis_images // #classes`` images per class (Appendix I: 2000 images).
+    Per-layer metrics are computed for the VAE only (Fig. 6 is per layer);
+    ``eval_images`` limits the train/test images used for losses and accuracies
+    (None: 10000 train images and the full test set).
+    """
+    out = []
+    for spec in parse_runs(runs):
+        classes = data_mod.DATASETS[spec.dataset].num_classes
+        for seed in seeds:
+            out.append(TrainConfig(
+                model=spec.model, dataset=spec.dataset, task="vae" if spec.group == "vae" else "classify",
+                epochs=spec.epochs, seed=int(seed), train_subset=spec.train_subset,
+                test_subset=eval_images, eval_train_size=eval_images or 10000,
+                model_kwargs=_model_kwargs(spec.model), track_every=track_every, track_log=True,
+                analysis_per_class=analysis_images // classes, per_layer=spec.group == "vae",
+                label=spec.group,
+            ))
+    return out
+
+
+def with_groups(rows: pd.DataFrame, configs_: Sequence[TrainConfig]) -> pd.DataFrame:
+    """``rows`` with a ``group`` column taken from the configs that asked for the runs
+    (a run's cached ``label`` may come from another chapter that trained the same config)."""
+    groups = {c.run_id: c.label for c in configs_}
+    out = rows[rows.run_id.isin(groups)].copy()
+    out["group"] = out.run_id.map(groups)
+    return out
+
+
+def _describe(specs: Sequence[RunSpec], group: str) -> str:
+    items = sorted({f"{s.model}/{s.dataset}" for s in specs if s.group == group})
+    return ", ".join(items) if items else "none"
+
+
+def paper_comparisons(runs: Sequence[Sequence[Any]], analysis_images: int) -> list[tuple[str, Any, Any]]:
+    """(what, paper, ours) for :func:`tcomplex.experiments.studies.common.setting_note`."""
+    ours, paper = parse_runs(runs), parse_runs(PAPER_RUNS)
+    out: list[tuple[str, Any, Any]] = [
+        (f"{g} runs (model/dataset)", _describe(paper, g), _describe(ours, g)) for g in GROUPS
+    ]
+
+    def epochs_of(specs: Sequence[RunSpec]) -> str:
+        return ", ".join(sorted({str(s.epochs) for s in specs if s.model == "mlp_mnist"})) or "none"
+
+    def subsets(specs: Sequence[RunSpec]) -> str:
+        sizes = sorted({"all" if s.train_subset is None else str(s.train_subset) for s in specs})
+        return ", ".join(sizes)
+
+    out.append(("MLP-MNIST epochs", epochs_of(paper), epochs_of(ours)))
+    out.append(("training images per run", subsets(paper), subsets(ours)))
+    out.append(("analysis images", AUTHORS_SETTING["analysis_images"], analysis_images))
+    return out
+
+
+# ---------------------------------------------------------------------------
+# aggregation
+# ---------------------------------------------------------------------------
+_CURVE_METRICS = ("H", "I_XSY", "saturated_H", "C", "width", "test_acc", "train_acc", "epoch_seconds")
+_KEYS = ["run_id", "group", "model", "dataset", "seed", "n"]
+
+
+def curves(rows: pd.DataFrame) -> pd.DataFrame:
+    """Whole-network curves, one row per run and tracked epoch.
+
+    ``rows`` need a ``group`` column (:func:`with_groups`).  Columns: run_id,
+    group, model, dataset, seed, n (analysis images), epoch, H, I_XSY,
+    saturated_H, C, width, test_acc, train_acc, epoch_seconds,
+    gate_entropy = C / width (mean binary entropy of a gate, bits),
+    log2_n (ceiling of H) and log2_classes (ceiling of I(X;Sigma;Y)).
+    """
+    sel = rows[(rows.layer == ALL) & rows.metric.isin(_CURVE_METRICS)].copy()
+    sel["n"] = sel.apply(lambda r: r.analysis_per_class * data_mod.DATASETS[r.dataset].num_classes, axis=1)
+    wide = sel.pivot_table(index=_KEYS + ["epoch"], columns="metric", values="value").reset_index()
+    wide.columns.name = None
+    for m in _CURVE_METRICS:
+        if m not in wide:
+            wide[m] = np.nan
+    wide["gate_entropy"] = wide.C / wide.width
+    wide["log2_n"] = np.log2(wide.n)
+    wide["log2_classes"] = wide.dataset.map(lambda d: math.log2(data_mod.DATASETS[d].num_classes))
+    return wide.sort_values(_KEYS + ["epoch"]).reset_index(drop=True)
+
+
+def _late_share(epochs: np.ndarray, values: np.ndarray) -> float:
+    """Share of the total rise (last - first) made after half of the last epoch."""
+    total = values[-1] - values[0]
+    if total <= 0:
+        return float("nan")
+    mid = values[np.searchsorted(epochs, epochs[-1] / 2)]
+    return float((values[-1] - mid) / total)
+
+
+_SHAPE_COLUMNS = _KEYS + ["metric", "ceiling", "first", "min", "min_epoch", "last", "last_epoch", "drop", "rise",
+                          "monotone", "late_share", "levels_off", "stuck", "shape", "holds", "why"]
+
+
+def shape_table(curves_: pd.DataFrame, tol: float) -> pd.DataFrame:
+    """Shape of every H and I(X;Sigma;Y) curve of the plain, vgg and residual runs.
+
+    One row per run and metric: first, min (and its epoch), last, the shape
+    statistics of :func:`dip_then_rise` (plain) or :func:`rise_then_saturate`
+    (vgg, residual), ``stuck`` (the minimum sits at the ceiling: saturated_H for
+    H, within 1% of log2 #classes for I(X;Sigma;Y)), ``holds`` (the group's
+    claim holds and the curve is not stuck) and ``why``.
+    """
+    out = []
+    for keys, g in curves_[curves_.group.isin(["plain", "vgg", "residual"])].groupby(_KEYS):
+        g = g.sort_values("epoch")
+        e = g.epoch.to_numpy(float)
+        entry_base = dict(zip(_KEYS, keys))
+        for metric in ("H", "I_XSY"):
+            v = g[metric].to_numpy(float)
+            i_min = int(np.argmin(v))
+            if metric == "H":
+                stuck = bool(g.saturated_H.iloc[i_min] >= 0.5)
+                ceiling = float(g.log2_n.iloc[0])
+            else:
+                ceiling = float(g.log2_classes.iloc[0])
+                stuck = bool(v[i_min] >= (1 - SATURATION_TOLERANCE) * ceiling)
+            entry: dict[str, Any] = {**entry_base, "metric": metric, "ceiling": ceiling,
+                                     "first": v[0], "min": v[i_min], "min_epoch": int(e[i_min]),
+                                     "last": v[-1], "last_epoch": int(e[-1]), "stuck": stuck}
+            if entry_base["group"] == "plain":
+                d = dip_then_rise(e, v, tol)
+                entry.update(drop=d["drop"], rise=d["rise"])
+                shape = bool(d["holds"])
+                why = ("dips then rises" if shape else
+                       "no dip" if not d["dips"] else "no rise after the dip")
+            else:
+                r = rise_then_saturate(e, v, tol)
+                rises = bool(r["holds"] and r["monotone"] == 1.0)
+                late = _late_share(e, v)
+                levels = bool(rises and late < LATE_RISE_SHARE)
+                entry.update(rise=r["rise"], drop=r["dip"], monotone=r["monotone"], late_share=late,
+                             levels_off=levels)
+                shape = rises and (levels or entry_base["group"] == "residual")
+                if rises:
+                    why = "rises monotonically" + ((", then levels off" if levels else ", still rising late")
+                                                   if entry_base["group"] == "vgg" else "")
+                else:
+                    why = "no rise" if r["rise"] <= tol else "rises, but not monotonically"
+            if stuck:
+                why = f"stuck at the ceiling {ceiling:.2f} bits (cannot show a trend)"
+            entry.update(shape=shape, holds=bool(shape and not stuck), why=why)
+            out.append(entry)
+    return pd.DataFrame(out, columns=_SHAPE_COLUMNS)
+
+
+def rate_table(rows: pd.DataFrame, curves_: pd.DataFrame) -> pd.DataFrame:
+    """Fig. 3c: activation rates of the plain runs at epoch 0, at the minimum of H, at the end.
+
+    Per run and these epochs: the mean gate entropy C/d (1 bit = a fair coin,
+    0 = a gate that is always on or always off) and the share of gates active
+    on fewer than 5% or more than 95% of the analysis images.  ``removed`` says
+    whether C/d dropped by more than :data:`GATE_ENTROPY_TOL` from epoch 0 to a
+    minimum of H after epoch 0; a run whose H curve is stuck at log2 n has no
+    meaningful minimum (``H_stuck``) and does not count.
+    """
+    hist = rows[(rows.layer == ALL) & (rows.metric == "rate_hist")]
+    out = []
+    for keys, g in curves_[curves_.group == "plain"].groupby(_KEYS):
+        g = g.sort_values("epoch")
+        i_min = int(np.argmin(g.H.to_numpy()))
+        e_min, e_last = int(g.epoch.iloc[i_min]), int(g.epoch.iloc[-1])
+        stuck = bool(g.saturated_H.iloc[i_min] >= 0.5)
+        entry: dict[str, Any] = dict(zip(_KEYS, keys))
+        entry.update(min_epoch=e_min, last_epoch=e_last, H_stuck=stuck)
+        for tag, ep in (("0", 0), ("min", e_min), ("last", e_last)):
+            entry[f"gate_entropy_{tag}"] = float(g.loc[g.epoch == ep, "gate_entropy"].iloc[0])
+            h = hist[(hist.run_id == keys[0]) & (hist.epoch == ep)].sort_values("bin").value.to_numpy(float)
+            entry[f"decided_{tag}"] = float((h[0] + h[-1]) / h.sum()) if h.sum() > 0 else float("nan")
+        entry["removed"] = bool(e_min > 0 and not stuck
+                                and entry["gate_entropy_min"] < entry["gate_entropy_0"] - GATE_ENTROPY_TOL)
+        out.append(entry)
+    return pd.DataFrame(out)
+
+
+def vae_gaps(rows: pd.DataFrame, tol: float) -> pd.DataFrame:
+    """Fig. 6: H(Sigma_l) - I(X;Sigma_l) of each classifier gating layer, first vs last tracked epoch.
+
+    H is measured with the VAE's sampling on, I(X;Sigma_l) with it off (Eq. 3).
+    ``decreased``: gap_last < gap_first - tol.  ``holds`` also needs H not
+    saturated at the last epoch (a saturated H is a lower bound: the true gap
+    could be larger).  ``spearman``: rank correlation of the gap with the epoch.
+    """
+    sel = rows[(rows.group == "vae") & rows.layer.astype(str).str.startswith("classifier.")
+               & rows.metric.isin(["H", "I_XS", "saturated_H"])]
+    if sel.empty:
+        return pd.DataFrame()
+    wide = sel.pivot_table(index=["run_id", "dataset", "seed", "layer", "epoch"], columns="metric",
+                           values="value").reset_index()
+    out = []
+    for (run_id, dataset, seed, layer), g in wide.groupby(["run_id", "dataset", "seed", "layer"]):
+        g = g.sort_values("epoch")
+        gap = (g.H - g.I_XS).to_numpy(float)
+        rho = float(stats.spearmanr(g.epoch, gap)[0]) if len(g) > 2 and np.std(gap) > 0 else float("nan")
+        sat_last = bool(g.saturated_H.iloc[-1] >= 0.5)
+        decreased = bool(gap[-1] < gap[0] - tol)
+        out.append({
+            "run_id": run_id, "dataset": dataset, "seed": seed, "layer": layer,
+            "first_epoch": int(g.epoch.iloc[0]), "last_epoch": int(g.epoch.iloc[-1]),
+            "H_first": float(g.H.iloc[0]), "I_XS_first": float(g.I_XS.iloc[0]), "gap_first": gap[0],
+            "H_last": float(g.H.iloc[-1]), "I_XS_last": float(g.I_XS.iloc[-1]), "gap_last": gap[-1],
+            "spearman": rho, "H_saturated_first": bool(g.saturated_H.iloc[0] >= 0.5),
+            "H_saturated_last": sat_last, "decreased": decreased, "holds": decreased and not sat_last,
+        })
+    return pd.DataFrame(out)
+
+
+def cost_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per run: training images, epochs and the median seconds of a training epoch
+    (``epoch_seconds`` rows; tracking and evaluation not included)."""
+    out = []
+    for _, g in rows.groupby("run_id", sort=False):
+        first = g.iloc[0]
+        sec = g[g.metric == "epoch_seconds"].value
+        out.append({"group": first.group, "model": first.model, "dataset": first.dataset, "seed": first.seed,
+                    "train_images": "all" if pd.isna(first.train_subset) else int(first.train_subset),
+                    "epochs": int(first.epochs), "seconds_per_epoch": float(sec.median()) if len(sec) else np.nan})
+    return pd.DataFrame(out)
+
+
+def _authors_curve(curves_: pd.DataFrame) -> pd.DataFrame:
+    """Our MLP-MNIST curve on MNIST (plain group), mean over seeds, per epoch."""
+    sel = curves_[(curves_.group == "plain") & (curves_.model == "mlp_mnist") & (curves_.dataset == "mnist")]
+    return sel.groupby("epoch")[["H", "I_XSY", "saturated_H"]].mean().reset_index()
+
+
+def authors_table(curves_: pd.DataFrame) -> pd.DataFrame:
+    """Our MLP-MNIST numbers beside the authors' published points (:data:`AUTHORS_MLP_MNIST`).
+
+    Points: epoch 0, the minimum (theirs at epoch 55; ours at the epoch of our
+    minimum, mean over seeds), epoch 55 and epoch 500 (ours only if tracked), and
+    our last epoch (against their epoch 500).  ``agrees``: within
+    :data:`AUTHORS_TOL_BITS` and, for the minimum, at an epoch within a factor
+    :data:`AUTHORS_EPOCH_FACTOR` of 55.  Empty when no MLP-MNIST run exists.
+    """
+    ours = _authors_curve(curves_)
+    if ours.empty:
+        return pd.DataFrame()
+    theirs = {e: {"H": h, "I_XSY": i} for e, h, i in AUTHORS_MLP_MNIST}
+    e_min_theirs = min(theirs, key=lambda e: theirs[e]["H"])
+    last_theirs = max(theirs)
+    out = []
+    for metric in ("H", "I_XSY"):
+        i_min = int(ours[metric].to_numpy().argmin())
+        e_min = int(ours.epoch.iloc[i_min])
+        points = [("epoch 0", 0, 0), ("minimum", e_min_theirs, e_min), ("epoch 55", 55, 55),
+                  ("epoch 500", 500, 500), ("our last epoch", last_theirs, int(ours.epoch.max()))]
+        for point, their_e, our_e in points:
+            row = ours[ours.epoch == our_e]
+            value = float(row[metric].iloc[0]) if len(row) else float("nan")
+            their_v = theirs[their_e][metric]
+            diff = value - their_v
+            agrees = bool(abs(diff) <= AUTHORS_TOL_BITS) if not math.isnan(value) else False
+            if point == "minimum":
+                agrees = agrees and e_min_theirs / AUTHORS_EPOCH_FACTOR <= our_e <= e_min_theirs * AUTHORS_EPOCH_FACTOR
+            out.append({"metric": metric, "point": point, "their_epoch": their_e, "their_value": their_v,
+                        "our_epoch": our_e, "our_value": value, "difference": diff,
+                        "our_saturated_H": float(row.saturated_H.iloc[0]) if len(row) else float("nan"),
+                        "agrees": agrees})
+    return pd.DataFrame(out)
+
+
+def init_normalisation_table(seeds: Sequence[int], analysis_images: int,
+                             data_root: str | os.PathLike[str] | None) -> pd.DataFrame:
+    """H(Sigma) and I(X;Sigma;Y) of the *untrained* MLP-MNIST under two input normalisations.
+
+    The same seeded initial weights as epoch 0 of the runs (``torch.manual_seed(seed)``
+    before building, as :func:`tcomplex.experiments.train.train` does) are measured on
+    ``analysis_images`` class-balanced images of the full training set (a run with a
+    training subset draws its analysis set from that subset) normalised with MNIST's
+    mean/std (ours) and with mean 0.5, std 0.5
+    (:data:`AUTHORS_INPUT_MEAN`, :data:`AUTHORS_INPUT_STD`, the authors' code).  Explains
+    a difference at epoch 0 that no training setting can: our training pipeline has no
+    switch for the authors' normalisation.
+    """
+    info = data_mod.DATASETS["mnist"]
+    x, y = data_mod.analysis_set("mnist", per_class=analysis_images // info.num_classes, seed=0,
+                                 data_root=data_root)
+    raw = x * info.std[0] + info.mean[0]
+    inputs = {f"mean {info.mean[0]}, std {info.std[0]} (ours)": x,
+              f"mean {AUTHORS_INPUT_MEAN}, std {AUTHORS_INPUT_STD} (authors')":
+                  (raw - AUTHORS_INPUT_MEAN) / AUTHORS_INPUT_STD}
+    out = []
+    for seed in seeds:
+        torch.manual_seed(int(seed))
+        model = models_mod.build_model("mlp_mnist", in_channels=1, input_size=28, num_classes=info.num_classes)
+        for name, inp in inputs.items():
+            got = {r["metric"]: r["value"] for r in measure_complexity(model, inp, y, per_layer=False, rates=False)
+                   if r["layer"] == ALL}
+            out.append({"seed": int(seed), "input": name, "n": len(y), "H": got["H"], "I_XSY": got["I_XSY"],
+                        "saturated_H": bool(got["saturated_H"])})
+    return pd.DataFrame(out)
+
+
+def _authors_setting_diffs(curves_: pd.DataFrame, rows: pd.DataFrame) -> list[str]:
+    """How our MLP-MNIST runs differ from the authors' setting, in words."""
+    sel = rows[(rows.group == "plain") & (rows.model == "mlp_mnist") & (rows.dataset == "mnist")]
+    if sel.empty:
+        return ["no MLP-MNIST run"]
+    first = sel.iloc[0]
+    diffs = []
+    n = int(curves_[curves_.run_id == first.run_id].n.iloc[0])
+    if n != AUTHORS_SETTING["analysis_images"]:
+        diffs.append(f"n = {n} analysis images (theirs {AUTHORS_SETTING['analysis_images']})")
+    if not pd.isna(first.train_subset):
+        diffs.append(f"{int(first.train_subset)} training images (theirs 60000)")
+    if int(first.epochs) < AUTHORS_SETTING["epochs"]:
+        diffs.append(f"{int(first.epochs)} epochs (theirs {AUTHORS_SETTING['epochs']})")
+    for key in ("optimizer", "lr", "momentum", "batch_size", "bandwidth"):
+        if first[key] != AUTHORS_SETTING[key]:
+            diffs.append(f"{key} {first[key]} (theirs {AUTHORS_SETTING[key]})")
+    info = data_mod.DATASETS["mnist"]
+    diffs.append(f"input normalised with mean {info.mean[0]}, std {info.std[0]} "
+                 f"(theirs {AUTHORS_INPUT_MEAN}, {AUTHORS_INPUT_STD})")
+    return diffs
+
+
+# ---------------------------------------------------------------------------
+# verdicts
+# ---------------------------------------------------------------------------
+def count_verdict(n_hold: int, n_total: int, n_partly: int | None = None) -> str:
+    """The paper says "most" DNNs: REPRODUCED when more than half of the curves
+    hold, PARTLY when at least one holds (or ``n_partly`` > 0 curves show part of
+    the claim), NOT_REPRODUCED otherwise, NOT_MEASURED without curves."""
+    if n_total == 0:
+        return NOT_MEASURED
+    if n_hold > n_total / 2:
+        return REPRODUCED
+    if n_hold > 0 or (n_partly or 0) > 0:
+        return PARTLY
+    return NOT_REPRODUCED
+
+
+def _per_model(shapes: pd.DataFrame) -> str:
+    parts = []
+    for (model, dataset), g in shapes.groupby(["model", "dataset"], sort=False):
+        bits = []
+        for metric, gm in g.groupby("metric"):
+            label = "H" if metric == "H" else "I(X;Σ;Y)"
+            stuck = int(gm.stuck.sum())
+            bits.append(f"{label} {int(gm.holds.sum())}/{len(gm)}" + (f" ({stuck} stuck at ceiling)" if stuck else ""))
+        mins = g[g.metric == "H"]
+        detail = ""
+        if g.group.iloc[0] == "plain":
+            detail = (f"; H min at epoch(s) {sorted(mins.min_epoch.astype(int).tolist())}, drop "
+                      f"{fmt_mean_sd(mins['drop'])} bits, rise {fmt_mean_sd(mins['rise'])} bits")
+        elif len(mins):
+            detail = f"; H rise {fmt_mean_sd(mins['rise'])} bits"
+        parts.append(f"{model}/{dataset}: " + ", ".join(bits) + detail)
+    return "; ".join(parts)
+
+
+def findings(shapes: pd.DataFrame, rates: pd.DataFrame, gaps: pd.DataFrame, authors: pd.DataFrame,
+             curves_: pd.DataFrame, rows: pd.DataFrame, tol: float, setting: str,
+             init_table: pd.DataFrame | None = None) -> list[Finding]:
+    """The chapter's findings, verdicts computed from the tables above
+    (``init_table``: :func:`init_normalisation_table`, quoted in the authors' finding)."""
+    found = []
+    shapes = shapes.reindex(columns=_SHAPE_COLUMNS)
+    crit = (f"tolerance {tol:g} bits; a curve stuck at its ceiling counts as not reproduced; "
+            "verdict: >half of curves → reproduced, ≥1 → partly")
+
+    plain = shapes[shapes.group == "plain"]
+    found.append(Finding(
+        "dip_then_rise", CHAPTER,
+        "Sec. 4.2 (1), Fig. 3a/b: for MLPs and LeNets, H(Σ) and I(X;Σ;Y) decreased first and increased later "
+        "(minimum at epoch 55 of 500 for MLP-MNIST).",
+        (f"{int(plain.holds.sum())}/{len(plain)} curves dip then rise ({crit}): {_per_model(plain)}."
+         if len(plain) else "no plain runs"),
+        count_verdict(int(plain.holds.sum()), len(plain)), setting,
+    ))
+
+    if len(rates):
+        removed = int(rates.removed.sum())
+        detail = "; ".join(
+            f"{r.model}/{r.dataset} s{r.seed}: C/d {r.gate_entropy_0:.3f} (epoch 0) → {r.gate_entropy_min:.3f} "
+            f"(epoch {r.min_epoch}) → {r.gate_entropy_last:.3f} (epoch {r.last_epoch})"
+            for r in rates.itertuples())
+        n_stuck = int(rates.H_stuck.sum())
+        measured = (f"mean gate entropy C/d (bits per gate) fell by > {GATE_ENTROPY_TOL} from epoch 0 to a minimum "
+                    f"of H after epoch 0 in {removed}/{len(rates)} runs"
+                    + (f" ({n_stuck} with H stuck at log2 n, no minimum to compare)" if n_stuck else "")
+                    + f": {detail}.")
+    else:
+        removed, measured = 0, "no plain runs"
+    found.append(Finding(
+        "noisy_activations", CHAPTER,
+        "Sec. 4.2 (1), Fig. 3c: gating states are randomly activated at epoch 0; learning removes noisy "
+        "activations up to the minimum of H(Σ).",
+        measured, count_verdict(removed, len(rates)), setting,
+    ))
+
+    vgg = shapes[shapes.group == "vgg"]
+    rising = int(vgg.holds.sum()) if len(vgg) else 0
+    rises_only = int(vgg.why.str.startswith("rises monotonically").sum()) if len(vgg) else 0
+    found.append(Finding(
+        "rise_then_saturate", CHAPTER,
+        "Sec. 4.2 (2): for other DNNs (VGG-16 on Pascal VOC) the complexity increased monotonically early in "
+        "training and saturated later.",
+        (f"{rising}/{len(vgg)} curves rise monotonically and level off (< {LATE_RISE_SHARE:.0%} of the rise in "
+         f"the second half), {rises_only} rise monotonically ({crit}): {_per_model(vgg)}."
+         if len(vgg) else "no VGG runs"),
+        count_verdict(rising, len(vgg), rises_only), setting,
+    ))
+
+    res = shapes[shapes.group == "residual"]
+    found.append(Finding(
+        "residual_rise", CHAPTER,
+        "Sec. 4.2 (3), Fig. 4: in most residual networks H(Σ) and I(X;Σ;Y) increased monotonically during "
+        "training.",
+        (f"{int(res.holds.sum())}/{len(res)} curves rise monotonically ({crit}): {_per_model(res)}."
+         if len(res) else "no residual runs"),
+        count_verdict(int(res.holds.sum()), len(res)), setting,
+    ))
+
+    if len(gaps):
+        detail = "; ".join(
+            f"{g.dataset} s{g.seed} {g.layer}: {g.gap_first:.2f} (epoch {g.first_epoch}) → {g.gap_last:.2f} "
+            f"(epoch {g.last_epoch})" + (" [H saturated at the end]" if g.H_saturated_last else "")
+            for g in gaps.itertuples())
+        measured = (f"gap H(Σ_l) − I(X;Σ_l) in bits shrank by > {tol:g} in {int(gaps.holds.sum())}/{len(gaps)} "
+                    f"classifier layers (a layer whose H is saturated at the end does not count): {detail}.")
+        v = REPRODUCED if gaps.holds.all() else (PARTLY if gaps.holds.any() or gaps.decreased.any() else NOT_REPRODUCED)
+    else:
+        measured, v = "no VAE runs", NOT_MEASURED
+    found.append(Finding(
+        "vae_gap", CHAPTER,
+        "Sec. 4.2 (4), Fig. 6: in a VAE with a classifier, the difference between H(Σ_l) and I(X;Σ_l) of each "
+        "classifier gating layer gradually decreased during training.",
+        measured, v, setting,
+    ))
+
+    found.append(_authors_finding(authors, curves_, rows, init_table))
+    return found
+
+
+def _init_note(init_table: pd.DataFrame | None) -> str:
+    """One sentence on H and I(X;Sigma;Y) at initialisation under both input normalisations."""
+    if init_table is None or init_table.empty:
+        return ""
+    parts = [f"{name}: H {fmt_mean_sd(g.H)}, I(X;Σ;Y) {fmt_mean_sd(g.I_XSY)}"
+             for name, g in init_table.groupby("input", sort=False)]
+    n = int(init_table.n.iloc[0])
+    return f" The untrained network (n = {n}) with input normalised by " + "; by ".join(parts) + "."
+
+
+def _authors_finding(authors: pd.DataFrame, curves_: pd.DataFrame, rows: pd.DataFrame,
+                     init_table: pd.DataFrame | None = None) -> Finding:
+    claim = ("Authors' published MLP-MNIST curve (σ0² = α·d, α = 0.01, n = 2000, bits): H(Σ) 10.85 → 7.35 "
+             "(epoch 55) → 10.65 (epoch 500); I(X;Σ;Y) 3.28 → 1.5 → 3.25.")
+    if authors.empty:
+        return Finding("authors_curve", CHAPTER, claim, "no MLP-MNIST run", NOT_MEASURED)
+    diffs = _authors_setting_diffs(curves_, rows)
+    get = authors.set_index(["metric", "point"])
+
+    def show(metric: str, point: str) -> str:
+        r = get.loc[(metric, point)]
+        return "n/a" if math.isnan(r.our_value) else f"{r.our_value:.2f} @ {int(r.our_epoch)}"
+
+    measured = (f"ours: H {show('H', 'epoch 0')} (theirs 10.85 @ 0), min {show('H', 'minimum')} (theirs 7.35 @ 55), "
+                f"last {show('H', 'our last epoch')} (theirs 10.65 @ 500); I(X;Σ;Y) {show('I_XSY', 'epoch 0')}, min "
+                f"{show('I_XSY', 'minimum')}, last {show('I_XSY', 'our last epoch')} (theirs 3.28, 1.5, 3.25)."
+                + _init_note(init_table))
+    n_diff = [d for d in diffs if d.startswith("n =")]
+    if n_diff:
+        return Finding("authors_curve", CHAPTER, claim,
+                       measured + f" Not comparable: {n_diff[0]}, so the ceiling log2 n differs.", NOT_MEASURED,
+                       "; ".join(diffs))
+    # compare the points both curves have: epoch 0, the minimum (value and epoch), and epoch 500 if we reached it
+    compared = authors[authors.point.isin(["epoch 0", "minimum"])
+                       | ((authors.point == "epoch 500") & authors.our_value.notna())]
+    n_ok = int(compared.agrees.sum())
+    dip_ok = bool(get.loc[("H", "minimum"), "agrees"])
+    stuck = bool(get.loc[("H", "minimum"), "our_saturated_H"] >= 0.5)
+    measured += (f" {n_ok}/{len(compared)} compared points agree (within {AUTHORS_TOL_BITS} bits; the minimum also "
+                 f"at an epoch within ×{AUTHORS_EPOCH_FACTOR:g} of 55); the dip of H "
+                 + ("matches." if dip_ok else "does not match" + (" (our H stays at the log2 n ceiling)." if stuck else ".")))
+    # all points: reproduced; the dip (the curve's defining feature) but not every point: partly
+    v = REPRODUCED if n_ok == len(compared) else (PARTLY if dip_ok else NOT_REPRODUCED)
+    return Finding("authors_curve", CHAPTER, claim, measured, v, "; ".join(diffs))
+
+
+# ---------------------------------------------------------------------------
+# figures
+# ---------------------------------------------------------------------------
+def _symlog(ax: Any) -> None:
+    ax.set_xscale("symlog", linthresh=1)
+    ax.set_xlim(left=-0.3)  # keep the epoch-0 markers whole
+
+
+def plot_group(axes: Sequence[Any], curves_: pd.DataFrame, group: str) -> None:
+    """H(Sigma), I(X;Sigma;Y) and test accuracy against epochs (symlog), one line per
+    model/dataset (mean ± sd over seeds), with the ceilings dashed."""
+    sel = curves_[curves_.group == group].copy()
+    sel["name"] = sel.model + " / " + sel.dataset
+    for ax, metric, title, ceiling in zip(
+            axes, ["H", "I_XSY", "test_acc"], ["H(Σ) [bits]", "I(X;Σ;Y) [bits]", "test accuracy"],
+            ["log2_n", "log2_classes", None]):
+        for name, g in sel.groupby("name", sort=False):
+            s = g.groupby("epoch")[metric].agg(["mean", "std"]).reset_index()
+            line = ax.plot(s.epoch, s["mean"], marker="o", ms=3, label=name)[0]
+            if g.seed.nunique() > 1:
+                ax.fill_between(s.epoch, s["mean"] - s["std"], s["mean"] + s["std"], color=line.get_color(),
+                                alpha=0.2, lw=0)
+            if ceiling is not None:
+                ax.axhline(float(g[ceiling].iloc[0]), ls="--", lw=1, color=line.get_color(), alpha=0.6)
+        _symlog(ax)
+        ax.set_xlabel("epoch")
+        ax.set_title(title)
+    axes[0].legend(fontsize=8)
+
+
+def plot_rates(ax: Any, rows: pd.DataFrame, run_id: str, epochs: Sequence[int]) -> None:
+    """Fig. 3c: share of gates per activation-rate bin of one run at the given epochs."""
+    from tcomplex import plots
+
+    plots.rate_histograms(ax, rows[rows.run_id == run_id], list(epochs))
+
+
+def plot_vae(axes: Sequence[Any], rows: pd.DataFrame) -> None:
+    """Fig. 6: H(Sigma_l) (sampling on) and I(X;Sigma_l) (sampling off) of the
+    classifier's gating layers against epochs (symlog), one panel per dataset."""
+    sel = rows[(rows.group == "vae") & rows.layer.astype(str).str.startswith("classifier.")
+               & rows.metric.isin(["H", "I_XS"])]
+    for ax, (dataset, g) in zip(axes, sel.groupby("dataset")):
+        for (layer, metric), gm in g.groupby(["layer", "metric"]):
+            s = gm.groupby("epoch").value.mean()
+            ax.plot(s.index, s.values, marker="o", ms=3, ls="-" if metric == "H" else "--",
+                    label=f"{'H(Σ_l)' if metric == 'H' else 'I(X;Σ_l)'} {layer}")
+        n = int(g.analysis_per_class.iloc[0] * data_mod.DATASETS[dataset].num_classes)
+        ax.axhline(math.log2(n), ls=":", lw=1, color="0.4")
+        _symlog(ax)
+        ax.set_title(f"VAE classifier on {dataset}")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("bits")
+        ax.legend(fontsize=8)
+
+
+def plot_authors(axes: Sequence[Any], curves_: pd.DataFrame) -> None:
+    """Our MLP-MNIST curves (one line per seed) with the authors' published points as markers."""
+    sel = curves_[(curves_.group == "plain") & (curves_.model == "mlp_mnist") & (curves_.dataset == "mnist")]
+    for ax, (idx, metric, title) in zip(axes, [(1, "H", "H(Σ) [bits]"), (2, "I_XSY", "I(X;Σ;Y) [bits]")]):
+        for seed, g in sel.groupby("seed"):
+            ax.plot(g.epoch, g[metric], marker="o", ms=3, label=f"ours, seed {seed} (n = {int(g.n.iloc[0])})")
+        ax.plot([p[0] for p in AUTHORS_MLP_MNIST], [p[idx] for p in AUTHORS_MLP_MNIST], ls="none", marker="X",
+                ms=11, color="crimson", label="authors (published, n = 2000)")
+        _symlog(ax)
+        ax.set_xlabel("epoch")
+        ax.set_title(f"MLP-MNIST: {title}")
+    axes[0].legend(fontsize=8)
