@@ -1,0 +1,385 @@
+"""Benchmark ``tcomplex.gating.record_gates`` against a plain forward pass.
+
+2000 MNIST training images (the class-balanced analysis set of Appendix I:
+200 per class, seed 0) go through three networks in eval mode, batch size 256:
+
+* ``mlp_mnist`` and ``lenet5`` from ``tcomplex.experiments.models.build_model``
+  on the 1x28x28 images;
+* torchvision's ``resnet18(num_classes=10)`` on 3x32x32 versions of the images
+  (padded to 32 with the normalised value of a black pixel, the grey channel
+  repeated three times).
+
+For each network it times ``record_gates(model, x, batch_size=256)`` against
+the same batches through ``model`` under ``torch.no_grad()``, in one process,
+with all contenders interleaved (every repeat visits every model; the order of
+the two contenders flips every other repeat) and reports the medians.
+
+With ``--profile`` (or automatically for a network that misses the target)
+the overhead of ``record_gates`` is split into its parts: the hooks' Python
+dispatch, the NaN check, the ReLU states, the max-pool winners, the per-batch
+one-hot of ``GateRecorder.last`` and the final concatenation.
+
+Usage::
+
+    TCOMPLEX_DATA=/work/shared/data python benchmarks/bench_record_gates.py
+    python benchmarks/bench_record_gates.py --data-root /work/shared/data --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+RATIO_TARGET = 1.3
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def loadavg() -> str:
+    try:
+        with open("/proc/loadavg") as f:
+            return " ".join(f.read().split()[:3])
+    except OSError:
+        return "n/a"
+
+
+def to_rgb32(x: torch.Tensor) -> torch.Tensor:
+    """[n, 1, 28, 28] normalised MNIST -> [n, 3, 32, 32]: pad with black, repeat the channel."""
+    black = -MNIST_MEAN / MNIST_STD
+    return F.pad(x, (2, 2, 2, 2), value=black).repeat(1, 3, 1, 1).contiguous()
+
+
+def build_models(seed: int) -> dict[str, nn.Module]:
+    import torchvision
+
+    from tcomplex.experiments.models import build_model
+
+    torch.manual_seed(seed)
+    models = {
+        "mlp_mnist": build_model("mlp_mnist"),
+        "lenet5": build_model("lenet5"),
+        "resnet18 (torchvision)": torchvision.models.resnet18(num_classes=10),
+    }
+    for m in models.values():
+        m.eval()
+    return models
+
+
+def forward_all(model: nn.Module, x: torch.Tensor, batch_size: int) -> None:
+    with torch.no_grad():
+        for b in x.split(batch_size):
+            model(b)
+
+
+def timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+# ---------------------------------------------------------------------------
+# where record_gates' overhead goes
+# ---------------------------------------------------------------------------
+def profile_parts(model: nn.Module, x: torch.Tensor, batch_size: int, repeats: int) -> list[tuple[str, float]]:
+    """Seconds (median over repeats, for all of x) of each part of record_gates' work.
+
+    The parts are recomputed here on the gating inputs captured from a real
+    forward pass, with the same functions gating.py uses.
+    """
+    from tcomplex.gating import (
+        GATE_KINDS,
+        _concat_states,
+        _kind_of,
+        _pool_winner_offsets,
+        _PoolWinners,
+        gating_modules,
+        record_gates,
+    )
+
+    mods = gating_modules(model, GATE_KINDS)
+    captured: list[tuple[str, nn.Module, torch.Tensor]] = []  # every gating call, every batch
+    handles = []
+    for name, mod in mods.items():
+        def grab(m, args, name=name):
+            captured.append((name, m, args[0]))
+        handles.append(mod.register_forward_pre_hook(grab))
+    forward_all(model, x, batch_size)
+    for h in handles:
+        h.remove()
+    relu_in = [t for _, m, t in captured if _kind_of(m) == "relu"]
+    pool_in = [(m, t) for _, m, t in captured if _kind_of(m) == "maxpool"]
+
+    # empty hooks with the same structure: the cost of Python hook dispatch alone
+    def noop(*_a, **_k):
+        return None
+
+    def forward_with_empty_hooks():
+        hs = [model.register_forward_pre_hook(noop), model.register_forward_hook(noop)]
+        hs += [m.register_forward_pre_hook(noop) for m in mods.values()]
+        try:
+            forward_all(model, x, batch_size)
+        finally:
+            for h in hs:
+                h.remove()
+
+    def nan_check():
+        for t in relu_in + [t for _, t in pool_in]:
+            bool(torch.isnan(t).any())
+
+    def relu_states():
+        return [(t > 0).flatten(1) for t in relu_in]
+
+    def pool_offsets():
+        return [_pool_winner_offsets(t, m) for m, t in pool_in]
+
+    offs = pool_offsets()
+
+    def pool_onehot_last():
+        for (o, window, _), _p in zip(offs, pool_in):
+            _PoolWinners(o, window).onehot()
+
+    # the final Recording: one torch.cat per layer over the batches
+    per_layer: dict[str, list] = {}
+    states = relu_states()
+    it_relu, it_pool = iter(states), iter(offs)
+    for name, m, _t in captured:
+        if _kind_of(m) == "relu":
+            per_layer.setdefault(name, []).append(next(it_relu))
+        else:
+            o, window, _ = next(it_pool)
+            per_layer.setdefault(name, []).append(_PoolWinners(o, window))
+
+    def concat():
+        for parts in per_layer.values():
+            _concat_states(parts)
+
+    # candidate replacements (for the report; gating.py is not changed here)
+    def nan_check_amax():  # amax propagates NaN: one reduction, no bool temporary
+        for t in relu_in + [t for _, t in pool_in]:
+            bool(torch.isnan(t.amax()))
+
+    def pool_int32(t, m):  # same arithmetic as gating.py, on int32 instead of int64 indices
+        k, s, p = m.kernel_size, m.stride or m.kernel_size, m.padding
+        _, idx = F.max_pool2d(t, k, s, p, m.dilation, ceil_mode=m.ceil_mode, return_indices=True)
+        idx = idx.to(torch.int32)
+        oh, ow = idx.shape[-2:]
+        rows = idx // t.shape[-1]
+        cols = idx - rows * t.shape[-1]
+        top = (torch.arange(oh, dtype=torch.int32) * s - p)[:, None]
+        left = (torch.arange(ow, dtype=torch.int32) * s - p)[None, :]
+        return ((rows - top) * k + (cols - left)).flatten(1).to(torch.uint8)
+
+    def pool_2x2(t):  # 2x2 windows, stride 2: winner by strided compares (first max wins, as max_pool2d)
+        a, b = t[..., 0::2, 0::2], t[..., 0::2, 1::2]
+        c, e = t[..., 1::2, 0::2], t[..., 1::2, 1::2]
+        low = torch.maximum(c, e) > torch.maximum(a, b)
+        return torch.where(low, (e > c).to(torch.uint8) + 2, (b > a).to(torch.uint8)).flatten(1)
+
+    def _int(v):
+        return v if isinstance(v, int) else (v[0] if len(set(v)) == 1 else None)
+
+    int_params = all(isinstance(m, nn.MaxPool2d) and None not in (_int(m.kernel_size), _int(m.stride or m.kernel_size),
+                     _int(m.padding)) and _int(m.dilation) == 1 for m, _ in pool_in)
+    two_by_two = int_params and all(
+        _int(m.kernel_size) == 2 and _int(m.stride or 2) == 2 and _int(m.padding) == 0 and not m.ceil_mode
+        and t.shape[-1] % 2 == 0 and t.shape[-2] % 2 == 0 for m, t in pool_in)
+    notes: list[str] = []
+    cands: dict[str, object] = {}
+    if pool_in and int_params:
+        same = all(torch.equal(pool_int32(t, m), o[0].to(torch.uint8)) for (m, t), o in zip(pool_in, offs))
+        cands["(candidate) max-pool winners with int32 index arithmetic"] = lambda: [pool_int32(t, m) for m, t in pool_in]
+        notes.append(f"int32 winners identical to gating.py's: {same}")
+    if pool_in and two_by_two:
+        same = all(torch.equal(pool_2x2(t), o[0].to(torch.uint8)) for (m, t), o in zip(pool_in, offs))
+        cands["(candidate) max-pool winners, 2x2 by strided compares"] = lambda: [pool_2x2(t) for _, t in pool_in]
+        notes.append(f"2x2 strided winners identical to gating.py's: {same}")
+
+    parts = {
+        "forward alone": lambda: forward_all(model, x, batch_size),
+        "forward + empty hooks (dispatch)": forward_with_empty_hooks,
+        "record_gates (all of it)": lambda: record_gates(model, x, batch_size=batch_size),
+        "NaN check isnan(x).any() on every gate input": nan_check,
+        "ReLU states (x > 0).flatten(1)": relu_states,
+    }
+    if pool_in:
+        parts["max-pool winners _pool_winner_offsets"] = pool_offsets
+        parts["one-hot of pool winners for .last, every batch"] = pool_onehot_last
+    parts["Recording: torch.cat of the batches per layer"] = concat
+    parts["(candidate) NaN check isnan(x.amax())"] = nan_check_amax
+    parts.update(cands)
+    times: dict[str, list[float]] = {k: [] for k in parts}
+    for fn in parts.values():  # warm-up
+        fn()
+    inner = max(1, min(20, round(0.3 / max(timed(parts["forward alone"]), 1e-6))))
+
+    def timed_k(fn):
+        t0 = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        return (time.perf_counter() - t0) / inner
+
+    for r in range(repeats):
+        for k, fn in (list(parts.items()) if r % 2 == 0 else list(parts.items())[::-1]):
+            times[k].append(timed_k(fn))
+    out = [(k, statistics.median(v)) for k, v in times.items()]
+    # paired differences (same repeat) are steadier than differences of medians
+    fwd = times["forward alone"]
+    out.append(("__overhead", statistics.median(r - f for r, f in zip(times["record_gates (all of it)"], fwd))))
+    out.append(("__dispatch", statistics.median(
+        h - f for h, f in zip(times["forward + empty hooks (dispatch)"], fwd))))
+    for note in notes:
+        out.append((f"({note})", float("nan")))
+    return out
+
+
+# ---------------------------------------------------------------------------
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data-root", default=None, help="data root (default: $TCOMPLEX_DATA)")
+    ap.add_argument("--n", type=int, default=2000, help="images (default 2000; 500 with --quick)")
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--repeats", type=int, default=None, help="interleaved repeats (default 5; 3 with --quick)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--quick", action="store_true", help="500 images, 3 repeats")
+    ap.add_argument("--profile", action="store_true", help="split the overhead of every model into parts")
+    ap.add_argument("--no-auto-profile", action="store_true", help="do not profile models that miss the target")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    n = 500 if args.quick and args.n == 2000 else args.n
+    repeats = args.repeats or (3 if args.quick else 5)
+    t_start = time.perf_counter()
+    load_start = loadavg()
+
+    from tcomplex.experiments.data import analysis_set, resolve_data_root
+    from tcomplex.gating import record_gates
+
+    root = resolve_data_root(args.data_root)
+    x, _ = analysis_set("mnist", per_class=200, seed=0, data_root=root)
+    x = x[:n].contiguous()
+    inputs = {"mlp_mnist": x, "lenet5": x, "resnet18 (torchvision)": to_rgb32(x)}
+    models = build_models(args.seed)
+
+    info: dict[str, tuple[int, int, str]] = {}
+    for name, m in models.items():  # warm-up, and the gate layout
+        forward_all(m, inputs[name], args.batch_size)
+        rec = record_gates(m, inputs[name], batch_size=args.batch_size)
+        kinds = {}
+        for gi in rec.info.values():
+            kinds[gi.kind] = kinds.get(gi.kind, 0) + 1
+        info[name] = (len(rec), sum(gi.width for gi in rec.info.values()),
+                      ", ".join(f"{v} {k}" for k, v in kinds.items()))
+        del rec
+
+    # a measurement of a fast model repeats the whole pass `inner` times (>= ~0.3 s),
+    # and is reported per pass, so that timer and scheduler noise stay small
+    inner: dict[str, int] = {}
+    for name, m in models.items():
+        t1 = min(timed(lambda: forward_all(m, inputs[name], args.batch_size)) for _ in range(2))
+        inner[name] = max(1, min(20, round(0.3 / max(t1, 1e-6))))
+
+    def forward_k(m, xb, k):
+        for _ in range(k):
+            forward_all(m, xb, args.batch_size)
+
+    def record_k(m, xb, k):
+        for _ in range(k):
+            record_gates(m, xb, batch_size=args.batch_size)
+
+    t_fwd = {k: [] for k in models}
+    t_rec = {k: [] for k in models}
+    for r in range(repeats):
+        for name, m in models.items():
+            xb, k = inputs[name], inner[name]
+            run_fwd = lambda: t_fwd[name].append(timed(lambda: forward_k(m, xb, k)) / k)  # noqa: E731
+            run_rec = lambda: t_rec[name].append(timed(lambda: record_k(m, xb, k)) / k)  # noqa: E731
+            for fn in ((run_fwd, run_rec) if r % 2 == 0 else (run_rec, run_fwd)):
+                fn()
+
+    print("## record_gates benchmark\n")
+    print(f"- CPU: {cpu_model()}")
+    print(f"- cores (os.cpu_count): {os.cpu_count()}")
+    print(f"- torch {torch.__version__}, torch threads: {torch.get_num_threads()}")
+    print(f"- python {platform.python_version()}, load average at start: {load_start}")
+    print(f"- {n} MNIST training images (class-balanced, seed 0) from {root}; batch size {args.batch_size}; "
+          "eval mode")
+    cores = os.cpu_count() or 1
+    try:
+        busy = float(load_start.split()[0]) > cores
+    except ValueError:
+        busy = False
+    if busy and torch.get_num_threads() > 1:
+        print(f"- WARNING: load average {load_start.split()[0]} > {cores} cores: other processes compete for the "
+              "CPU and multi-threaded (OpenMP) timings become erratic; --threads 1 gives steadier ratios")
+    print()
+    print(f"| model | gating layers | total gates per sample | forward s | record_gates s | ratio | ≤ {RATIO_TARGET}× |")
+    print("|---|---|---:|---:|---:|---:|:---:|")
+    missed = []
+    for name in models:
+        f_s, r_s = statistics.median(t_fwd[name]), statistics.median(t_rec[name])
+        ratio = r_s / f_s
+        ok = ratio <= RATIO_TARGET
+        if not ok:
+            missed.append(name)
+        layers, gates, kinds = info[name]
+        print(f"| {name} | {layers} ({kinds}) | {gates} | {f_s:.3f} | {r_s:.3f} | {ratio:.2f} | "
+              f"{'PASS' if ok else 'FAIL'} |")
+    print()
+    print(f"- forward: the same batches through the model under `torch.no_grad()`; record_gates: "
+          f"`record_gates(model, x, batch_size={args.batch_size})` (returns the stored Recording).")
+    print(f"- median of {repeats} repeats; every repeat runs every model, the two contenders' order flips "
+          "every other repeat; one process. Seconds are per pass over all images; a repeat of a fast model "
+          "times several passes (" + ", ".join(f"{k}: {v}" for k, v in inner.items()) + ") and divides.")
+    print("- gates per sample: sum of the recorded widths; a max-pool layer counts d' x window "
+          "(its one-hot width).")
+    print("- resnet18 input: MNIST padded to 32x32 with the normalised black value, channel repeated to 3.")
+
+    to_profile = list(models) if args.profile else ([] if args.no_auto_profile else missed)
+    for name in to_profile:
+        parts = profile_parts(models[name], inputs[name], args.batch_size, max(3, repeats))
+        d = dict(parts)
+        base, overhead, dispatch = d["forward alone"], d["__overhead"], d["__dispatch"]
+        print(f"\n### where record_gates' time goes: {name}\n")
+        print("| part (over all images) | s | % of record_gates overhead |")
+        print("|---|---:|---:|")
+        for k, s in parts:
+            if k.startswith("__"):
+                continue
+            if s != s:  # nan: a note
+                print(f"| {k} | | |")
+                continue
+            if k == "forward alone" or k == "record_gates (all of it)":
+                pct = ""
+            elif k == "forward + empty hooks (dispatch)":
+                pct = f"{100 * dispatch / overhead:.0f}% (paired difference to the forward: {dispatch:+.4f} s)"
+            elif k.startswith("(candidate)"):
+                pct = "(a replacement, not part of record_gates)"
+            else:
+                pct = f"{100 * s / overhead:.0f}%"
+            print(f"| {k} | {s:.4f} | {pct} |")
+        print(f"\n- record_gates overhead over the forward (median of paired differences): {overhead:.4f} s "
+              f"({100 * overhead / base:.0f}% of the forward); the parts are timed on their own, so they "
+              "need not add up to it exactly.")
+    print(f"\n(total wall time {time.perf_counter() - t_start:.0f} s; load average at end: {loadavg()})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,529 @@
+"""Chapter 4: the ceiling of a DNN's complexity (Section 4.2, "Maximum complexity", Figure 5).
+
+The paper builds *task MLPs* (n ReLU layers and FC layers of width 1024, fixed
+random weights, n = 0..31) on grey-scale CIFAR-10 images; the output of Task-n
+is the task MLP's output.  *Target MLPs* with 6, 12, 18, 24 ReLU layers of width
+1024 (stacked, or residual with a skip-connection on each FC layer) are trained
+with an MSE loss to reproduce it.  Figure 5 plots the complexity of the trained
+target MLPs against n.  Claims (Section 4.2):
+
+* stacked (1): for tasks of low complexity, deep MLPs learn more complex
+  transformations than shallow ones;
+* stacked (2): as the task complexity grows, shallow MLPs' complexity is
+  usually higher than deep ones';
+* residual (1): deep residual MLPs always encode higher complexity than
+  shallow ones;
+* residual (2): complexity increases with task complexity at first;
+* residual (3): beyond a limit it saturates and starts to decrease.
+
+"Complexity" here is H(Sigma) of the whole target network (all its ReLU gates
+concatenated, Eq. 2); a regression has no labels, so there is no I(X;Sigma;Y).
+The final MSE, and R^2 = 1 - MSE / Var(target), say whether a target fits its task.
+
+With n analysis images H(Sigma) <= log2 n.  At the paper's alpha = 0.01 the
+estimate for a whole stacked network of thousands of gates often sits at that
+ceiling (every image's gating pattern is far from every other's, relative to the
+kernel width), where no ordering can be read.  So H is also
+measured, from the same gating states of the same trained models, at larger
+alphas (the paper's Appendix H / Figure 9 states that trends do not depend on
+alpha); verdicts are computed at a stated alpha (:func:`choose_alpha`) and shown
+for every alpha (:func:`verdicts_by_alpha`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from tcomplex import estimators as est
+from tcomplex.experiments import data as data_mod
+from tcomplex.experiments import models as models_mod
+from tcomplex.experiments.report import (
+    NOT_MEASURED,
+    PARTLY,
+    REPRODUCED,
+    Finding,
+    dip_then_rise,
+    verdict,
+)
+from tcomplex.experiments.studies.common import Context, load_trained_model
+from tcomplex.experiments.train import ALL, TrainConfig, _build, _prepare_data
+from tcomplex.gating import record_gates
+
+__all__ = [
+    "CHAPTER",
+    "ARCHITECTURES",
+    "configs",
+    "architecture_of",
+    "final_table",
+    "task_variance",
+    "init_output_scale",
+    "alpha_table",
+    "fit_table",
+    "fit_summary",
+    "complexity_table",
+    "n_groups",
+    "depth_order",
+    "curve_shapes",
+    "choose_alpha",
+    "findings",
+    "verdicts_by_alpha",
+    "ceiling_bits",
+    "grid_text",
+    "plot_vs_n",
+]
+
+CHAPTER = "04_maximum_complexity"
+ARCHITECTURES = ("stacked", "residual")
+#: where the measurements after training run (train() itself picks its device from the config)
+_DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+#: metrics of the final epoch kept per run
+_FINAL_METRICS = ("H", "saturated_H", "rate_mean", "train_loss", "test_loss", "epoch_train_loss", "epoch_seconds")
+
+
+def _model_kwargs(depth: int, architecture: str) -> dict[str, object]:
+    if architecture == "stacked":
+        return {"n_relu": int(depth)}
+    if architecture == "residual":
+        return {"n_relu": int(depth), "residual": True}
+    raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {architecture!r}")
+
+
+def architecture_of(model_kwargs: str | dict[str, object]) -> tuple[str, int]:
+    """(architecture, depth) of a target MLP from its ``model_kwargs`` (dict or the JSON of a row)."""
+    kw = json.loads(model_kwargs) if isinstance(model_kwargs, str) else model_kwargs
+    return ("residual" if kw.get("residual") else "stacked"), int(kw["n_relu"])
+
+
+def configs(
+    *,
+    dataset: str,
+    task_ns: Sequence[int],
+    depths: Sequence[int],
+    architectures: Sequence[str],
+    seeds: Sequence[int],
+    epochs: int,
+    train_subset: int | None,
+    eval_size: int | None,
+    analysis_size: int,
+    optimizer: str,
+    lr_stacked: float,
+    lr_residual: float,
+    batch_size: int,
+    task_seed: int = 0,
+) -> list[TrainConfig]:
+    """Training runs of Figure 5: every target MLP on every Task-n.
+
+    A run regresses the output of the task MLP with ``task_n`` ReLU layers
+    (``task="regress"``, MSE) with a ``target_mlp`` of ``depth`` ReLU layers,
+    stacked or residual.  Complexity is tracked at the last epoch only, for the
+    whole network (``per_layer=False``), on ``analysis_size`` random training
+    images (Appendix I: 2000).  Train and test MSE are measured on ``eval_size``
+    images of each split (None: 10000 train images and the whole test split).
+    No weight decay: the paper names no regulariser for this regression.
+    ``lr_stacked`` / ``lr_residual``: learning rate per architecture (the
+    paper gives none).  A residual block ``ReLU(x + W x)`` with kaiming-normal
+    W multiplies the mean square of its activations by a constant factor above
+    one, so a deep residual target starts with outputs orders of magnitude
+    larger than the task's (:func:`init_output_scale`) and needs a larger step
+    size to bring them down; a deep stacked target loses many of its active
+    gates with that step size.
+    """
+    out = []
+    for arch in architectures:
+        for depth in depths:
+            for n in task_ns:
+                for s in seeds:
+                    out.append(TrainConfig(
+                        model="target_mlp", dataset=dataset, task="regress", task_n=int(n), task_seed=task_seed,
+                        model_kwargs=_model_kwargs(depth, arch), epochs=epochs, seed=int(s),
+                        batch_size=batch_size, optimizer=optimizer,
+                        lr=lr_stacked if arch == "stacked" else lr_residual, weight_decay=0.0,
+                        train_subset=train_subset, test_subset=eval_size,
+                        eval_train_size=eval_size if eval_size is not None else 10000,
+                        analysis_size=analysis_size, track_epochs=[epochs], per_layer=False, rates=True,
+                        label=f"{arch} target MLP, {depth} ReLU layers, Task-{n}",
+                    ))
+    return out
+
+
+def final_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """One row per run at its last tracked epoch: arch, depth, task_n, seed and the final metrics.
+
+    ``H`` is H(Sigma) of the whole network at the run's alpha (0.01 for gates
+    after FC layers), ``saturated_H`` whether it sits at log2(analysis_size).
+    """
+    sel = rows[(rows.layer == ALL) & rows.metric.isin(_FINAL_METRICS)]
+    sel = sel[sel.epoch == sel.groupby("run_id").epoch.transform("max")]
+    wide = sel.pivot_table(index=["run_id", "model_kwargs", "task_n", "seed", "analysis_size", "epoch"],
+                           columns="metric", values="value").reset_index()
+    wide.columns.name = None
+    arch_depth = wide.model_kwargs.map(architecture_of)
+    wide.insert(1, "arch", arch_depth.str[0])
+    wide.insert(2, "depth", arch_depth.str[1].astype(int))
+    wide["saturated_H"] = wide["saturated_H"].astype(bool)
+    wide["task_n"] = wide["task_n"].astype(int)
+    return wide.drop(columns="model_kwargs").sort_values(["arch", "depth", "task_n", "seed"]).reset_index(drop=True)
+
+
+def task_variance(cfgs: Sequence[TrainConfig], ctx: Context) -> pd.DataFrame:
+    """Var(target) per Task-n on the test images where the test MSE is measured.
+
+    The mean over output units of the variance over images of the task MLP's
+    output: the MSE of the best constant prediction, so R^2 = 1 - MSE / Var.
+    One row per (task_n, task_seed, test images).
+    """
+    out, seen = [], set()
+    for cfg in cfgs:
+        key = (cfg.dataset, cfg.task_n, cfg.task_seed, cfg.test_subset)
+        if key in seen:
+            continue
+        seen.add(key)
+        d = _prepare_data(cfg, str(ctx.data_root), None)
+        info = data_mod.DATASETS[cfg.dataset]
+        task = models_mod.build_model("task_mlp", in_channels=info.shape[0], input_size=info.shape[-1],
+                                      n_relu=cfg.task_n, seed=cfg.task_seed).to(_DEVICE)
+        with torch.no_grad():
+            t = torch.cat([task(x.to(_DEVICE)).cpu() for x in d.test_x.split(1000)])
+        out.append({"task_n": cfg.task_n, "task_seed": cfg.task_seed, "test_images": len(t),
+                    "var_target": float(t.var(0, unbiased=False).mean()),
+                    "mean_sq_target": float(t.pow(2).mean())})
+    return pd.DataFrame(out).sort_values("task_n").reset_index(drop=True)
+
+
+def init_output_scale(cfgs: Sequence[TrainConfig], ctx: Context) -> pd.DataFrame:
+    """Root-mean-square output of every target MLP at initialisation, on its analysis images.
+
+    The model is built exactly as :func:`train` builds it (global seed, then the
+    registry), before any step.  Compare with the task's RMS output
+    (``sqrt(mean_sq_target)`` of :func:`task_variance`): a residual target starts
+    orders of magnitude above it.
+    """
+    out, seen = [], set()
+    for cfg in cfgs:
+        arch, depth = architecture_of(cfg.model_kwargs)
+        key = (arch, depth, cfg.seed)
+        if key in seen:
+            continue
+        seen.add(key)
+        d = _prepare_data(cfg, str(ctx.data_root), None)
+        torch.manual_seed(cfg.seed)
+        model = _build(cfg, d.shape, d.num_classes).eval()
+        with torch.no_grad():
+            y = torch.cat([model(x) for x in d.analysis_x.split(500)])
+        out.append({"arch": arch, "depth": depth, "seed": cfg.seed,
+                    "rms_output_at_init": float(y.pow(2).mean().sqrt())})
+    return pd.DataFrame(out).sort_values(["arch", "depth", "seed"]).reset_index(drop=True)
+
+
+def _alpha_rows(cfg: TrainConfig, ctx: Context, alphas: Sequence[float]) -> pd.DataFrame:
+    model = load_trained_model(cfg, ctx).to(_DEVICE)
+    d = _prepare_data(cfg, str(ctx.data_root), None)  # the analysis set train() measured on
+    states = record_gates(model, d.analysis_x, kinds=cfg.kinds).concat().to(_DEVICE)
+    out = []
+    with warnings.catch_warnings():  # saturation is a column of the table
+        warnings.simplefilter("ignore", est.SaturationWarning)
+        for a in alphas:
+            h = est.kde_entropy(states, alpha=a, bandwidth=cfg.bandwidth)
+            out.append({"alpha": float(a), "H": float(h), "ceiling": float(h.ceiling), "saturated": bool(h.saturated)})
+    return pd.DataFrame(out)
+
+
+def alpha_table(cfgs: Sequence[TrainConfig], ctx: Context, alphas: Sequence[float]) -> pd.DataFrame:
+    """H(Sigma) of each trained target MLP at every alpha of ``alphas`` (Appendix H, Figure 9).
+
+    The gating states of the final model on the run's own analysis set, one KDE
+    estimate (Eq. 2, sigma0^2 = alpha * d) per alpha.  Cached per run under
+    ``<runs>/_04_maximum_complexity/`` (only missing alphas are computed).
+    """
+    cache_dir = ctx.runs / f"_{CHAPTER}"
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    frames = []
+    for cfg in cfgs:
+        path = cache_dir / f"{cfg.run_id}.csv"
+        cached = pd.read_csv(path) if path.exists() else pd.DataFrame(columns=["alpha", "H", "ceiling", "saturated"])
+        missing = [a for a in alphas if not np.isclose(cached.alpha.astype(float), a).any()]
+        if missing:
+            cached = pd.concat([cached, _alpha_rows(cfg, ctx, missing)], ignore_index=True)
+            tmp = path.with_suffix(".tmp")
+            cached.to_csv(tmp, index=False)
+            tmp.replace(path)
+        sel = cached[cached.alpha.astype(float).map(lambda v: any(np.isclose(v, a) for a in alphas))].copy()
+        arch, depth = architecture_of(cfg.model_kwargs)
+        sel.insert(0, "run_id", cfg.run_id)
+        sel.insert(1, "arch", arch)
+        sel.insert(2, "depth", depth)
+        sel.insert(3, "task_n", int(cfg.task_n))
+        sel.insert(4, "seed", cfg.seed)
+        frames.append(sel)
+    table = pd.concat(frames, ignore_index=True)
+    table = table.astype({"alpha": float, "H": float, "ceiling": float, "saturated": bool})
+    return table.sort_values(["alpha", "arch", "depth", "task_n", "seed"]).reset_index(drop=True)
+
+
+def fit_table(final: pd.DataFrame, variance: pd.DataFrame) -> pd.DataFrame:
+    """:func:`final_table` with ``var_target`` and ``r2`` = 1 - test MSE / Var(target) per run."""
+    fit = final.merge(variance[["task_n", "var_target"]], on="task_n", how="left")
+    fit["r2"] = 1.0 - fit.test_loss / fit.var_target
+    return fit
+
+
+def fit_summary(fit: pd.DataFrame) -> pd.DataFrame:
+    """Per architecture: runs, median test R^2, runs with R^2 > 0, mean activation rate of the gates."""
+    g = fit.groupby("arch")
+    return pd.DataFrame({"runs": g.size(), "median_r2": g.r2.median(),
+                         "runs_r2_positive": g.r2.apply(lambda r: int((r > 0).sum())),
+                         "mean_activation_rate": g.rate_mean.mean()}).reset_index()
+
+
+def complexity_table(alphas: pd.DataFrame, final: pd.DataFrame, variance: pd.DataFrame) -> pd.DataFrame:
+    """Figure 5's data: per (alpha, arch, depth, task_n), H averaged over seeds with fit quality.
+
+    Columns: ``H`` (mean over seeds), ``H_sd``, ``seeds``, ``saturated`` (any
+    seed at the ceiling), ``ceiling`` (log2 n), ``test_mse``, ``r2`` (1 - test
+    MSE / Var(target), mean over seeds) and ``rate_mean`` (fraction of active gates).
+    """
+    fit = fit_table(final, variance)
+    t = alphas.merge(fit[["run_id", "test_loss", "r2", "rate_mean"]], on="run_id", how="left")
+    g = t.groupby(["alpha", "arch", "depth", "task_n"])
+    out = g.agg(H=("H", "mean"), H_sd=("H", "std"), seeds=("seed", "nunique"), saturated=("saturated", "any"),
+                ceiling=("ceiling", "max"), test_mse=("test_loss", "mean"), r2=("r2", "mean"),
+                rate_mean=("rate_mean", "mean")).reset_index()
+    return out
+
+
+# ---------------------------------------------------------------------------
+# verdict logic
+# ---------------------------------------------------------------------------
+def n_groups(task_ns: Sequence[int]) -> tuple[list[int], list[int]]:
+    """The low- and high-complexity tasks: the smallest and the largest third of the n values (at least one each)."""
+    ns = sorted(set(int(n) for n in task_ns))
+    k = max(1, len(ns) // 3)
+    return ns[:k], ns[-k:]
+
+
+def _spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman rank correlation; NaN when either side is constant or has fewer than 2 values."""
+    xs, ys = pd.Series(list(x), dtype=float), pd.Series(list(y), dtype=float)
+    if len(xs) < 2 or xs.nunique() < 2 or ys.nunique() < 2:
+        return float("nan")
+    return float(xs.corr(ys, method="spearman"))
+
+
+def depth_order(table: pd.DataFrame) -> pd.DataFrame:
+    """Per (alpha, arch, task_n): Spearman rho between depth and H over the depths.
+
+    ``readable`` is False when an estimate of some depth sits at the ceiling
+    (then no ordering can be read). ``rho`` is NaN when all H are equal.
+    """
+    out = []
+    for (alpha, arch, n), g in table.groupby(["alpha", "arch", "task_n"]):
+        g = g.sort_values("depth")
+        out.append({"alpha": alpha, "arch": arch, "task_n": int(n), "depths": len(g),
+                    "rho": _spearman(g.depth, g.H), "readable": not bool(g.saturated.any()),
+                    "H_by_depth": ", ".join(f"{int(d)}: {h:.2f}" for d, h in zip(g.depth, g.H))})
+    return pd.DataFrame(out)
+
+
+def curve_shapes(table: pd.DataFrame, tol: float) -> pd.DataFrame:
+    """Per (alpha, arch, depth): the shape of H against task complexity n.
+
+    ``rises_first``: the maximum is not at the smallest n and exceeds H there by
+    more than ``tol`` bits (residual claim 2); ``rise_then_fall``: the maximum is
+    at an interior n and H at the largest n is more than ``tol`` below it
+    (residual claim 3; :func:`dip_then_rise` on -H).  ``readable`` is False when
+    any point sits at the ceiling log2 n.
+    """
+    out = []
+    for (alpha, arch, depth), g in table.groupby(["alpha", "arch", "depth"]):
+        g = g.sort_values("task_n")
+        if len(g) < 3:
+            continue
+        s = dip_then_rise(g.task_n.to_numpy(), -g.H.to_numpy(), tol=tol)
+        out.append({"alpha": alpha, "arch": arch, "depth": int(depth), "n_at_max": int(s["min_epoch"]),
+                    "H_first": -s["first"], "H_max": -s["min"], "H_last": -s["last"],
+                    "rise": s["drop"], "fall": s["rise"], "rises_first": bool(s["dips"]),
+                    "rise_then_fall": bool(s["holds"]), "readable": not bool(g.saturated.any())})
+    return pd.DataFrame(out)
+
+
+def choose_alpha(table: pd.DataFrame, alphas: Sequence[float], max_saturated: float) -> float | None:
+    """The first alpha of ``alphas`` (the paper's 0.01 first) with at most ``max_saturated`` of its estimates saturated.
+
+    None when every alpha saturates more often than that.
+    """
+    for a in alphas:
+        sel = table[np.isclose(table.alpha, a)]
+        if len(sel) and float(sel.saturated.mean()) <= max_saturated:
+            return float(a)
+    return None
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    verdict: str
+    measured: str
+
+
+def _ordering(order: pd.DataFrame, arch: str, ns: Sequence[int], sign: int, need_all: bool) -> _Outcome:
+    """Verdict of a depth-ordering claim on the tasks ``ns``.
+
+    ``sign`` +1: deeper is more complex (rho > 0); -1: shallower is (rho < 0).
+    ``need_all``: the claim says "always" (every readable n must agree), else
+    the claim holds when the mean rho has the sign and more than half of the n agree.
+    Unreadable (saturated) n are counted: with any of them a holding claim is
+    only partly reproduced; with all of them nothing is measured.
+    """
+    sel = order[(order.arch == arch) & order.task_n.isin(list(ns))].sort_values("task_n")
+    if sel.empty or sel.depths.max() < 2:
+        return _Outcome(NOT_MEASURED, f"{arch}: fewer than two depths on tasks {list(ns)}.")
+    read = sel[sel.readable]
+    unread = len(sel) - len(read)
+    per_n = "; ".join(f"n={int(r.task_n)}: ρ={r.rho:+.2f}" + ("" if r.readable else " (saturated)")
+                      for r in sel.itertuples())
+    if read.empty:
+        return _Outcome(NOT_MEASURED,
+                        f"all {len(sel)} tasks have an estimate at log2 n: no ordering readable ({per_n}).")
+    agree = (sign * read.rho.fillna(0.0)) > 0
+    frac = float(agree.mean())
+    mean_rho = float(read.rho.fillna(0.0).mean())
+    if need_all:
+        holds, partly = frac == 1.0, frac > 0.5
+    else:
+        holds = sign * mean_rho > 0 and frac > 0.5
+        partly = sign * mean_rho > 0 or frac > 0
+    v = verdict(holds, partly)
+    if v == REPRODUCED and unread:
+        v = PARTLY
+    text = (f"Spearman ρ(depth, H) over {int(sel.depths.max())} depths per task: {per_n}. "
+            f"Sign as claimed on {int(agree.sum())}/{len(read)} readable tasks, mean ρ = {mean_rho:+.2f}"
+            + (f"; {unread} task(s) saturated (unreadable)." if unread else "."))
+    return _Outcome(v, text)
+
+
+def _shape(shapes: pd.DataFrame, arch: str, column: str) -> _Outcome:
+    """Verdict of a curve-shape claim: holds on more than half of the readable depths, partly on at least one."""
+    sel = shapes[shapes.arch == arch].sort_values("depth")
+    if sel.empty:
+        return _Outcome(NOT_MEASURED, f"{arch}: no curve with at least three task complexities.")
+    read = sel[sel.readable]
+    unread = len(sel) - len(read)
+    per_depth = "; ".join(
+        f"depth {int(r.depth)}: H {r.H_first:.2f} → max {r.H_max:.2f} at n={int(r.n_at_max)} → {r.H_last:.2f}"
+        + ("" if r.readable else " (saturated)") for r in sel.itertuples())
+    if read.empty:
+        return _Outcome(NOT_MEASURED, f"every curve touches log2 n: shape unreadable ({per_depth}).")
+    k = int(read[column].sum())
+    v = verdict(k > len(read) / 2, k > 0)
+    if v == REPRODUCED and unread:
+        v = PARTLY
+    text = f"{per_depth}. Holds for {k}/{len(read)} readable depths" + (
+        f"; {unread} depth(s) saturated (unreadable)." if unread else ".")
+    return _Outcome(v, text)
+
+
+def findings(table: pd.DataFrame, alpha: float | None, tol: float, setting: str) -> list[Finding]:
+    """The five claims of Section 4.2 ("maximum complexity") with computed verdicts at ``alpha``.
+
+    Criteria (stated in the measured text): low/high tasks are the smallest and
+    largest third of the n values (:func:`n_groups`).  Stacked (1): mean
+    Spearman ρ(depth, H) over the low tasks > 0 with more than half of them
+    positive; stacked (2): the same with ρ < 0 over the high tasks; residual (1):
+    ρ > 0 at every task; residual (2)/(3): :func:`curve_shapes` with tolerance
+    ``tol`` bits, on more than half of the depths.  Saturated estimates make a
+    task (or curve) unreadable; ``alpha`` None (every alpha saturated) gives
+    "not measured" everywhere.
+    """
+    claims = [
+        ("stacked_1", "Sec. 4.2 / Fig. 5 left, stacked (1): for tasks of low complexity, deep MLPs learn more "
+                      "complex transformations than shallow MLPs."),
+        ("stacked_2", "Sec. 4.2 / Fig. 5 left, stacked (2): as the task complexity increases, the complexity of "
+                      "shallow MLPs is usually higher than that of deep MLPs."),
+        ("residual_1", "Sec. 4.2 / Fig. 5 right, residual (1): deep residual MLPs always encode higher complexity "
+                       "than shallow residual MLPs."),
+        ("residual_2", "Sec. 4.2 / Fig. 5 right, residual (2): the complexity of residual MLPs increases with the "
+                       "task complexity in the beginning."),
+        ("residual_3", "Sec. 4.2 / Fig. 5 right, residual (3): beyond a certain task complexity, the complexity "
+                       "saturates and starts to decrease."),
+    ]
+    if alpha is None:
+        return [Finding(k, CHAPTER, c, "every α of the grid saturates H at log2 n on too many runs: nothing readable.",
+                        NOT_MEASURED, setting) for k, c in claims]
+    at = table[np.isclose(table.alpha, alpha)]
+    low, high = n_groups(at.task_n.unique())
+    order = depth_order(at)
+    shapes = curve_shapes(at, tol)
+    criteria = {
+        "stacked_1": f"criterion: on the low tasks n ∈ {low}, mean ρ(depth, H) > 0 and ρ > 0 on more than half",
+        "stacked_2": f"criterion: on the high tasks n ∈ {high}, mean ρ(depth, H) < 0 and ρ < 0 on more than half",
+        "residual_1": "criterion: ρ(depth, H) > 0 on every task (on more than half: partly)",
+        "residual_2": f"criterion: per depth, max of H over n not at the smallest n and above H there by > {tol:g} bit",
+        "residual_3": f"criterion: per depth, max of H over n at an interior n and H at the largest n below it by "
+                      f"> {tol:g} bit",
+    }
+    outcomes = {
+        "stacked_1": _ordering(order, "stacked", low, +1, need_all=False),
+        "stacked_2": _ordering(order, "stacked", high, -1, need_all=False),
+        "residual_1": _ordering(order, "residual", sorted(at.task_n.unique()), +1, need_all=True),
+        "residual_2": _shape(shapes, "residual", "rises_first"),
+        "residual_3": _shape(shapes, "residual", "rise_then_fall"),
+    }
+    fit = at.groupby("arch").r2.median()
+    fits = ", ".join(f"{a} median R² {r:.2f}" for a, r in fit.items())
+    return [Finding(k, CHAPTER, c, f"[α = {alpha:g}; {fits}; {criteria[k]}] {outcomes[k].measured}",
+                    outcomes[k].verdict, setting) for k, c in claims]
+
+
+def verdicts_by_alpha(table: pd.DataFrame, tol: float) -> pd.DataFrame:
+    """The verdict of every claim at every alpha of the table (is the reading stable in alpha? Appendix H)."""
+    out = []
+    for a in sorted(table.alpha.unique()):
+        sat = float(table[np.isclose(table.alpha, a)].saturated.mean())
+        row: dict[str, object] = {"alpha": a, "saturated_fraction": round(sat, 3)}
+        for f in findings(table, float(a), tol, ""):
+            row[f.key] = f.verdict
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def grid_text(values: Sequence[int]) -> str:
+    """``"0..31"`` for a run of consecutive integers (more than two), else the sorted list."""
+    v = sorted(int(x) for x in values)
+    if len(v) > 2 and v == list(range(v[0], v[-1] + 1)):
+        return f"{v[0]}..{v[-1]}"
+    return str(v)
+
+
+def ceiling_bits(analysis_size: int) -> float:
+    """log2 of the number of analysis images: the largest value H(Sigma) can take."""
+    return math.log2(analysis_size)
+
+
+def plot_vs_n(ax: Any, table: pd.DataFrame, arch: str, value: str = "H", *, ceiling: float | None = None) -> None:
+    """Figure 5: ``value`` against task complexity n, one line per target depth.
+
+    When ``value`` is H, points at the ceiling log2 n are marked with a cross;
+    a band shows +/- one sd over seeds when there are several.
+    """
+    sel = table[table.arch == arch]
+    for depth, g in sel.groupby("depth"):
+        g = g.sort_values("task_n")
+        line = ax.plot(g.task_n, g[value], marker="o", ms=3, label=f"{int(depth)} ReLU layers")[0]
+        if value == "H" and (g.seeds > 1).any():
+            sd = g.H_sd.fillna(0.0)
+            ax.fill_between(g.task_n, g.H - sd, g.H + sd, color=line.get_color(), alpha=0.2, lw=0)
+        sat = g[g.saturated] if value == "H" else g.iloc[:0]
+        if len(sat):
+            ax.plot(sat.task_n, sat[value], ls="none", marker="x", ms=8, mew=2, color=line.get_color())
+    if ceiling is not None:
+        ax.axhline(ceiling, ls="--", lw=1, color="0.4")
+    ax.set_xlabel("task complexity n (ReLU layers of the task MLP)")
+    ax.set_ylabel(value)

@@ -1,0 +1,167 @@
+"""Verdict and aggregation logic of chapter 4 (maximum complexity) on synthetic tables with known answers."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import pytest
+
+from tcomplex.experiments.report import NOT_MEASURED, NOT_REPRODUCED, PARTLY, REPRODUCED
+from tcomplex.experiments.studies import max_complexity as mc
+
+NS = [0, 1, 2, 4, 8, 16, 31]
+DEPTHS = [6, 12, 18, 24]
+CEIL = math.log2(300)
+
+
+def _stacked_h(depth: int, n: int) -> float:
+    """Deeper is more complex for n <= 1, shallower for n >= 16 (the paper's stacked findings)."""
+    slope = {0: 1.0, 1: 0.5, 2: 0.2, 4: 0.0, 8: -0.1, 16: -0.5, 31: -1.0}[n]
+    return 4.0 + slope * depth / 6
+
+
+def _residual_h(depth: int, n: int) -> float:
+    """Deeper always more complex; H rises with n up to n = 8, then falls (the paper's residual findings)."""
+    bump = {0: 0.0, 1: 0.4, 2: 0.8, 4: 1.2, 8: 1.5, 16: 1.0, 31: 0.6}[n]
+    return 2.0 + depth / 6 + bump
+
+
+def _table(stacked=_stacked_h, residual=_residual_h, alpha: float = 0.03, saturate=lambda arch, d, n: False):
+    rows = []
+    for arch, f in (("stacked", stacked), ("residual", residual)):
+        for d in DEPTHS:
+            for n in NS:
+                sat = saturate(arch, d, n)
+                rows.append({"alpha": alpha, "arch": arch, "depth": d, "task_n": n,
+                             "H": CEIL if sat else f(d, n), "H_sd": float("nan"), "seeds": 1,
+                             "saturated": sat, "ceiling": CEIL, "test_mse": 0.1, "r2": 0.9, "rate_mean": 0.4})
+    return pd.DataFrame(rows)
+
+
+def _verdicts(table, alpha=0.03, tol=0.1):
+    return {f.key: f.verdict for f in mc.findings(table, alpha, tol, "")}
+
+
+def test_n_groups_take_the_smallest_and_largest_third():
+    assert mc.n_groups(NS) == ([0, 1], [16, 31])
+    assert mc.n_groups([8, 0, 2]) == ([0], [8])
+
+
+def test_paper_like_table_reproduces_every_claim():
+    assert set(_verdicts(_table()).values()) == {REPRODUCED}
+
+
+def test_reversed_orderings_are_not_reproduced():
+    v = _verdicts(_table(stacked=lambda d, n: -_stacked_h(d, n), residual=lambda d, n: 10 - d / 6 + 0 * n))
+    assert v["stacked_1"] == NOT_REPRODUCED
+    assert v["stacked_2"] == NOT_REPRODUCED
+    assert v["residual_1"] == NOT_REPRODUCED
+    assert v["residual_2"] == NOT_REPRODUCED  # flat in n: no rise beyond the tolerance
+    assert v["residual_3"] == NOT_REPRODUCED
+
+
+def test_monotone_rise_is_claim_2_but_not_claim_3():
+    v = _verdicts(_table(residual=lambda d, n: 2.0 + d / 6 + 0.1 * n))
+    assert v["residual_2"] == REPRODUCED
+    assert v["residual_3"] == NOT_REPRODUCED
+
+
+def test_everything_at_the_ceiling_is_not_measured():
+    v = _verdicts(_table(saturate=lambda arch, d, n: True))
+    assert set(v.values()) == {NOT_MEASURED}
+
+
+def test_partial_saturation_downgrades_a_holding_claim_to_partly():
+    # the deepest stacked net saturates at n = 0: that task is unreadable, n = 1 still shows deeper > shallower
+    v = _verdicts(_table(saturate=lambda arch, d, n: arch == "stacked" and d == 24 and n == 0))
+    assert v["stacked_1"] == PARTLY
+    assert v["stacked_2"] == REPRODUCED
+    # one residual curve touches the ceiling: the others still rise then fall
+    v = _verdicts(_table(saturate=lambda arch, d, n: arch == "residual" and d == 24 and n == 8))
+    assert v["residual_3"] == PARTLY
+    assert v["residual_1"] == PARTLY
+
+
+def test_always_means_every_task():
+    # deeper is more complex everywhere except at n = 31
+    v = _verdicts(_table(residual=lambda d, n: _residual_h(d, n) if n != 31 else 5 - d / 6))
+    assert v["residual_1"] == PARTLY
+
+
+def test_no_alpha_means_not_measured():
+    found = mc.findings(_table(), None, 0.1, "setting")
+    assert {f.verdict for f in found} == {NOT_MEASURED}
+    assert all(f.setting == "setting" for f in found)
+
+
+def test_depth_order_signs_and_ties():
+    order = mc.depth_order(_table())
+    st = order[order.arch == "stacked"].set_index("task_n").rho
+    assert st[0] == pytest.approx(1.0) and st[31] == pytest.approx(-1.0)
+    assert math.isnan(st[4])  # all depths equal: no ordering
+
+
+def test_curve_shapes_find_the_interior_maximum():
+    shapes = mc.curve_shapes(_table(), tol=0.1)
+    res = shapes[shapes.arch == "residual"]
+    assert (res.n_at_max == 8).all()
+    assert res.rise_then_fall.all() and res.rises_first.all() and res.readable.all()
+
+
+def test_choose_alpha_skips_saturated_alphas():
+    sat = _table(alpha=0.01, saturate=lambda arch, d, n: True)
+    ok = _table(alpha=0.03)
+    both = pd.concat([sat, ok], ignore_index=True)
+    assert mc.choose_alpha(both, [0.01, 0.03], max_saturated=0.1) == 0.03
+    assert mc.choose_alpha(sat, [0.01], max_saturated=0.1) is None
+    by_alpha = mc.verdicts_by_alpha(both, tol=0.1).set_index("alpha")
+    assert by_alpha.loc[0.01, "saturated_fraction"] == 1.0
+    assert by_alpha.loc[0.01, "stacked_1"] == NOT_MEASURED
+    assert by_alpha.loc[0.03, "residual_3"] == REPRODUCED
+
+
+def test_configs_cover_the_grid_and_reach_the_target_mlp():
+    cfgs = mc.configs(dataset="mnist", task_ns=[0, 8], depths=[6, 12], architectures=["stacked", "residual"],
+                      seeds=[0], epochs=2, train_subset=100, eval_size=50, analysis_size=30,
+                      optimizer="adam", lr_stacked=1e-4, lr_residual=1e-3, batch_size=32)
+    assert len(cfgs) == 8 and len({c.run_id for c in cfgs}) == 8
+    assert all(c.task == "regress" and c.model == "target_mlp" and c.track_epochs == [2] for c in cfgs)
+    kinds = {mc.architecture_of(c.model_kwargs) for c in cfgs}
+    assert kinds == {("stacked", 6), ("stacked", 12), ("residual", 6), ("residual", 12)}
+    assert {(mc.architecture_of(c.model_kwargs)[0], c.lr) for c in cfgs} == {("stacked", 1e-4), ("residual", 1e-3)}
+    assert mc.architecture_of(json.dumps({"n_relu": 18, "residual": True})) == ("residual", 18)
+    with pytest.raises(ValueError):
+        mc.configs(dataset="mnist", task_ns=[0], depths=[6], architectures=["dense"], seeds=[0], epochs=1,
+                   train_subset=None, eval_size=None, analysis_size=10, optimizer="adam", lr_stacked=1e-4, lr_residual=1e-3, batch_size=8)
+
+
+def test_final_table_keeps_the_last_epoch():
+    rows = []
+    for epoch, h in ((0, 5.0), (3, 4.0)):
+        for metric, value in (("H", h), ("saturated_H", 0.0), ("test_loss", 0.5 / (epoch + 1)), ("rate_mean", 0.3)):
+            rows.append({"run_id": "r1", "model_kwargs": json.dumps({"n_relu": 6, "residual": True}), "task_n": 4,
+                         "seed": 0, "analysis_size": 300, "epoch": epoch, "layer": "__all__", "metric": metric,
+                         "value": value, "bin": None})
+    t = mc.final_table(pd.DataFrame(rows))
+    assert len(t) == 1
+    r = t.iloc[0]
+    assert (r.arch, r.depth, r.epoch, r.H, r.test_loss) == ("residual", 6, 3, 4.0, 0.125)
+    assert not r.saturated_H
+
+
+def test_grid_text():
+    assert mc.grid_text(range(32)) == "0..31"
+    assert mc.grid_text([8, 0, 2]) == "[0, 2, 8]"
+    assert mc.grid_text([0, 1]) == "[0, 1]"
+
+
+def test_fit_table_r2_against_the_target_variance():
+    final = pd.DataFrame({"run_id": ["a", "b", "c"], "arch": ["stacked", "stacked", "residual"],
+                          "task_n": [0, 8, 8], "test_loss": [0.5, 2.0, 0.1], "rate_mean": [0.4, 0.2, 0.3]})
+    variance = pd.DataFrame({"task_n": [0, 8], "var_target": [2.0, 1.0]})
+    fit = mc.fit_table(final, variance)
+    assert fit.r2.tolist() == pytest.approx([0.75, -1.0, 0.9])
+    summary = mc.fit_summary(fit).set_index("arch")
+    assert summary.loc["stacked", "runs_r2_positive"] == 1 and summary.loc["residual", "runs"] == 1
