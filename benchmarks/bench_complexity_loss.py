@@ -20,9 +20,8 @@ An epoch time is extrapolated from the per-step medians (469 steps of 128 on the
 With ``--breakdown`` (automatic on a FAIL) it also reports the parts of a
 complexity step (forward with Swish gates, EBM fit, energy of the batch,
 backward + step) and times the EBM fit alone for 0, 1 and 5 Langevin steps, for
-the MLP energy net instead of the six-layer ConvNet of wide layers, and for that
-ConvNet rewritten as the Linear + BatchNorm1d layers its 1x1 convolutions on a
-[B, d, 1, 1] map are (same weights, same function; checked), so the cost of each
+and the MLP energy net instead of the six-layer 1x1 ConvNet of wide layers
+(written as the Linear + BatchNorm1d layers it amounts to), so the cost of each
 design choice is visible.
 
 Usage::
@@ -145,30 +144,6 @@ def run_steps(trainer: Trainer, data: list[tuple[torch.Tensor, torch.Tensor]],
     return go
 
 
-def as_linear(penalty: ComplexityPenalty) -> None:
-    """Rewrite every wide energy net's 1x1 convolutions on a [B, d, 1, 1] map as the Linear + BatchNorm1d
-    layers they are (same weights, same function), in place: the candidate change to ``tcomplex.ebm`` timed
-    by the breakdown."""
-    for ebm in penalty.ebms:
-        f = ebm.f
-        if not f.wide:
-            continue
-        layers: list[nn.Module] = []
-        for m in f.body:
-            if isinstance(m, nn.Conv2d):
-                lin = nn.Linear(m.in_channels, m.out_channels, bias=False)
-                lin.weight.data.copy_(m.weight.data.flatten(1))
-                layers.append(lin)
-            elif isinstance(m, nn.BatchNorm2d):
-                bn = nn.BatchNorm1d(m.num_features)
-                bn.load_state_dict(m.state_dict())
-                layers.append(bn)
-            else:
-                layers.append(m)
-        f.body = nn.Sequential(*layers)
-        f.wide = False
-
-
 def breakdown(name: str, trainer: Trainer, parts: dict[str, list[float]], plain_parts: dict[str, list[float]],
               x: torch.Tensor, repeats: int) -> list[str]:
     """Where a complexity step's time went (parts timed during the main measurement), and what the
@@ -191,20 +166,9 @@ def breakdown(name: str, trainer: Trainer, parts: dict[str, list[float]], plain_
     }
     if any(e.f.wide for e in pen.ebms):
         variants[f"5 steps, MLP {MLP_WIDTHS} energy net"] = {"energy_widths": list(MLP_WIDTHS)}
-    linear_label = "5 steps, the same ConvNet as Linear + BatchNorm1d"
-    if any(e.f.wide for e in pen.ebms):
-        variants[linear_label] = {}
     fits: dict[str, Callable[[], None]] = {}
     for label, options in variants.items():
         tr = Trainer(name, x0, options)
-        if label == linear_label:
-            with torch.no_grad():
-                probe = torch.rand(8, tr.penalty.ebms[0].d)
-                before = tr.penalty.ebms[0].f.eval()(probe)
-                as_linear(tr.penalty)
-                after = tr.penalty.ebms[0].f.eval()(probe)
-            if not torch.allclose(before, after, rtol=1e-4, atol=1e-5):
-                raise SystemExit("the Linear form of the energy net does not compute the same function")
         with torch.no_grad():
             tr.model(x0)
         tr.penalty.step_energy_model()  # warm-up
@@ -216,7 +180,7 @@ def breakdown(name: str, trainer: Trainer, parts: dict[str, list[float]], plain_
     lines.append(f"  - one Langevin step (all four layers) costs {(d5 - d0) / 5 * 1e3:.1f} ms; the rest of the fit "
                  f"(data and negatives through f, backward, SGD step) {d0 * 1e3:.1f} ms")
     plain_total = sum(plain_step.values())
-    for label in (linear_label, "1 Langevin step"):
+    for label in ("1 Langevin step",):
         if label in med:
             projected = total - (d5 - med[label]) * 1e3
             lines.append(f"  - projected complexity step with '{label}': {projected:.1f} ms, "
