@@ -85,8 +85,11 @@ def test_book_pages_load_with_figures_equations_and_working_links(served_book):
                 assert all(w > 0 and shown > 0 for w, shown in sizes), f"{chapter}: empty image {sizes}"
                 assert page.locator("article table").count() > 0, f"{chapter}: no findings table"
             if chapter in ("intro", "01_metrics"):
-                page.wait_for_selector("mjx-container", timeout=60000)
-                assert page.locator("mjx-container").count() > 0, f"{chapter}: equations not typeset"
+                page.wait_for_selector("mjx-container", state="attached", timeout=60000)
+                widths = page.eval_on_selector_all(
+                    "mjx-container", "els => els.map(e => e.getBoundingClientRect().width)"
+                )
+                assert any(w > 0 for w in widths), f"{chapter}: equations not typeset ({len(widths)} empty)"
             hrefs = page.eval_on_selector_all("a[href]", "els => els.map(e => e.href)")
             for href in hrefs:
                 target = urlparse(href)
