@@ -34,6 +34,7 @@ import math
 import os
 import platform
 import resource
+import signal
 import statistics
 import subprocess
 import sys
@@ -189,13 +190,22 @@ def run_child(n: int, d: int, seed: int, threads: int | None, timeout: float) ->
     cmd = [sys.executable, os.path.abspath(__file__), "--_child-memory", f"{n},{d},{seed}"]
     if threads:
         cmd += ["--threads", str(threads)]
+    # through a shell that forks (the command is not its last one, so it is not
+    # exec'ed in place): the child then starts with a fresh rusage high-water
+    # mark instead of inheriting this process's, which ru_maxrss would report
+    cmd = ["/bin/sh", "-c", '"$@"; exit $?', "sh", *cmd]
+    # own process group, so that a timeout ends the shell and the python under it
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
     try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=True)
+        stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
         return None
-    except subprocess.CalledProcessError as exc:
-        raise RuntimeError(f"memory child failed:\n{exc.stderr}") from exc
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    if proc.returncode != 0:
+        raise RuntimeError(f"memory child failed (exit {proc.returncode}):\n{stderr}")
+    return json.loads(stdout.strip().splitlines()[-1])
 
 
 def peak_mib(m: dict) -> float:
@@ -397,7 +407,8 @@ def main() -> None:
     print("- loop: the authors' row-by-row estimator (float32 `((S - S[i])**2).sum(1)`, exp, mean, log), "
           "timed on the first k rows and extrapolated linearly to n rows; checked to give the same H "
           "as kde_entropy on n = 300.")
-    print("- peak RSS: fresh subprocess per row, `ru_maxrss` after the call minus RSS right before it "
+    print("- peak RSS: fresh subprocess per row (started through a forking shell, so its `ru_maxrss` does not "
+          "inherit this process's), `ru_maxrss` after the call minus RSS right before it "
           "(high-water mark reset via /proc/self/clear_refs before the call"
           f"{'' if all(m is None or m['peak_reset'] for m in mem.values()) else ' where allowed'}); "
           "it excludes the bool states themselves.")

@@ -327,7 +327,7 @@ class GateRecorder:
         self._names: dict[tuple[str, int], str] = {}
         self.info: dict[str, GateInfo] = {}
         self._stored: dict[str, list[Tensor | _PoolWinners]] = {}
-        self.last: dict[str, Tensor] = {}
+        self._last: dict[str, Tensor | _PoolWinners] = {}
         self._active = False
         self._pending_input: dict[str, Tensor] = {}
 
@@ -381,11 +381,11 @@ class GateRecorder:
                 f"(first: {self._layout}, now: {self._called}); data-dependent control flow "
                 "cannot be recorded batch by batch"
             )
-        self.last = {}
+        self._last = {}
         for key in self._order:
             name = self._names[key]
             state = self._batch[key]
-            self.last[name] = state.onehot() if isinstance(state, _PoolWinners) else state
+            self._last[name] = state  # compact; expanded only when .last is read
             if self.store:
                 if self.store_device is not None:
                     state = _to(state, self.store_device)
@@ -428,7 +428,8 @@ class GateRecorder:
         if not args or not isinstance(args[0], Tensor):
             raise TypeError(f"gating layer {name!r} was called without a tensor input")
         x = args[0]
-        if self.check_nan and x.is_floating_point() and torch.isnan(x).any():
+        # amax propagates NaN and is several times cheaper than isnan(x).any()
+        if self.check_nan and x.is_floating_point() and x.numel() and torch.isnan(x.amax()):
             raise ValueError(
                 f"NaN in the input of gating layer {name!r}: the model produced NaN activations "
                 "(diverged training or NaN inputs); gating states of NaN are undefined"
@@ -493,6 +494,11 @@ class GateRecorder:
 
     # -- results ----------------------------------------------------------------
     @property
+    def last(self) -> dict[str, Tensor]:
+        """Gating states of the last forward pass: name -> bool ``[batch, d_l]``."""
+        return {k: (s.onehot() if isinstance(s, _PoolWinners) else s) for k, s in self._last.items()}
+
+    @property
     def names(self) -> list[str]:
         """Names of the recorded gating layers, in forward order (after a forward)."""
         return list(self.info)
@@ -509,7 +515,7 @@ class GateRecorder:
     def clear(self) -> None:
         """Forget stored batches (layer layout is kept)."""
         self._stored = {}
-        self.last = {}
+        self._last = {}
 
 
 def _to(state: Tensor | _PoolWinners, device: torch.device) -> Tensor | _PoolWinners:
