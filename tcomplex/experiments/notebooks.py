@@ -168,6 +168,10 @@ def run_notebook(
 
     root = root or project_root()
     params = resolve_parameters(name, profile, overrides, root)
+    # the kernel inherits this environment: MKL/OpenMP must not vary their thread count with
+    # the machine's load, or reruns (nbval) differ in the last digits
+    os.environ.setdefault("MKL_DYNAMIC", "FALSE")
+    os.environ.setdefault("OMP_DYNAMIC", "FALSE")
     out = output or executed_path(name, profile, root)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".running-{out.name}")
