@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,31 +12,11 @@ import pytest
 from tcomplex import cli
 from tcomplex.experiments.train import load_results
 
-REPO = Path(__file__).resolve().parents[1]
-MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-               "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 TINY_SET = ["--set", "train_subset=1000", "--set", "test_subset=500", "--set", "analysis_per_class=10",
             "--set", "eval_train_size=1000", "--set", "device=cpu"]
 
 
-@pytest.fixture(scope="module")
-def data_root() -> str:
-    env = os.environ.get("TCOMPLEX_DATA")
-    root = Path(os.path.abspath(env)) if env else (REPO / ".." / "shared" / "data").resolve()
-    if not all((root / "MNIST" / "raw" / f).is_file() for f in MNIST_FILES):
-        pytest.skip(f"real MNIST not found under {root} (set TCOMPLEX_DATA)")
-    return str(root)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One thread: on a busy 2-core machine, two spinning threads are many times slower."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _train_args(out, *extra, data_root=None, epochs="1"):

@@ -4,7 +4,6 @@ on the local process pool and on a real (loopback-only) Dask cluster."""
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -13,32 +12,12 @@ import pytest
 from tcomplex.experiments import sweep as S
 from tcomplex.experiments.train import TrainConfig, run_dir
 
-REPO = Path(__file__).resolve().parents[1]
-MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-               "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 TINY = {"model": "mlp_mnist", "dataset": "mnist", "epochs": 1, "train_subset": 1000, "test_subset": 500,
         "analysis_per_class": 10, "eval_train_size": 1000, "device": "cpu"}
 
 
-@pytest.fixture(scope="module")
-def data_root() -> str:
-    env = os.environ.get("TCOMPLEX_DATA")
-    root = Path(os.path.abspath(env)) if env else (REPO / ".." / "shared" / "data").resolve()
-    if not all((root / "MNIST" / "raw" / f).is_file() for f in MNIST_FILES):
-        pytest.skip(f"real MNIST not found under {root} (set TCOMPLEX_DATA)")
-    return str(root)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One thread in this process: on a busy 2-core machine, two spinning threads are many times slower."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --------------------------------------------------------------------------- #

@@ -25,31 +25,10 @@ from tcomplex.experiments.data import DatasetNotFoundError
 from tcomplex.experiments.train import TrainConfig, tracked_epochs
 
 REPO = Path(__file__).resolve().parents[1]
-MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-               "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 KEY = ["epoch", "layer", "metric", "bin"]
 
 
-def _data_root() -> Path:
-    env = os.environ.get("TCOMPLEX_DATA")
-    return Path(os.path.abspath(env)) if env else (REPO / ".." / "shared" / "data").resolve()
-
-
-@pytest.fixture(scope="module")
-def data_root() -> str:
-    root = _data_root()
-    if not all((root / "MNIST" / "raw" / f).is_file() for f in MNIST_FILES):
-        pytest.skip(f"real MNIST not found under {root} (set TCOMPLEX_DATA)")
-    return str(root)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One thread: on a busy 2-core machine, two spinning threads are many times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _tiny(**kw) -> TrainConfig:
