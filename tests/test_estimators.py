@@ -297,3 +297,13 @@ def test_activation_rates_and_numpy_array_in_eq6():
     assert tc.activation_rates(s).tolist() == [0.75, 0.25]
     h_b = -(0.75 * math.log2(0.75) + 0.25 * math.log2(0.25))
     assert tc.marginal_entropy_sum(s) == pytest.approx(2 * h_b)
+
+
+def test_entropy_and_interaction_in_one_pass_equal_the_separate_estimators():
+    s = random_states(120, 30, p=0.35, seed=8)
+    y = torch.arange(120) % 4
+    h, ii = tc.kde_entropy_and_interaction(s, y, alpha=0.5)
+    h_alone = tc.kde_entropy(s, alpha=0.5)
+    assert float(h) == float(h_alone) and h.saturated == h_alone.saturated
+    assert float(ii) == float(tc.kde_interaction_information(s, y, alpha=0.5))
+    assert h.sigma2 == ii.sigma2 == h_alone.sigma2

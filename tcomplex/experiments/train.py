@@ -332,13 +332,16 @@ def measure_complexity(
         rows.append({"layer": layer, "metric": metric, "value": float(value), "bin": bin_})
 
     def metrics_for(layer: str, states: Tensor, det: Tensor | None, a: float, with_tc: bool) -> None:
-        h = est.kde_entropy(states, alpha=a, bandwidth=bandwidth)
+        if y is not None:  # H(Sigma) is a term of Eq. 4: computed once for both
+            h, ixsy = est.kde_entropy_and_interaction(states, y, alpha=a, bandwidth=bandwidth)
+        else:
+            h, ixsy = est.kde_entropy(states, alpha=a, bandwidth=bandwidth), None
         add(layer, "H", h)
         add(layer, "saturated_H", float(h.saturated))
         add(layer, "alpha", a)
         add(layer, "width", states.shape[1])
-        if y is not None:
-            add(layer, "I_XSY", est.kde_interaction_information(states, y, alpha=a, bandwidth=bandwidth))
+        if ixsy is not None:
+            add(layer, "I_XSY", ixsy)
         if det is not None:
             add(layer, "I_XS", est.kde_mutual_information(det, alpha=a, bandwidth=bandwidth))
         add(layer, "C", est.marginal_entropy_sum(states))
