@@ -19,9 +19,11 @@ EPOCHS = [0, 1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144, 233, 377, 500]
 def _rows(run_id: str, group: str, model: str, values: dict[str, list[float]], *, epochs=EPOCHS,
           per_class: int = 200, dataset: str = "mnist", seed: int = 0, layer: str = "__all__",
           saturated: list[float] | None = None, hist: dict[int, list[float]] | None = None,
-          train_subset: float = float("nan"), n_epochs: int | None = None) -> pd.DataFrame:
-    """Tidy rows shaped like the training substrate's output."""
+          train_subset: float = float("nan"), n_epochs: int | None = None,
+          normalization: str = "dataset") -> pd.DataFrame:
+    """Tidy rows shaped like the training substrate's output (after :func:`D.with_groups`)."""
     base = {"run_id": run_id, "group": group, "model": model, "dataset": dataset, "seed": seed,
+            "normalization": normalization,
             "analysis_per_class": per_class, "train_subset": train_subset, "epochs": n_epochs or max(epochs),
             "optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "batch_size": 128, "bandwidth": "dims"}
     out = []
@@ -190,6 +192,29 @@ def test_authors_comparison_matches_their_curve():
     f = D._authors_finding(table.reset_index(), cur, rows)
     assert f.verdict == REPRODUCED and "7.35 @ 55" in f.measured
     assert f.setting.startswith("input normalised with mean 0.1307")  # the only difference left
+
+
+def test_authors_comparison_prefers_runs_with_their_input_normalisation():
+    ours = _rows("a", "plain", "mlp_mnist", {"H": [10.96] * 15, "I_XSY": [3.3] * 15, **_common(15)},
+                 saturated=[1.0] * 15)
+    theirs = _rows("b", "plain", "mlp_mnist", {"H": _dip(10.85, 7.35, 10.65), "I_XSY": _dip(3.28, 1.5, 3.25),
+                                               **_common(15)}, normalization="half")
+    rows = pd.concat([ours, theirs])
+    cur = D.curves(rows)
+    table = D.authors_table(cur)
+    f = D._authors_finding(table, cur, rows)
+    assert f.verdict == REPRODUCED and f.setting == ""  # no difference of setting left
+    # without the "half" run the comparison falls back to the other one (stuck at the ceiling)
+    f = D._authors_finding(D.authors_table(D.curves(ours)), D.curves(ours), ours)
+    assert f.verdict == NOT_REPRODUCED and "input normalised" in f.setting
+
+
+def test_run_lines_may_name_the_input_normalisation():
+    a, b = D.configs([["plain", "mlp_mnist", "mnist", 2, None, "half"], ["plain", "mlp_mnist", "mnist", 2, None]],
+                     [0], 2000, 0, None)
+    assert (a.normalization, b.normalization) == ("half", "dataset") and a.run_id != b.run_id
+    with pytest.raises(ValueError, match=r"unknown normalization 'minmax'"):
+        D.configs([["plain", "mlp_mnist", "mnist", 2, None, "minmax"]], [0], 2000, 0, None)
 
 
 def test_authors_comparison_needs_their_n_and_reports_a_wrong_dip():

@@ -76,6 +76,8 @@ def test_tracked_epochs_options():
     ({"epochs": -1}, "epochs must be >= 0"),
     ({"task": "regress"}, "task='regress' needs task_n"),
     ({"complexity_lambda": -0.1}, "complexity_lambda must be >= 0"),
+    ({"normalization": "zscore"}, r"normalization must be one of \['dataset', 'half'\], got 'zscore'"),
+    ({"normalization": "half", "dataset": "celeba"}, "available for the in-memory datasets"),
 ])
 def test_train_config_validation(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -94,11 +96,33 @@ def test_run_id_is_stable_and_changes_with_each_field():
     assert TrainConfig.from_dict(json.loads(json.dumps(a.to_dict()))).run_id == a.run_id  # JSON round trip
     changed = [TrainConfig(seed=1), TrainConfig(lr=0.02), TrainConfig(epochs=11), TrainConfig(train_subset=100),
                TrainConfig(model_kwargs={"bias": True}), TrainConfig(kinds=("relu", "leaky_relu")),
-               TrainConfig(complexity_lambda=0.1)]
+               TrainConfig(complexity_lambda=0.1), TrainConfig(data_seed=0), TrainConfig(normalization="half")]
     ids = {c.run_id for c in changed}
     assert a.run_id not in ids and len(ids) == len(changed)
     # free text and the device are not part of the identity
     assert TrainConfig(label="a note", device="cpu").run_id == a.run_id
+
+
+def test_run_ids_of_runs_made_before_data_seed_and_normalization_existed_are_kept():
+    # pinned ids of two configs, computed before those fields were added: the run caches stay valid
+    assert TrainConfig().run_id == "mlp_mnist-mnist-s0-f424db156e"
+    assert TrainConfig(model="lenet5", seed=3, train_subset=1000).run_id == "lenet5-mnist-s3-7e7b479a87"
+
+
+def test_data_seed_fixes_the_training_subset_across_seeds(data_root):
+    def subset(**kw):
+        return T._prepare_data(_tiny(**kw), data_root, None).train_y
+    base = subset(seed=0)
+    assert torch.equal(subset(seed=5, data_seed=0), base)  # same images, other init
+    assert not torch.equal(subset(seed=5), base)  # default: the subset follows the seed
+    assert not torch.equal(subset(seed=0, data_seed=1), base)
+
+
+def test_half_normalization_maps_pixels_to_minus_one_one(data_root):
+    x_half = T._prepare_data(_tiny(normalization="half"), data_root, None).train_x
+    x_std = T._prepare_data(_tiny(), data_root, None).train_x
+    assert float(x_half.min()) == -1.0 and float(x_half.max()) == 1.0
+    assert float(x_std.min()) == pytest.approx(-0.1307 / 0.3081, rel=1e-6)
 
 
 # --------------------------------------------------------------------------- #

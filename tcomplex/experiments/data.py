@@ -595,11 +595,26 @@ def load_dataset(name: str, split: str = "train", *,
     return _open(info, split, resolve_data_root(data_root), download, augment, opts)
 
 
-def _normalise(images: Tensor, info: DatasetInfo) -> Tensor:
+#: Input normalisations of :func:`load_tensors`: ``"dataset"`` is the dataset's own
+#: mean/std (:class:`DatasetInfo`); ``"half"`` is (x - 0.5) / 0.5 in every channel,
+#: the normalisation of the authors' public code for MNIST.
+NORMALIZATIONS: tuple[str, ...] = ("dataset", "half")
+
+
+def _mean_std(info: DatasetInfo, normalization: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    if normalization == "dataset":
+        return info.mean, info.std
+    if normalization == "half":
+        return (0.5,) * len(info.mean), (0.5,) * len(info.std)
+    raise ValueError(f"unknown normalization {normalization!r}; valid: {list(NORMALIZATIONS)}")
+
+
+def _normalise(images: Tensor, info: DatasetInfo, normalization: str = "dataset") -> Tensor:
     """uint8 ``[N, C, H, W]`` -> float32 normalised like ToTensor + Normalize."""
+    m, sd = _mean_std(info, normalization)
     x = images.float().div(255)
-    mean = torch.tensor(info.mean).view(1, -1, 1, 1)
-    std = torch.tensor(info.std).view(1, -1, 1, 1)
+    mean = torch.tensor(m).view(1, -1, 1, 1)
+    std = torch.tensor(sd).view(1, -1, 1, 1)
     return x.sub_(mean).div_(std)
 
 
@@ -623,17 +638,18 @@ def _uint8_images(dataset: Dataset, info: DatasetInfo) -> Tensor:
 
 
 @functools.lru_cache(maxsize=8)
-def _cached_tensors(name: str, split: str, root: str) -> tuple[Tensor, Tensor]:
+def _cached_tensors(name: str, split: str, root: str, normalization: str) -> tuple[Tensor, Tensor]:
     info = DATASETS[name]
     dataset = _open(info, split, Path(root), False, False, {})
-    x = _normalise(_uint8_images(dataset, info), info)
+    x = _normalise(_uint8_images(dataset, info), info, normalization)
     y = torch.as_tensor(dataset.targets, dtype=torch.int64)
     return x, y
 
 
 def load_tensors(name: str, split: str = "train", *,
                  data_root: str | os.PathLike[str] | None = None,
-                 download: bool = False) -> tuple[Tensor, Tensor]:
+                 download: bool = False,
+                 normalization: str = "dataset") -> tuple[Tensor, Tensor]:
     """Load a whole small split as in-memory tensors (no per-sample PIL work).
 
     Parameters
@@ -644,11 +660,14 @@ def load_tensors(name: str, split: str = "train", *,
         See :func:`resolve_data_root`.
     download : bool
         Let torchvision download missing files.
+    normalization : {"dataset", "half"}
+        The dataset's mean/std (default) or (x - 0.5) / 0.5, the authors' MNIST
+        pipeline (see :data:`NORMALIZATIONS`).
 
     Returns
     -------
     x : Tensor
-        float32 ``[N, C, H, W]``, normalised with the dataset's mean/std.
+        float32 ``[N, C, H, W]``, normalised as asked.
     y : Tensor
         int64 ``[N]`` labels.
 
@@ -666,10 +685,11 @@ def load_tensors(name: str, split: str = "train", *,
             f"{[n for n, i in DATASETS.items() if i.in_memory]}; use "
             f"load_dataset({name!r}, ...) with make_loader for {name!r}"
         )
+    _mean_std(info, normalization)  # validates the name before any file is read
     root = _absolute(resolve_data_root(data_root))
     if download and _missing(info, root):
         _open(info, split, root, True, False, {})
-    return _cached_tensors(name, split, str(root))
+    return _cached_tensors(name, split, str(root), normalization)
 
 
 def clear_cache() -> None:

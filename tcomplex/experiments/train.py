@@ -88,6 +88,8 @@ class TrainConfig:
     augment: bool = False
     train_subset: int | None = None  # first k images of a seeded permutation of the train split
     test_subset: int | None = None
+    data_seed: int | None = None  # seed of the train_subset permutation; None: ``seed``
+    normalization: str = "dataset"  # dataset mean/std, or "half": (x - 0.5) / 0.5 (authors' MNIST)
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     # regression onto a task MLP (Section 4.2)
     task_n: int | None = None
@@ -124,6 +126,16 @@ class TrainConfig:
             raise ValueError("task='regress' needs task_n (the task MLP's number of ReLU layers)")
         if self.complexity_lambda < 0:
             raise ValueError(f"complexity_lambda must be >= 0, got {self.complexity_lambda}")
+        if self.normalization not in data_mod.NORMALIZATIONS:
+            raise ValueError(
+                f"normalization must be one of {list(data_mod.NORMALIZATIONS)}, got {self.normalization!r}"
+            )
+        info = data_mod.DATASETS.get(self.dataset)
+        if self.normalization != "dataset" and info is not None and not info.in_memory:
+            raise ValueError(
+                f"normalization={self.normalization!r} is available for the in-memory datasets "
+                f"{[n for n, i in data_mod.DATASETS.items() if i.in_memory]} only, not {self.dataset!r}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -143,6 +155,10 @@ class TrainConfig:
         d = self.to_dict()
         d.pop("label")
         d.pop("device")
+        # fields added after the first runs: left out at their defaults, so those runs keep their ids
+        for key, default in (("data_seed", None), ("normalization", "dataset")):
+            if d[key] == default:
+                d.pop(key)
         blob = json.dumps(d, sort_keys=True, default=str)
         digest = hashlib.sha1(blob.encode()).hexdigest()[:10]
         return f"{self.model}-{self.dataset}-s{self.seed}-{digest}"
@@ -207,10 +223,11 @@ def _prepare_data(cfg: TrainConfig, data_root: str | None, task_net: nn.Module |
     info = data_mod.DATASETS.get(cfg.dataset)
     if info is None:
         raise ValueError(f"unknown dataset {cfg.dataset!r}; valid: {sorted(data_mod.DATASETS)}")
+    data_seed = cfg.seed if cfg.data_seed is None else cfg.data_seed
     if info.in_memory:
-        tx, ty = data_mod.load_tensors(cfg.dataset, "train", data_root=data_root)
-        vx, vy = data_mod.load_tensors(cfg.dataset, "test", data_root=data_root)
-        tx, ty = _subset(tx, ty, cfg.train_subset, 1_000_003 + cfg.seed)
+        tx, ty = data_mod.load_tensors(cfg.dataset, "train", data_root=data_root, normalization=cfg.normalization)
+        vx, vy = data_mod.load_tensors(cfg.dataset, "test", data_root=data_root, normalization=cfg.normalization)
+        tx, ty = _subset(tx, ty, cfg.train_subset, 1_000_003 + data_seed)
         vx, vy = _subset(vx, vy, cfg.test_subset, 2_000_003)
         train_ds = test_ds = None
     else:
@@ -218,7 +235,7 @@ def _prepare_data(cfg: TrainConfig, data_root: str | None, task_net: nn.Module |
         train_ds = data_mod.load_dataset(cfg.dataset, "train", data_root=data_root, augment=cfg.augment)
         test_ds = data_mod.load_dataset(cfg.dataset, "test", data_root=data_root)
         if cfg.train_subset is not None:
-            idx = torch.randperm(len(train_ds), generator=torch.Generator().manual_seed(1_000_003 + cfg.seed))
+            idx = torch.randperm(len(train_ds), generator=torch.Generator().manual_seed(1_000_003 + data_seed))
             train_ds = torch.utils.data.Subset(train_ds, idx[: cfg.train_subset].tolist())
         if cfg.test_subset is not None:
             test_ds = torch.utils.data.Subset(test_ds, list(range(min(cfg.test_subset, len(test_ds)))))

@@ -26,7 +26,9 @@ with that reason.
 
 Finally the MNIST MLP is compared with the authors' published curve
 (:data:`AUTHORS_MLP_MNIST`), measured under their convention (sigma0^2 = alpha*d,
-alpha = 0.01, n = 2000, bits).
+alpha = 0.01, n = 2000, bits).  A run line may end with the input normalisation
+("dataset": MNIST's mean/std; "half": mean 0.5, std 0.5 as in the authors' code); the
+comparison uses the MLP-MNIST runs with the authors' normalisation when there are any.
 """
 
 from __future__ import annotations
@@ -135,7 +137,7 @@ GATE_ENTROPY_TOL = 0.01
 #: The paper's runs as [group, model, dataset, epochs, train images (None = all)].
 #: Epochs: 500 for MLP-MNIST (Fig. 3c); the paper states no other number.
 PAPER_RUNS: list[list[Any]] = [
-    ["plain", "mlp_mnist", "mnist", 500, None],
+    ["plain", "mlp_mnist", "mnist", 500, None, "half"],
     ["plain", "lenet5", "mnist", 500, None],
     ["plain", "mlp_cifar10", "cifar10", 500, None],
     ["plain", "lenet5", "cifar10", 500, None],
@@ -160,18 +162,25 @@ class RunSpec:
     dataset: str
     epochs: int
     train_subset: int | None
+    normalization: str = "dataset"
 
     @classmethod
     def parse(cls, item: Sequence[Any]) -> RunSpec:
-        """From ``[group, model, dataset, epochs, train_subset]``."""
-        if len(item) != 5:
-            raise ValueError(f"a run is [group, model, dataset, epochs, train_subset], got {item!r}")
-        group, model, dataset, epochs, subset = item
+        """From ``[group, model, dataset, epochs, train_subset]`` and an optional
+        input normalisation (see :data:`tcomplex.experiments.data.NORMALIZATIONS`)."""
+        if len(item) not in (5, 6):
+            raise ValueError(
+                f"a run is [group, model, dataset, epochs, train_subset] or [..., normalization], got {item!r}"
+            )
+        group, model, dataset, epochs, subset = item[:5]
+        norm = str(item[5]) if len(item) == 6 else "dataset"
         if group not in GROUPS:
             raise ValueError(f"unknown group {group!r} in {item!r}; groups: {sorted(GROUPS)}")
         if dataset not in data_mod.DATASETS:
             raise ValueError(f"unknown dataset {dataset!r} in {item!r}; datasets: {sorted(data_mod.DATASETS)}")
-        return cls(str(group), str(model), str(dataset), int(epochs), None if subset is None else int(subset))
+        if norm not in data_mod.NORMALIZATIONS:
+            raise ValueError(f"unknown normalization {norm!r} in {item!r}; valid: {list(data_mod.NORMALIZATIONS)}")
+        return cls(str(group), str(model), str(dataset), int(epochs), None if subset is None else int(subset), norm)
 
 
 def parse_runs(runs: Sequence[Sequence[Any]]) -> list[RunSpec]:
@@ -206,6 +215,7 @@ def configs(runs: Sequence[Sequence[Any]], seeds: Sequence[int], analysis_images
                 epochs=spec.epochs, seed=int(seed), train_subset=spec.train_subset,
                 test_subset=eval_images, eval_train_size=eval_images or 10000,
                 model_kwargs=_model_kwargs(spec.model), track_every=track_every, track_log=True,
+                normalization=spec.normalization,
                 analysis_per_class=analysis_images // classes, per_layer=spec.group == "vae",
                 label=spec.group,
             ))
@@ -218,6 +228,8 @@ def with_groups(rows: pd.DataFrame, configs_: Sequence[TrainConfig]) -> pd.DataF
     groups = {c.run_id: c.label for c in configs_}
     out = rows[rows.run_id.isin(groups)].copy()
     out["group"] = out.run_id.map(groups)
+    # rows cached before the field existed lack the column
+    out["normalization"] = out.run_id.map({c.run_id: c.normalization for c in configs_})
     return out
 
 
@@ -240,7 +252,12 @@ def paper_comparisons(runs: Sequence[Sequence[Any]], analysis_images: int) -> li
         sizes = sorted({"all" if s.train_subset is None else str(s.train_subset) for s in specs})
         return ", ".join(sizes)
 
+    def norms_of(specs: Sequence[RunSpec]) -> str:
+        names = {"half": "mean 0.5, std 0.5 (authors' code)", "dataset": "MNIST mean/std"}
+        return ", ".join(sorted({names[s.normalization] for s in specs if s.model == "mlp_mnist"})) or "none"
+
     out.append(("MLP-MNIST epochs", epochs_of(paper), epochs_of(ours)))
+    out.append(("MLP-MNIST input normalisation", norms_of(paper), norms_of(ours)))
     out.append(("training images per run", subsets(paper), subsets(ours)))
     out.append(("analysis images", AUTHORS_SETTING["analysis_images"], analysis_images))
     return out
@@ -250,7 +267,7 @@ def paper_comparisons(runs: Sequence[Sequence[Any]], analysis_images: int) -> li
 # aggregation
 # ---------------------------------------------------------------------------
 _CURVE_METRICS = ("H", "I_XSY", "saturated_H", "C", "width", "test_acc", "train_acc", "epoch_seconds")
-_KEYS = ["run_id", "group", "model", "dataset", "seed", "n"]
+_KEYS = ["run_id", "group", "model", "dataset", "normalization", "seed", "n"]
 
 
 def curves(rows: pd.DataFrame) -> pd.DataFrame:
@@ -414,10 +431,17 @@ def cost_table(rows: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def _authors_runs(frame: pd.DataFrame) -> pd.DataFrame:
+    """The MLP-MNIST runs (plain group) compared with the authors' curve: those with the
+    authors' input normalisation ("half") when there are any, else all."""
+    sel = frame[(frame.group == "plain") & (frame.model == "mlp_mnist") & (frame.dataset == "mnist")]
+    half = sel[sel.normalization == "half"]
+    return half if len(half) else sel
+
+
 def _authors_curve(curves_: pd.DataFrame) -> pd.DataFrame:
-    """Our MLP-MNIST curve on MNIST (plain group), mean over seeds, per epoch."""
-    sel = curves_[(curves_.group == "plain") & (curves_.model == "mlp_mnist") & (curves_.dataset == "mnist")]
-    return sel.groupby("epoch")[["H", "I_XSY", "saturated_H"]].mean().reset_index()
+    """Our MLP-MNIST curve on MNIST (:func:`_authors_runs`), mean over seeds, per epoch."""
+    return _authors_runs(curves_).groupby("epoch")[["H", "I_XSY", "saturated_H"]].mean().reset_index()
 
 
 def authors_table(curves_: pd.DataFrame) -> pd.DataFrame:
@@ -466,8 +490,8 @@ def init_normalisation_table(seeds: Sequence[int], analysis_images: int,
     training subset draws its analysis set from that subset) normalised with MNIST's
     mean/std (ours) and with mean 0.5, std 0.5
     (:data:`AUTHORS_INPUT_MEAN`, :data:`AUTHORS_INPUT_STD`, the authors' code).  Explains
-    a difference at epoch 0 that no training setting can: our training pipeline has no
-    switch for the authors' normalisation.
+    a difference at epoch 0 that the other settings cannot (training with the authors'
+    normalisation: a run line ending in ``"half"``).
     """
     info = data_mod.DATASETS["mnist"]
     x, y = data_mod.analysis_set("mnist", per_class=analysis_images // info.num_classes, seed=0,
@@ -490,7 +514,7 @@ def init_normalisation_table(seeds: Sequence[int], analysis_images: int,
 
 def _authors_setting_diffs(curves_: pd.DataFrame, rows: pd.DataFrame) -> list[str]:
     """How our MLP-MNIST runs differ from the authors' setting, in words."""
-    sel = rows[(rows.group == "plain") & (rows.model == "mlp_mnist") & (rows.dataset == "mnist")]
+    sel = _authors_runs(rows)
     if sel.empty:
         return ["no MLP-MNIST run"]
     first = sel.iloc[0]
@@ -505,9 +529,10 @@ def _authors_setting_diffs(curves_: pd.DataFrame, rows: pd.DataFrame) -> list[st
     for key in ("optimizer", "lr", "momentum", "batch_size", "bandwidth"):
         if first[key] != AUTHORS_SETTING[key]:
             diffs.append(f"{key} {first[key]} (theirs {AUTHORS_SETTING[key]})")
-    info = data_mod.DATASETS["mnist"]
-    diffs.append(f"input normalised with mean {info.mean[0]}, std {info.std[0]} "
-                 f"(theirs {AUTHORS_INPUT_MEAN}, {AUTHORS_INPUT_STD})")
+    if first.normalization != "half":
+        info = data_mod.DATASETS["mnist"]
+        diffs.append(f"input normalised with mean {info.mean[0]}, std {info.std[0]} "
+                     f"(theirs {AUTHORS_INPUT_MEAN}, {AUTHORS_INPUT_STD})")
     return diffs
 
 
@@ -688,7 +713,7 @@ def plot_group(axes: Sequence[Any], curves_: pd.DataFrame, group: str) -> None:
     """H(Sigma), I(X;Sigma;Y) and test accuracy against epochs (symlog), one line per
     model/dataset (mean ± sd over seeds), with the ceilings dashed."""
     sel = curves_[curves_.group == group].copy()
-    sel["name"] = sel.model + " / " + sel.dataset
+    sel["name"] = sel.model + " / " + sel.dataset + np.where(sel.normalization == "half", " (input 0.5/0.5)", "")
     for ax, metric, title, ceiling in zip(
             axes, ["H", "I_XSY", "test_acc"], ["H(Σ) [bits]", "I(X;Σ;Y) [bits]", "test accuracy"],
             ["log2_n", "log2_classes", None]):
@@ -733,11 +758,13 @@ def plot_vae(axes: Sequence[Any], rows: pd.DataFrame) -> None:
 
 
 def plot_authors(axes: Sequence[Any], curves_: pd.DataFrame) -> None:
-    """Our MLP-MNIST curves (one line per seed) with the authors' published points as markers."""
+    """Our MLP-MNIST curves (one line per seed and input normalisation) with the authors'
+    published points as markers."""
     sel = curves_[(curves_.group == "plain") & (curves_.model == "mlp_mnist") & (curves_.dataset == "mnist")]
     for ax, (idx, metric, title) in zip(axes, [(1, "H", "H(Σ) [bits]"), (2, "I_XSY", "I(X;Σ;Y) [bits]")]):
-        for seed, g in sel.groupby("seed"):
-            ax.plot(g.epoch, g[metric], marker="o", ms=3, label=f"ours, seed {seed} (n = {int(g.n.iloc[0])})")
+        for (norm, seed), g in sel.groupby(["normalization", "seed"]):
+            inp = "authors' input 0.5/0.5" if norm == "half" else "MNIST mean/std"
+            ax.plot(g.epoch, g[metric], marker="o", ms=3, label=f"ours, {inp}, seed {seed} (n = {int(g.n.iloc[0])})")
         ax.plot([p[0] for p in AUTHORS_MLP_MNIST], [p[idx] for p in AUTHORS_MLP_MNIST], ls="none", marker="X",
                 ms=11, color="crimson", label="authors (published, n = 2000)")
         _symlog(ax)
