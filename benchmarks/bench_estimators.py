@@ -118,7 +118,7 @@ def make_states(torch, n: int, d: int, seed: int, rate: float = RATE):
 def block_rows(n: int, d: int) -> int:
     from tcomplex import estimators
 
-    return max(64, min(n, estimators.BLOCK_BYTES // (4 * d)))
+    return estimators._block_rows(n, d, None)
 
 
 def gemm_work(n: int, d: int) -> float:
@@ -413,7 +413,7 @@ def main() -> None:
           f"{'' if all(m is None or m['peak_reset'] for m in mem.values()) else ' where allowed'}); "
           "it excludes the bool states themselves.")
     blocks = ", ".join(f"d = {d}: {block_rows(n, d)} rows" for d in dims)
-    print(f"- kde_entropy row block (from BLOCK_BYTES): {blocks}; with more than one block only the upper "
+    print(f"- kde_entropy row block (BLOCK_ROWS, BLOCK_BYTES): {blocks}; with more than one block only the upper "
           "block triangle is multiplied, so its GEMM work can be below the bare GEMM's "
           + ", ".join(f"d = {d}: {gemm_work(n, d) / (n * n * d):.2f}×" for d in dims) + ".")
     if big_note:

@@ -16,8 +16,9 @@ the two contenders flips every other repeat) and reports the medians.
 
 With ``--profile`` (or automatically for a network that misses the target)
 the overhead of ``record_gates`` is split into its parts: the hooks' Python
-dispatch, the NaN check, the ReLU states, the max-pool winners, the per-batch
-one-hot of ``GateRecorder.last`` and the final concatenation.
+dispatch, the NaN check, the ReLU states, the max-pool winners (net of the
+module's own pooling, which recording replaces) and the final concatenation,
+next to the previous implementation's ReLU and max-pool parts.
 
 Usage::
 
@@ -100,31 +101,34 @@ def timed(fn) -> float:
 def profile_parts(model: nn.Module, x: torch.Tensor, batch_size: int, repeats: int) -> list[tuple[str, float]]:
     """Seconds (median over repeats, for all of x) of each part of record_gates' work.
 
-    The parts are recomputed here on the gating inputs captured from a real
-    forward pass, with the same functions gating.py uses.
+    The parts are recomputed here on the gating inputs and outputs captured from
+    a real forward pass, with the same functions gating.py uses.
     """
     from tcomplex.gating import (
         GATE_KINDS,
         _concat_states,
         _kind_of,
-        _pool_winner_offsets,
+        _offsets_generic,
+        _pool_params,
+        _pool_with_winners,
         _PoolWinners,
         gating_modules,
         record_gates,
     )
 
     mods = gating_modules(model, GATE_KINDS)
-    captured: list[tuple[str, nn.Module, torch.Tensor]] = []  # every gating call, every batch
+    captured: list[tuple[str, nn.Module, torch.Tensor, torch.Tensor]] = []  # every gating call, every batch
     handles = []
     for name, mod in mods.items():
-        def grab(m, args, name=name):
-            captured.append((name, m, args[0]))
-        handles.append(mod.register_forward_pre_hook(grab))
+        def grab(m, args, out, name=name):
+            captured.append((name, m, args[0], out))
+        handles.append(mod.register_forward_hook(grab))
     forward_all(model, x, batch_size)
     for h in handles:
         h.remove()
-    relu_in = [t for _, m, t in captured if _kind_of(m) == "relu"]
-    pool_in = [(m, t) for _, m, t in captured if _kind_of(m) == "maxpool"]
+    relu_in = [t for _, m, t, _o in captured if _kind_of(m) == "relu"]
+    relu_out = [o for _, m, _t, o in captured if _kind_of(m) == "relu"]
+    pool_in = [(m, t) for _, m, t, _o in captured if _kind_of(m) == "maxpool"]
 
     # empty hooks with the same structure: the cost of Python hook dispatch alone
     def noop(*_a, **_k):
@@ -132,7 +136,8 @@ def profile_parts(model: nn.Module, x: torch.Tensor, batch_size: int, repeats: i
 
     def forward_with_empty_hooks():
         hs = [model.register_forward_pre_hook(noop), model.register_forward_hook(noop)]
-        hs += [m.register_forward_pre_hook(noop) for m in mods.values()]
+        hs += [m.register_forward_hook(noop) if _kind_of(m) == "relu" else m.register_forward_pre_hook(noop)
+               for m in mods.values()]
         try:
             forward_all(model, x, batch_size)
         finally:
@@ -140,90 +145,61 @@ def profile_parts(model: nn.Module, x: torch.Tensor, batch_size: int, repeats: i
                 h.remove()
 
     def nan_check():
-        for t in relu_in + [t for _, t in pool_in]:
-            bool(torch.isnan(t).any())
+        for t in relu_out + [t for _, t in pool_in]:
+            bool(torch.isnan(t.amax()))
 
     def relu_states():
-        return [(t > 0).flatten(1) for t in relu_in]
+        return [o.bool().flatten(1) for o in relu_out]
 
-    def pool_offsets():
-        return [_pool_winner_offsets(t, m) for m, t in pool_in]
+    def module_pooling():
+        for m, t in pool_in:
+            m(t)
 
-    offs = pool_offsets()
+    def pool_with_winners():
+        return [_pool_with_winners(t, m) for m, t in pool_in]
 
-    def pool_onehot_last():
-        for (o, window, _), _p in zip(offs, pool_in):
-            _PoolWinners(o, window).onehot()
+    offs = [(o, w) for _out, _idx, o, w, _shape in pool_with_winners()]
 
     # the final Recording: one torch.cat per layer over the batches
     per_layer: dict[str, list] = {}
     states = relu_states()
     it_relu, it_pool = iter(states), iter(offs)
-    for name, m, _t in captured:
+    for name, m, _t, _o in captured:
         if _kind_of(m) == "relu":
             per_layer.setdefault(name, []).append(next(it_relu))
         else:
-            o, window, _ = next(it_pool)
+            o, window = next(it_pool)
             per_layer.setdefault(name, []).append(_PoolWinners(o, window))
 
     def concat():
         for parts in per_layer.values():
             _concat_states(parts)
 
-    # candidate replacements (for the report; gating.py is not changed here)
-    def nan_check_amax():  # amax propagates NaN: one reduction, no bool temporary
-        for t in relu_in + [t for _, t in pool_in]:
-            bool(torch.isnan(t.amax()))
+    # the previous implementation's parts, for comparison
+    def relu_states_prehook():
+        return [(t > 0).flatten(1) for t in relu_in]
 
-    def pool_int32(t, m):  # same arithmetic as gating.py, on int32 instead of int64 indices
-        k, s, p = m.kernel_size, m.stride or m.kernel_size, m.padding
-        _, idx = F.max_pool2d(t, k, s, p, m.dilation, ceil_mode=m.ceil_mode, return_indices=True)
-        idx = idx.to(torch.int32)
-        oh, ow = idx.shape[-2:]
-        rows = idx // t.shape[-1]
-        cols = idx - rows * t.shape[-1]
-        top = (torch.arange(oh, dtype=torch.int32) * s - p)[:, None]
-        left = (torch.arange(ow, dtype=torch.int32) * s - p)[None, :]
-        return ((rows - top) * k + (cols - left)).flatten(1).to(torch.uint8)
-
-    def pool_2x2(t):  # 2x2 windows, stride 2: winner by strided compares (first max wins, as max_pool2d)
-        a, b = t[..., 0::2, 0::2], t[..., 0::2, 1::2]
-        c, e = t[..., 1::2, 0::2], t[..., 1::2, 1::2]
-        low = torch.maximum(c, e) > torch.maximum(a, b)
-        return torch.where(low, (e > c).to(torch.uint8) + 2, (b > a).to(torch.uint8)).flatten(1)
-
-    def _int(v):
-        return v if isinstance(v, int) else (v[0] if len(set(v)) == 1 else None)
-
-    int_params = all(isinstance(m, nn.MaxPool2d) and None not in (_int(m.kernel_size), _int(m.stride or m.kernel_size),
-                     _int(m.padding)) and _int(m.dilation) == 1 for m, _ in pool_in)
-    two_by_two = int_params and all(
-        _int(m.kernel_size) == 2 and _int(m.stride or 2) == 2 and _int(m.padding) == 0 and not m.ceil_mode
-        and t.shape[-1] % 2 == 0 and t.shape[-2] % 2 == 0 for m, t in pool_in)
-    notes: list[str] = []
-    cands: dict[str, object] = {}
-    if pool_in and int_params:
-        same = all(torch.equal(pool_int32(t, m), o[0].to(torch.uint8)) for (m, t), o in zip(pool_in, offs))
-        cands["(candidate) max-pool winners with int32 index arithmetic"] = lambda: [pool_int32(t, m) for m, t in pool_in]
-        notes.append(f"int32 winners identical to gating.py's: {same}")
-    if pool_in and two_by_two:
-        same = all(torch.equal(pool_2x2(t), o[0].to(torch.uint8)) for (m, t), o in zip(pool_in, offs))
-        cands["(candidate) max-pool winners, 2x2 by strided compares"] = lambda: [pool_2x2(t) for _, t in pool_in]
-        notes.append(f"2x2 strided winners identical to gating.py's: {same}")
+    def pool_twice_generic():
+        for m, t in pool_in:
+            nd, k, s, p, dil = _pool_params(m)
+            fn = F.max_pool2d if nd == 2 else F.max_pool1d
+            _, idx = fn(t, k, s, p, dil, ceil_mode=m.ceil_mode, return_indices=True)
+            _offsets_generic(idx, tuple(t.shape[-nd:]), k, s, p, dil).flatten(1).to(torch.uint8)
 
     parts = {
         "forward alone": lambda: forward_all(model, x, batch_size),
         "forward + empty hooks (dispatch)": forward_with_empty_hooks,
         "record_gates (all of it)": lambda: record_gates(model, x, batch_size=batch_size),
-        "NaN check isnan(x).any() on every gate input": nan_check,
-        "ReLU states (x > 0).flatten(1)": relu_states,
+        "NaN check isnan(x.amax()) on every gate input": nan_check,
+        "ReLU states relu(x).bool().flatten(1), in a forward hook": relu_states,
     }
     if pool_in:
-        parts["max-pool winners _pool_winner_offsets"] = pool_offsets
-        parts["one-hot of pool winners for .last, every batch"] = pool_onehot_last
+        parts["max-pool: the module's own pooling (part of the forward)"] = module_pooling
+        parts["max-pool: pooling + winners in one call (replaces the module's pooling)"] = pool_with_winners
     parts["Recording: torch.cat of the batches per layer"] = concat
-    parts["(candidate) NaN check isnan(x.amax())"] = nan_check_amax
-    parts.update(cands)
+    parts["(before) ReLU states (x > 0).flatten(1) in a pre-hook"] = relu_states_prehook
+    if pool_in:
+        parts["(before) max-pool winners: a second pooling + int64 index arithmetic"] = pool_twice_generic
     times: dict[str, list[float]] = {k: [] for k in parts}
     for fn in parts.values():  # warm-up
         fn()
@@ -244,8 +220,10 @@ def profile_parts(model: nn.Module, x: torch.Tensor, batch_size: int, repeats: i
     out.append(("__overhead", statistics.median(r - f for r, f in zip(times["record_gates (all of it)"], fwd))))
     out.append(("__dispatch", statistics.median(
         h - f for h, f in zip(times["forward + empty hooks (dispatch)"], fwd))))
-    for note in notes:
-        out.append((f"({note})", float("nan")))
+    if pool_in:
+        pw, mp = (times["max-pool: pooling + winners in one call (replaces the module's pooling)"],
+                  times["max-pool: the module's own pooling (part of the forward)"])
+        out.append(("__pool_net", statistics.median(a - b for a, b in zip(pw, mp))))
     return out
 
 
@@ -370,8 +348,13 @@ def main() -> None:
                 pct = ""
             elif k == "forward + empty hooks (dispatch)":
                 pct = f"{100 * dispatch / overhead:.0f}% (paired difference to the forward: {dispatch:+.4f} s)"
-            elif k.startswith("(candidate)"):
-                pct = "(a replacement, not part of record_gates)"
+            elif k.startswith("max-pool: the module's own"):
+                pct = "(saved: record_gates pools once)"
+            elif k.startswith("max-pool: pooling + winners"):
+                net = d["__pool_net"]
+                pct = f"{100 * net / overhead:.0f}% (net of the pooling it replaces: {net:+.4f} s)"
+            elif k.startswith("(before)"):
+                pct = "(the previous implementation, not part of record_gates)"
             else:
                 pct = f"{100 * s / overhead:.0f}%"
             print(f"| {k} | {s:.4f} | {pct} |")

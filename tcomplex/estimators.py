@@ -59,6 +59,10 @@ Bandwidth = Literal["dims", "variance"]
 
 #: Memory for one float32 block of states; blocks of rows are sized to it.
 BLOCK_BYTES = 256 * 2**20
+#: At most this many rows per block: on the self-distance matrix only the upper block
+#: triangle is multiplied, so n = 2000 in 4 blocks does 10/16 of one n x n GEMM's work
+#: (measured fastest at n = 2000 among 250..2000-row blocks, d = 1472 and 16384).
+BLOCK_ROWS = 512
 SATURATION_TOLERANCE = 0.01
 
 
@@ -207,7 +211,7 @@ def _block_rows(n: int, d: int, block: int | None) -> int:
         if block < 1:
             raise ValueError(f"block must be >= 1, got {block}")
         return block
-    return max(64, min(n, BLOCK_BYTES // (4 * d)))
+    return max(64, min(n, BLOCK_ROWS, BLOCK_BYTES // (4 * d)))
 
 
 class _RowLSE:

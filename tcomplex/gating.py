@@ -27,6 +27,8 @@ are always removed on exit, also when the forward pass raises.
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -240,32 +242,117 @@ def _tuple(v: Any, n: int) -> tuple[int, ...]:
     return tuple(v) if isinstance(v, (tuple, list)) else (v,) * n
 
 
-def _pool_winner_offsets(x: Tensor, pool: nn.Module) -> tuple[Tensor, int, tuple[int, ...]]:
-    """Offset of the max inside its window for every pooled output element."""
+def _pool_params(pool: nn.Module) -> tuple[int, tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """(spatial dims, kernel, stride, padding, dilation) of a MaxPool1d/2d module."""
     nd = 2 if isinstance(pool, nn.MaxPool2d) else 1
     k = _tuple(pool.kernel_size, nd)
     s = _tuple(pool.stride if pool.stride is not None else pool.kernel_size, nd)
-    p = _tuple(pool.padding, nd)
-    dil = _tuple(pool.dilation, nd)
-    fn = F.max_pool2d if nd == 2 else F.max_pool1d
-    _, idx = fn(x, k, s, p, dil, ceil_mode=pool.ceil_mode, return_indices=True)
+    return nd, k, s, _tuple(pool.padding, nd), _tuple(pool.dilation, nd)
+
+
+def _offsets_generic(idx: Tensor, plane: tuple[int, ...], k, s, p, dil) -> Tensor:
+    """Window offsets from max_pool's flat indices by row/column arithmetic (any dilation)."""
+    nd = len(plane)
     out_shape = idx.shape[-nd:]
-    window = 1
-    for ki in k:
-        window *= ki
     if nd == 2:
-        width = x.shape[-1]
+        width = plane[-1]
         rows, cols = idx // width, idx % width
-        top = torch.arange(out_shape[0], device=x.device) * s[0] - p[0]
-        left = torch.arange(out_shape[1], device=x.device) * s[1] - p[1]
+        top = torch.arange(out_shape[0], device=idx.device) * s[0] - p[0]
+        left = torch.arange(out_shape[1], device=idx.device) * s[1] - p[1]
         dr = (rows - top[:, None]) // dil[0]
         dc = (cols - left[None, :]) // dil[1]
-        off = dr * k[1] + dc
-    else:
-        left = torch.arange(out_shape[0], device=x.device) * s[0] - p[0]
-        off = (idx - left) // dil[0]
+        return dr * k[1] + dc
+    left = torch.arange(out_shape[0], device=idx.device) * s[0] - p[0]
+    return (idx - left) // dil[0]
+
+
+@functools.lru_cache(maxsize=128)
+def _offset_plan(
+    plane: tuple[int, ...], out_shape: tuple[int, ...], k, s, p, dil, device: torch.device
+) -> tuple[Tensor, int, int, int] | None:
+    """Constants of the fast int32 path of :func:`_window_offsets`, or None where it does not apply.
+
+    With ``base`` the flat index of every window's first element (padding
+    included), ``delta = idx - base = r * W + c`` for the winner's row r < k0 and
+    column c < k1 inside its window; its offset ``r * k1 + c`` is
+    ``delta - r * (W - k1)``, with ``r = (delta * mult) >> shift`` (division by W
+    as a multiply and a shift, checked here on every possible delta).
+    """
+    if any(d != 1 for d in dil) or math.prod(plane) >= 2**31:
+        return None
+    starts = [torch.arange(n, dtype=torch.int32) * st - pad for n, st, pad in zip(out_shape, s, p)]
+    if len(plane) == 1:
+        return starts[0].to(device), 0, 0, 0
+    width = plane[1]
+    if k[1] > width:  # r * W + c would not identify (r, c)
+        return None
+    base = (starts[0][:, None] * width + starts[1][None, :]).to(device)
+    if k[0] == 1:
+        return base, 0, 0, 0
+    deltas = [r * width + c for r in range(k[0]) for c in range(k[1])]
+    for shift in range(8, 31):
+        mult = -(-(1 << shift) // width)  # ceil(2^shift / W)
+        if deltas[-1] * mult >= 2**31:
+            break
+        if all((d * mult) >> shift == d // width for d in deltas):
+            return base, mult, shift, width - k[1]
+    return None
+
+
+def _window_offsets(idx: Tensor, plane: tuple[int, ...], k, s, p, dil, dtype: torch.dtype) -> Tensor:
+    """Offset of the winner inside its window (row-major) from max_pool's flat plane indices."""
+    nd = len(plane)
+    plan = _offset_plan(plane, tuple(idx.shape[-nd:]), k, s, p, dil, idx.device)
+    if plan is None:
+        return _offsets_generic(idx, plane, k, s, p, dil).to(dtype)
+    base, mult, shift, skip = plan
+    delta = idx.to(torch.int32, copy=True)
+    delta -= base
+    if mult:
+        rows = delta * mult
+        rows >>= shift
+        rows *= skip
+        delta -= rows
+    return delta.to(dtype)
+
+
+def _pool_with_winners(x: Tensor, pool: nn.Module) -> tuple[Tensor, Tensor, Tensor, int, tuple[int, ...]]:
+    """Pool ``x`` as ``pool`` does, by one ``max_pool1d/2d(return_indices=True)`` call.
+
+    Returns the pooled output and indices (exactly what the module returns), the
+    winner's offset inside its window for every output element, flattened to
+    ``[rows, d']`` (uint8, or int16 for windows over 255 elements), the window
+    size and the per-sample output shape.  Ties go to the first maximum in the
+    window's row-major order, as max_pool picks them.
+    """
+    nd, k, s, p, dil = _pool_params(pool)
+    fn = F.max_pool2d if nd == 2 else F.max_pool1d
+    out, idx = fn(x, k, s, p, dil, ceil_mode=pool.ceil_mode, return_indices=True)
+    window = math.prod(k)
     dtype = torch.uint8 if window <= 255 else torch.int16
-    return off.flatten(1).to(dtype), window, tuple(idx.shape[1:])
+    off = _window_offsets(idx, tuple(x.shape[-nd:]), k, s, p, dil, dtype)
+    return out, idx, off.flatten(1), window, tuple(idx.shape[1:])
+
+
+def _pool_winner_offsets(x: Tensor, pool: nn.Module) -> tuple[Tensor, int, tuple[int, ...]]:
+    """Offset of the max inside its window for every pooled output element."""
+    _, _, off, window, shape = _pool_with_winners(x, pool)
+    return off, window, shape
+
+
+_STOCK_POOL_FORWARDS = (nn.MaxPool1d.forward, nn.MaxPool2d.forward)
+
+
+def _is_stock(module: nn.Module, forwards: tuple[Any, ...]) -> bool:
+    """The module runs torch's own forward (not a subclass's or an instance attribute's)."""
+    return type(module).forward in forwards and "forward" not in module.__dict__
+
+
+def _forward_hooks_before(module: nn.Module) -> bool:
+    """Forward hooks that would run before ours (and might change the output)."""
+    from torch.nn.modules import module as module_mod
+
+    return bool(module._forward_hooks) or bool(getattr(module_mod, "_global_forward_hooks", None))
 
 
 class GateRecorder:
@@ -317,6 +404,7 @@ class GateRecorder:
                 "nn.Dropout); functional calls such as F.relu cannot be hooked: use module layers"
             )
         self._handles: list[Any] = []
+        self._patched: list[tuple[nn.Module, Any]] = []  # (module, the forward set on it)
         self._saved_sampling: list[tuple[nn.Module, Any]] = []
         self._calls: dict[str, int] = {}
         self._batch: dict[tuple[str, int], Tensor | _PoolWinners] = {}
@@ -340,8 +428,18 @@ class GateRecorder:
             self._handles.append(self.model.register_forward_pre_hook(self._on_root_start))
             self._handles.append(self.model.register_forward_hook(self._on_root_end))
             for name, module in self._modules.items():
-                self._handles.append(module.register_forward_pre_hook(self._make_pre_hook(name, module)))
-                if _kind_of(module) == "dropout":
+                kind = _kind_of(module)
+                if kind == "maxpool" and _is_stock(module, _STOCK_POOL_FORWARDS):
+                    # pool once, with indices, and return that output as the module's
+                    forward = self._make_pool_forward(name, module)
+                    self._patched.append((module, forward))
+                    module.forward = forward
+                elif kind == "relu" and _is_stock(module, (nn.ReLU.forward,)) and not _forward_hooks_before(module):
+                    # read the states off the output: relu(x) != 0 is x > 0, cheaper to evaluate
+                    self._handles.append(module.register_forward_hook(self._make_relu_hook(name)))
+                else:
+                    self._handles.append(module.register_forward_pre_hook(self._make_pre_hook(name, module)))
+                if kind == "dropout":
                     self._handles.append(module.register_forward_hook(self._make_dropout_hook(name, module)))
             if not self.sampling:
                 for m in self.model.modules():
@@ -360,6 +458,10 @@ class GateRecorder:
         for h in self._handles:
             h.remove()
         self._handles.clear()
+        for m, forward in self._patched:
+            if m.__dict__.get("forward") is forward:
+                del m.forward
+        self._patched.clear()
         for m, value in self._saved_sampling:
             setattr(m, SAMPLING_ATTRIBUTE, value)
         self._saved_sampling.clear()
@@ -463,6 +565,38 @@ class GateRecorder:
             self._record(key, state, kind, after, shape, width, window)
 
         return hook
+
+    def _make_relu_hook(self, name: str):
+        def hook(mod: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+            key = self._next_key(name)
+            if not self._wanted(key):
+                return
+            y = self._checked_input(name, (output,))  # relu keeps NaN, so this checks the input
+            # relu(x) is x where x > 0 and +-0 elsewhere, so relu(x) != 0 is exactly x > 0 (NaN
+            # aside: it would read as 1, hence the comparison when NaN is not ruled out)
+            state = (y.bool() if self.check_nan else y > 0).flatten(1)
+            after = "conv" if y.dim() > 2 else "fc"
+            self._record(key, state, "relu", after, tuple(y.shape[1:]), state.shape[1], 1)
+
+        return hook
+
+    def _make_pool_forward(self, name: str, module: nn.Module):
+        """A forward for a stock MaxPool1d/2d: pools once and records the winners."""
+        stock = type(module).forward
+
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            if len(args) + len(kwargs) != 1 or (kwargs and "input" not in kwargs):
+                return stock(module, *args, **kwargs)  # raises the usual TypeError
+            key = self._next_key(name)
+            if not self._wanted(key):
+                return stock(module, *args, **kwargs)
+            x = self._checked_input(name, args or (kwargs["input"],))
+            out, idx, offsets, window, shape = _pool_with_winners(x, module)
+            width = offsets.shape[1] * window
+            self._record(key, _PoolWinners(offsets, window), "maxpool", "conv", shape, width, window)
+            return (out, idx) if module.return_indices else out
+
+        return forward
 
     def _make_dropout_hook(self, name: str, module: nn.Module):
         def hook(mod: nn.Module, args: tuple[Any, ...], output: Tensor) -> Tensor | None:
