@@ -325,6 +325,12 @@ def _kde_entropy_nats(s: Tensor, sigma2: float, block: int | None) -> float:
     return math.log(n) - float(_log_kernel_sums(s, None, sigma2, block).mean())
 
 
+def _entropy_estimate(nats: float, n: int, sigma2: float, base: float, what: str) -> Estimate:
+    """An Eq. 2 bound in ``base`` units, clipped at 0, with its ceiling log n."""
+    lb = _log_base(base)
+    return Estimate(max(nats / lb, 0.0), ceiling=math.log(n) / lb, sigma2=sigma2, what=what)
+
+
 # ---------------------------------------------------------------------------
 # KDE estimators
 # ---------------------------------------------------------------------------
@@ -356,8 +362,7 @@ def kde_entropy(
     """
     s = _as_states(states)
     sigma2 = _sigma2(s, _check_alpha(alpha), bandwidth)
-    h = _kde_entropy_nats(s, sigma2, block) / _log_base(base)
-    return Estimate(max(h, 0.0), ceiling=math.log(s.shape[0]) / _log_base(base), sigma2=sigma2, what="H")
+    return _entropy_estimate(_kde_entropy_nats(s, sigma2, block), s.shape[0], sigma2, base, "H")
 
 
 def kde_mutual_information(
@@ -377,8 +382,7 @@ def kde_mutual_information(
     """
     s = _as_states(states_without_sampling, "states_without_sampling")
     sigma2 = _sigma2(s, _check_alpha(alpha), bandwidth)
-    i = _kde_entropy_nats(s, sigma2, block) / _log_base(base)
-    return Estimate(max(i, 0.0), ceiling=math.log(s.shape[0]) / _log_base(base), sigma2=sigma2, what="I(X;Sigma)")
+    return _entropy_estimate(_kde_entropy_nats(s, sigma2, block), s.shape[0], sigma2, base, "I(X;Sigma)")
 
 
 def kde_interaction_information(
@@ -424,10 +428,9 @@ def kde_entropy_and_interaction(
         if n_m > 1:
             h_cond += (n_m / n) * _kde_entropy_nats(s[y == c], sigma2, block)
     lb = _log_base(base)
-    entropy = Estimate(max(h / lb, 0.0), ceiling=math.log(n) / lb, sigma2=sigma2, what="H")
     value = (h - h_cond) / lb
     ceiling = math.log(len(classes)) / lb
-    return entropy, Estimate(value, ceiling=ceiling, sigma2=sigma2, what="I(X;Sigma;Y)")
+    return _entropy_estimate(h, n, sigma2, base, "H"), Estimate(value, ceiling=ceiling, sigma2=sigma2, what="I(X;Sigma;Y)")
 
 
 def activation_rates(states: Any) -> Tensor:
