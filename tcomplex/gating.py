@@ -22,7 +22,15 @@ calls ``self.relu`` twice) gives one gating layer per call, named ``name#0``,
 ``name#1``, ...; a module called once keeps its plain qualified name.
 
 Hooks are installed only inside :class:`GateRecorder` (a context manager) and
-are always removed on exit, also when the forward pass raises.
+are always removed on exit, also when the forward pass raises.  Inside it, a
+module running torch's own ``MaxPool1d/2d.forward`` gets an instance-level
+forward that pools once with ``return_indices=True``, returns exactly what the
+module returns (same values, indices and memory layout) and turns the indices
+into window offsets, so max-pool costs no second pooling; the patch is undone on
+exit like the hooks.  A stock ``nn.ReLU`` is read from its output in a forward
+hook (``relu(x) != 0`` is ``x > 0`` and cheaper to evaluate); ReLU or max-pool
+subclasses with their own forward, and ReLUs with earlier forward hooks that
+might change the output, are read from their input in a pre-hook as before.
 """
 
 from __future__ import annotations
@@ -308,12 +316,12 @@ def _window_offsets(idx: Tensor, plane: tuple[int, ...], k, s, p, dil, dtype: to
     base, mult, shift, skip = plan
     delta = idx.to(torch.int32, copy=True)
     delta -= base
-    if mult:
-        rows = delta * mult
-        rows >>= shift
-        rows *= skip
-        delta -= rows
-    return delta.to(dtype)
+    if not mult:
+        return delta.to(dtype)
+    rows = delta * mult
+    rows >>= shift
+    # delta - rows * skip, written straight into the small dtype (one pass fewer)
+    return torch.sub(delta, rows, alpha=skip, out=torch.empty(idx.shape, dtype=dtype, device=idx.device))
 
 
 def _pool_with_winners(x: Tensor, pool: nn.Module) -> tuple[Tensor, Tensor, Tensor, int, tuple[int, ...]]:
@@ -583,6 +591,7 @@ class GateRecorder:
     def _make_pool_forward(self, name: str, module: nn.Module):
         """A forward for a stock MaxPool1d/2d: pools once and records the winners."""
         stock = type(module).forward
+        one_d = isinstance(module, nn.MaxPool1d)
 
         def forward(*args: Any, **kwargs: Any) -> Any:
             if len(args) + len(kwargs) != 1 or (kwargs and "input" not in kwargs):
@@ -591,10 +600,22 @@ class GateRecorder:
             if not self._wanted(key):
                 return stock(module, *args, **kwargs)
             x = self._checked_input(name, args or (kwargs["input"],))
-            out, idx, offsets, window, shape = _pool_with_winners(x, module)
+            if x.layout != torch.strided or x.is_quantized:  # no indices to reuse: pool as before
+                result = stock(module, x)
+                offsets, window, shape = _pool_winner_offsets(x, module)
+            else:
+                out, idx, offsets, window, shape = _pool_with_winners(x, module)
+                if module.return_indices:
+                    result = (out, idx)
+                elif one_d and not out.is_contiguous():
+                    # max_pool1d without indices returns a contiguous tensor on the CPU; keep
+                    # the module's output layout exactly (rare: a non-contiguous input)
+                    result = stock(module, x)
+                else:
+                    result = out  # max_pool2d is max_pool2d_with_indices' output
             width = offsets.shape[1] * window
             self._record(key, _PoolWinners(offsets, window), "maxpool", "conv", shape, width, window)
-            return (out, idx) if module.return_indices else out
+            return result
 
         return forward
 

@@ -33,8 +33,10 @@ class HandMLP(nn.Module):
 
 
 def _no_hooks(model: nn.Module) -> bool:
+    """No hook left behind, and no module's forward replaced (max-pool recording patches it)."""
     return all(
-        not m._forward_hooks and not m._forward_pre_hooks for m in model.modules()
+        not m._forward_hooks and not m._forward_pre_hooks and "forward" not in m.__dict__
+        for m in model.modules()
     )
 
 
@@ -257,3 +259,221 @@ def test_recorder_in_training_loop_keeps_last_batch_only():
     assert _no_hooks(net)
     with pytest.raises(RuntimeError, match="store=False"):
         rec.recording()
+
+
+# ---------------------------------------------------------------------------
+# max-pool recorded from the module's own (single) pooling call; ReLU states read
+# off the ReLU's output
+# ---------------------------------------------------------------------------
+def _scan_winners(x, k, s, p, d, out_hw):
+    """Winner offsets by the scan max_pool does: padding skipped, the index starts at
+    the first real element with max -inf, and only a strictly larger value (or NaN)
+    takes over, in the window's row-major order."""
+    n, c, h, w = x.shape
+    ref = torch.empty(n, c, *out_hw, dtype=torch.long)
+    for a in range(out_hw[0]):
+        for b in range(out_hw[1]):
+            best, arg = torch.full((n, c), -float("inf")), None
+            for i in range(k[0]):
+                for j in range(k[1]):
+                    r, col = a * s[0] - p[0] + i * d[0], b * s[1] - p[1] + j * d[1]
+                    if not (0 <= r < h and 0 <= col < w):
+                        continue
+                    if arg is None:
+                        arg = torch.full((n, c), i * k[1] + j)
+                    v = x[:, :, r, col]
+                    take = v > best
+                    best, arg = torch.where(take, v, best), torch.where(take, i * k[1] + j, arg)
+            ref[:, :, a, b] = arg
+    return ref
+
+
+POOL_CASES = [  # kernel, stride, padding, dilation, ceil_mode
+    (2, 2, 0, 1, False),
+    (3, 2, 1, 1, False),
+    (3, 2, 1, 1, True),
+    (2, 1, 0, 1, False),
+    (2, 3, 0, 1, True),
+    (4, 3, 2, 1, True),
+    (3, 2, 1, 2, False),
+]
+
+
+@pytest.mark.parametrize("nd", [1, 2])
+@pytest.mark.parametrize("case", POOL_CASES)
+def test_pool_winners_match_maxpool_scan_with_ties_padding_ceil(nd, case):
+    k, s, p, d, ceil = case
+    g = torch.Generator().manual_seed(11)
+    shape = (5, 3, 9) if nd == 1 else (5, 3, 7, 8)
+    ties = torch.randint(-1, 2, shape, generator=g).float()  # many equal maxima
+    neg_inf = torch.where(torch.rand(shape, generator=g) < 0.7, -float("inf"), torch.randn(shape, generator=g))
+    pool = nn.MaxPool1d(k, s, p, d, ceil_mode=ceil) if nd == 1 else nn.MaxPool2d(k, s, p, d, ceil_mode=ceil)
+    for x in (ties, neg_inf, torch.randn(shape, generator=g)):
+        rec = tc.record_gates(nn.Sequential(pool), x, batch_size=2)
+        out = pool(x)
+        x2 = x.unsqueeze(2) if nd == 1 else x  # a 1-d pool is a 2-d pool over a 1 x L plane
+        kk, ss, pp, dd = ((1, k), (1, s), (0, p), (1, d)) if nd == 1 else ((k, k), (s, s), (p, p), (d, d))
+        ref = _scan_winners(x2, kk, ss, pp, dd, (1, out.shape[-1]) if nd == 1 else tuple(out.shape[-2:]))
+        window = k if nd == 1 else k * k
+        onehot = rec["0"].view(5, -1, window)
+        assert rec.info["0"].window == window and rec.info["0"].shape == tuple(out.shape[1:])
+        assert torch.all(onehot.sum(-1) == 1)
+        assert torch.equal(onehot.float().argmax(-1), ref.reshape(5, -1))
+        assert _no_hooks(pool)
+
+
+def _bits(t):
+    return t.view(torch.int32)
+
+
+@pytest.mark.parametrize("return_indices", [False, True])
+def test_pool_output_while_recording_is_bit_identical(return_indices):
+    g = torch.Generator().manual_seed(12)
+    signed_zeros = torch.where(torch.rand(4, 2, 6, 6, generator=g) < 0.5, 0.0, -0.0)
+    pools = [nn.MaxPool2d(2, return_indices=return_indices),
+             nn.MaxPool2d(3, 2, 1, ceil_mode=True, return_indices=return_indices),
+             nn.MaxPool1d(3, 2, 1, return_indices=return_indices)]
+    for pool in pools:
+        for x in (signed_zeros, torch.randint(0, 2, (4, 2, 6, 6), generator=g).float(),
+                  torch.randn(4, 2, 6, 6, generator=g).to(memory_format=torch.channels_last)):
+            x = x.flatten(2) if isinstance(pool, nn.MaxPool1d) else x
+            expected = pool(x)
+            with GateRecorder(pool) as rec:
+                assert "forward" in pool.__dict__  # pooling and winners come from one call
+                got = pool(x)
+            assert "forward" not in pool.__dict__
+            if return_indices:
+                assert torch.equal(_bits(got[0]), _bits(expected[0])) and torch.equal(got[1], expected[1])
+                got = got[0]
+            else:
+                assert torch.equal(_bits(got), _bits(expected))  # also the sign of zeros
+            assert got.stride() == (expected[0] if return_indices else expected).stride()  # same layout
+            assert rec.last[""].shape == (4, got[0].numel() * rec.info[""].window)
+
+
+def test_pool_forward_restored_after_exception():
+    class Boom(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.pool = nn.MaxPool2d(2)
+            self.act = nn.ReLU()
+
+        def forward(self, x):
+            self.act(self.pool(x))
+            raise RuntimeError("boom")
+
+    m = Boom()
+    with pytest.raises(RuntimeError, match="boom"):
+        tc.record_gates(m, torch.randn(3, 1, 4, 4))
+    assert _no_hooks(m)
+    bad = nn.Sequential(nn.MaxPool2d(5))  # the pooling itself raises: input smaller than the window
+    with pytest.raises(RuntimeError):
+        tc.record_gates(bad, torch.randn(2, 1, 3, 3))
+    assert _no_hooks(bad)
+
+
+def test_pool_subclass_with_own_forward_and_keyword_call():
+    class DoublePool(nn.MaxPool2d):  # not torch's forward: recorded through the pre-hook, not patched
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = DoublePool(2)
+            self.b = nn.MaxPool2d(2)
+
+        def forward(self, x):
+            return self.b(input=self.a(x))
+
+    torch.manual_seed(13)
+    net = Net()
+    x = torch.randn(6, 2, 8, 8)
+    with GateRecorder(net) as rec:
+        assert "forward" not in net.a.__dict__ and "forward" in net.b.__dict__
+        y = net(x)
+    assert torch.equal(y, net(x))
+    r = rec.recording()
+    assert r.names == ["a", "b"]
+    h = net.a(x)
+    ref_a = x.unfold(2, 2, 2).unfold(3, 2, 2).reshape(6, -1, 4).argmax(-1)
+    ref_b = h.unfold(2, 2, 2).unfold(3, 2, 2).reshape(6, -1, 4).argmax(-1)
+    assert torch.equal(r["a"].view(6, -1, 4).float().argmax(-1), ref_a)
+    assert torch.equal(r["b"].view(6, -1, 4).float().argmax(-1), ref_b)
+    assert _no_hooks(net)
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_relu_states_from_output_equal_input_sign_incl_signed_zero(inplace):
+    x = torch.tensor([[0.0, -0.0, 1e-45, -1e-45, 2.0, -3.0, float("inf"), -float("inf")]])
+    net = nn.Sequential(nn.Identity(), nn.ReLU(inplace=inplace))
+    rec = tc.record_gates(net, x.clone())
+    assert torch.equal(rec["1"], x > 0)
+    # with the NaN check off, NaN reads as "off" (x > 0), as before
+    xn = torch.tensor([[float("nan"), 1.0, -1.0]])
+    with GateRecorder(net, check_nan=False) as r2:
+        net(xn.clone())
+    assert torch.equal(r2.last["1"], xn > 0)
+    with pytest.raises(ValueError, match="NaN"):
+        tc.record_gates(net, xn)
+    assert _no_hooks(net)
+
+
+def test_relu_with_an_earlier_user_forward_hook_reads_the_input():
+    torch.manual_seed(14)
+    net = HandMLP()
+    h = net.act1.register_forward_hook(lambda m, a, out: torch.ones_like(out))  # changes the output
+    try:
+        x = torch.randn(40, 5)
+        rec = tc.record_gates(net, x)
+        h1, _ = net.pre_activations(x)
+        assert torch.equal(rec["act1"], h1 > 0)
+    finally:
+        h.remove()
+    assert _no_hooks(net)
+
+
+def test_gradients_through_recorded_pool_and_relu_are_unchanged():
+    torch.manual_seed(15)
+    net = nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.MaxPool2d(3, 2, 1), nn.Flatten(), nn.LazyLinear(2))
+    x = torch.randn(5, 1, 9, 9)
+    ties = (x * 2).round()  # tied maxima: the gradient must go to the same (first) element
+    for inp in (x, ties):
+        net.zero_grad()
+        net(inp).square().sum().backward()
+        expected = [p.grad.clone() for p in net.parameters()]
+        net.zero_grad()
+        with GateRecorder(net, store=False) as rec:
+            net(inp).square().sum().backward()
+        assert rec.last["2"].shape == (5, 3 * 4 * 4 * 9)
+        assert all(torch.equal(p.grad, e) for p, e in zip(net.parameters(), expected))
+    assert _no_hooks(net)
+
+
+def test_pool_winners_on_planes_narrower_than_the_window():
+    # kernel wider than the (unpadded) plane: offsets come from the generic arithmetic
+    g = torch.Generator().manual_seed(16)
+    for shape, pool in [((4, 2, 3, 1), nn.MaxPool2d(2, stride=1, padding=1)),
+                        ((4, 2, 1, 2), nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=True))]:
+        x = torch.randint(-1, 2, shape, generator=g).float()
+        rec = tc.record_gates(pool, x)
+        out = pool(x)
+        k = pool.kernel_size
+        ref = _scan_winners(x, (k, k), (pool.stride,) * 2, (pool.padding,) * 2, (1, 1), tuple(out.shape[-2:]))
+        assert torch.equal(rec[""].view(4, -1, k * k).float().argmax(-1), ref.reshape(4, -1))
+
+
+def test_nested_recorders_see_the_same_states():
+    torch.manual_seed(17)
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.LazyLinear(3), nn.ReLU())
+    x = torch.randn(7, 1, 8, 8)
+    alone = tc.record_gates(net, x)
+    with GateRecorder(net) as outer, torch.no_grad():
+        inner = tc.record_gates(net, x)  # the inner recorder finds the pool already patched
+        net(x)
+    assert _no_hooks(net)
+    both = outer.recording()  # the outer recorder saw the inner one's forward pass too
+    assert inner.names == both.names == alone.names and both.n == 2 * x.shape[0]
+    for k in alone:
+        assert torch.equal(inner[k], alone[k])
+        assert torch.equal(both[k], torch.cat([alone[k], alone[k]]))
