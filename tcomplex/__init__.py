@@ -14,6 +14,7 @@ from tcomplex.estimators import (
     kde_bandwidth,
     kde_entropy,
     kde_entropy_and_interaction,
+    kde_entropy_from_distances,
     kde_interaction_information,
     kde_mutual_information,
     kde_total_correlation,
@@ -21,6 +22,7 @@ from tcomplex.estimators import (
     marginal_entropy_sum,
     plugin_entropy,
     plugin_total_correlation,
+    squared_distances,
 )
 from tcomplex.gating import (
     GATE_KINDS,
@@ -45,6 +47,7 @@ __all__ = [
     "kde_bandwidth",
     "kde_entropy",
     "kde_entropy_and_interaction",
+    "kde_entropy_from_distances",
     "kde_interaction_information",
     "kde_mutual_information",
     "kde_total_correlation",
@@ -52,6 +55,7 @@ __all__ = [
     "marginal_entropy_sum",
     "plugin_entropy",
     "plugin_total_correlation",
+    "squared_distances",
     "record_gates",
     "record_gates_with_and_without_sampling",
     "resolve_layers",

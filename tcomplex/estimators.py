@@ -45,6 +45,8 @@ __all__ = [
     "kde_bandwidth",
     "kde_entropy",
     "kde_entropy_and_interaction",
+    "kde_entropy_from_distances",
+    "squared_distances",
     "kde_mutual_information",
     "kde_interaction_information",
     "kde_total_correlation",
@@ -325,6 +327,77 @@ def _kde_entropy_nats(s: Tensor, sigma2: float, block: int | None) -> float:
     return math.log(n) - float(_log_kernel_sums(s, None, sigma2, block).mean())
 
 
+def squared_distances(states: Any, *, block: int | None = None) -> Tensor:
+    """The ``[n, n]`` float32 matrix of ||sigma_j - sigma_k||^2 (the exponent of Eq. 2's kernel).
+
+    Exact integers for 0/1 states (fewer than 2**24 gates).  Distances of concatenated
+    layers are the sums of the layers' distances, so one matrix per layer also gives the
+    whole network's: see :func:`kde_entropy_from_distances`.  Uses n^2 * 4 bytes.
+    """
+    s = _as_states(states)
+    n, d = s.shape
+    c = _block_rows(n, d, block)
+    blocks = _Blocks(s, c)
+    exact = blocks.binary and d < 2**24
+    out = torch.empty(n, n, dtype=torch.float32, device=s.device)
+    starts = list(range(0, n, c))
+    for bi, i in enumerate(starts):
+        ai, nai = blocks.get(i, 0)
+        ri = slice(i, i + ai.shape[0])
+        out[ri, ri] = _block_logits(ai, nai, ai, nai, 1.0, exact)
+        for j in reversed(starts[bi + 1 :]):
+            aj, naj = blocks.get(j, 1)
+            rj = slice(j, j + aj.shape[0])
+            out[ri, rj] = _block_logits(ai, nai, aj, naj, 1.0, exact)
+            out[rj, ri] = out[ri, rj].T
+    return out
+
+
+def _entropy_nats_from_distances(d2: Tensor, sigma2: float) -> float:
+    lse = torch.logsumexp(d2 * (-0.5 / sigma2), 1).to(torch.float64)
+    return math.log(d2.shape[0]) - float(lse.mean())
+
+
+def kde_entropy_from_distances(
+    sq_distances: Tensor,
+    *,
+    sigma2: float,
+    labels: Any = None,
+    base: float = 2.0,
+) -> tuple[Estimate, Estimate | None]:
+    """``(H(Sigma), I(X; Sigma; Y))`` by Eq. 2 and Eq. 4 from a squared-distance matrix.
+
+    ``sq_distances``: ``[n, n]`` from :func:`squared_distances` (or a sum of them over
+    layers); ``sigma2``: the kernel width sigma0^2 (:func:`kde_bandwidth` of the states).
+    The conditional entropies of Eq. 4 use the class submatrices, so no distance is
+    computed twice.  Without ``labels`` the second value is None.  Same values as
+    :func:`kde_entropy_and_interaction` up to float32 rounding.
+    """
+    if not isinstance(sq_distances, Tensor) or sq_distances.dim() != 2 or sq_distances.shape[0] != sq_distances.shape[1]:
+        shape = tuple(sq_distances.shape) if isinstance(sq_distances, Tensor) else type(sq_distances).__name__
+        raise ValueError(f"sq_distances must be a square [n, n] tensor, got {shape}")
+    n = sq_distances.shape[0]
+    if n < 2:
+        raise ValueError(f"sq_distances covers {n} sample(s): entropy estimates need at least 2")
+    if not sigma2 > 0:
+        raise ValueError(f"sigma2 must be > 0, got {sigma2}")
+    d2 = sq_distances.to(torch.float32)
+    h = _entropy_nats_from_distances(d2, sigma2)
+    entropy = _entropy_estimate(h, n, sigma2, base, "H")
+    if labels is None:
+        return entropy, None
+    y = _as_labels(labels, n).to(d2.device)
+    classes, counts = torch.unique(y, return_counts=True)
+    h_cond = 0.0
+    for c, n_m in zip(classes.tolist(), counts.tolist()):
+        if n_m > 1:
+            idx = (y == c).nonzero().squeeze(1)
+            h_cond += (n_m / n) * _entropy_nats_from_distances(d2[idx][:, idx], sigma2)
+    lb = _log_base(base)
+    return entropy, Estimate((h - h_cond) / lb, ceiling=math.log(len(classes)) / lb, sigma2=sigma2,
+                             what="I(X;Sigma;Y)")
+
+
 def _entropy_estimate(nats: float, n: int, sigma2: float, base: float, what: str) -> Estimate:
     """An Eq. 2 bound in ``base`` units, clipped at 0, with its ceiling log n."""
     lb = _log_base(base)
@@ -436,6 +509,8 @@ def kde_entropy_and_interaction(
 def activation_rates(states: Any) -> Tensor:
     """Per-gate activation rate alpha_l^i = mean over samples (float64 [d])."""
     s = _as_states(states)
+    if s.dtype == torch.bool:  # float32 counts are exact below 2**24 samples
+        return s.to(torch.float32).sum(0).to(torch.float64) / s.shape[0]
     return s.to(torch.float64).mean(0)
 
 

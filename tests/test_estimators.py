@@ -307,3 +307,35 @@ def test_entropy_and_interaction_in_one_pass_equal_the_separate_estimators():
     assert float(h) == float(h_alone) and h.saturated == h_alone.saturated
     assert float(ii) == float(tc.kde_interaction_information(s, y, alpha=0.5))
     assert h.sigma2 == ii.sigma2 == h_alone.sigma2
+
+
+@pytest.mark.parametrize("block", [None, 13])
+def test_squared_distances_are_exact_and_add_up_over_layers(block):
+    a, b = random_states(90, 23, p=0.3, seed=2), random_states(90, 41, p=0.6, seed=3)
+    d_a, d_b = tc.squared_distances(a, block=block), tc.squared_distances(b, block=block)
+    ref = torch.cdist(a.double(), a.double()).pow(2).round()
+    assert torch.equal(d_a.double(), ref)  # exact integers, symmetric, zero diagonal
+    assert torch.equal(d_a + d_b, tc.squared_distances(torch.cat([a, b], 1), block=block))
+
+
+def test_entropy_from_distances_equals_the_direct_estimators():
+    s = random_states(150, 60, p=0.3, seed=4)
+    y = torch.arange(150) % 3
+    sigma2 = tc.kde_bandwidth(s, alpha=0.05)
+    h, ii = tc.kde_entropy_from_distances(tc.squared_distances(s), sigma2=sigma2, labels=y)
+    h_ref, ii_ref = tc.kde_entropy_and_interaction(s, y, alpha=0.05)
+    assert float(h) == pytest.approx(float(h_ref), rel=KDE_REL)
+    assert float(ii) == pytest.approx(float(ii_ref), rel=KDE_REL, abs=KDE_REL)
+    assert h.ceiling == h_ref.ceiling and ii.ceiling == ii_ref.ceiling
+    h_only, none = tc.kde_entropy_from_distances(tc.squared_distances(s), sigma2=sigma2)
+    assert none is None and float(h_only) == float(h)
+
+
+@pytest.mark.parametrize("d2, sigma2, message", [
+    (torch.zeros(3, 4), 1.0, r"square \[n, n\] tensor, got \(3, 4\)"),
+    (torch.zeros(1, 1), 1.0, "at least 2"),
+    (torch.zeros(3, 3), 0.0, "sigma2 must be > 0"),
+])
+def test_entropy_from_distances_rejects_bad_input(d2, sigma2, message):
+    with pytest.raises(ValueError, match=message):
+        tc.kde_entropy_from_distances(d2, sigma2=sigma2)

@@ -272,3 +272,19 @@ def test_missing_dataset_names_dataset_and_root(tmp_path):
 def test_unknown_dataset_is_a_value_error(tmp_path):
     with pytest.raises(ValueError, match="unknown dataset 'mnist2'"):
         T.train(_tiny(dataset="mnist2"), tmp_path, progress=False)
+
+
+def test_measure_complexity_shares_layer_distances_without_changing_numbers(monkeypatch):
+    # LeNet-5 (ReLU + max-pool one-hots): the dense path (whole-network distances = sum of the
+    # layers') gives the numbers of the direct estimators, row for row
+    torch.manual_seed(0)
+    from tcomplex.experiments.models import build_model
+    model = build_model("lenet5", in_channels=1, input_size=28, num_classes=10)
+    x, y = torch.randn(120, 1, 28, 28), torch.arange(120) % 10
+    kw = dict(kinds=("relu", "maxpool"), tc=True)
+    dense = pd.DataFrame(T.measure_complexity(model, x, y, **kw))
+    monkeypatch.setattr(T, "DENSE_MAX_SAMPLES", 0)
+    direct = pd.DataFrame(T.measure_complexity(model, x, y, **kw))
+    assert dense[["layer", "metric", "bin"]].equals(direct[["layer", "metric", "bin"]])
+    assert set(dense.metric) >= {"H", "I_XSY", "C", "TC", "rate_hist"} and dense.layer.nunique() == 7
+    assert dense.value.to_numpy() == pytest.approx(direct.value.to_numpy(), rel=1e-7, abs=1e-7)

@@ -63,6 +63,8 @@ log = logging.getLogger("tcomplex.train")
 
 #: bins of the activation-rate histograms (Figure 3c)
 RATE_BINS = 20
+#: measure_complexity keeps n x n float32 distance matrices up to this many samples
+DENSE_MAX_SAMPLES = 4096
 ALL = "__all__"  # layer label of the whole network's Sigma
 
 
@@ -343,48 +345,63 @@ def measure_complexity(
         rec_det = record_gates(model, x, kinds=kinds, sampling=False) if mutual_information else None
     finally:
         model.train(was_training)
-    rows: list[dict[str, Any]] = []
 
-    def add(layer: str, metric: str, value: float, bin_: int | None = None) -> None:
-        rows.append({"layer": layer, "metric": metric, "value": float(value), "bin": bin_})
+    def metrics_for(layer: str, states: Tensor, det: Tensor | None, a: float, with_tc: bool,
+                    sq_dists: Tensor | None) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
 
-    def metrics_for(layer: str, states: Tensor, det: Tensor | None, a: float, with_tc: bool) -> None:
-        if y is not None:  # H(Sigma) is a term of Eq. 4: computed once for both
+        def add(metric: str, value: float, bin_: int | None = None) -> None:
+            out.append({"layer": layer, "metric": metric, "value": float(value), "bin": bin_})
+
+        if sq_dists is not None:  # H and the class terms of Eq. 4 from one distance matrix
+            h, ixsy = est.kde_entropy_from_distances(
+                sq_dists, sigma2=est.kde_bandwidth(states, alpha=a, bandwidth=bandwidth), labels=y)
+        elif y is not None:  # H(Sigma) is a term of Eq. 4: computed once for both
             h, ixsy = est.kde_entropy_and_interaction(states, y, alpha=a, bandwidth=bandwidth)
         else:
             h, ixsy = est.kde_entropy(states, alpha=a, bandwidth=bandwidth), None
-        add(layer, "H", h)
-        add(layer, "saturated_H", float(h.saturated))
-        add(layer, "alpha", a)
-        add(layer, "width", states.shape[1])
+        add("H", h)
+        add("saturated_H", float(h.saturated))
+        add("alpha", a)
+        add("width", states.shape[1])
         if ixsy is not None:
-            add(layer, "I_XSY", ixsy)
+            add("I_XSY", ixsy)
         if det is not None:
-            add(layer, "I_XS", est.kde_mutual_information(det, alpha=a, bandwidth=bandwidth))
-        add(layer, "C", est.marginal_entropy_sum(states))
+            add("I_XS", est.kde_mutual_information(det, alpha=a, bandwidth=bandwidth))
+        add("C", est.marginal_entropy_sum(states))
         if with_tc:
-            add(layer, "TC", est.kde_total_correlation(states, alpha=a, bandwidth=bandwidth))
+            add("TC", est.kde_total_correlation(states, alpha=a, bandwidth=bandwidth))
         if rates:
             r = est.activation_rates(states).numpy()
             counts, _ = np.histogram(r, bins=RATE_BINS, range=(0.0, 1.0))
             for b, c in enumerate(counts):
-                add(layer, "rate_hist", c, b)
-            add(layer, "rate_mean", r.mean())
+                add("rate_hist", c, b)
+            add("rate_mean", r.mean())
+        return out
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", est.SaturationWarning)
-        a_all = alpha if alpha is not None else rec.default_alpha()
-        metrics_for(ALL, rec.concat(), rec_det.concat() if rec_det is not None else None, a_all, False)
+        # with per-layer metrics and a moderate n, the whole network's squared distances are the
+        # sum of the layers': one GEMM per layer serves both (and the class terms of Eq. 4)
+        dense = per_layer and len(x) <= DENSE_MAX_SAMPLES
+        total: Tensor | None = None
+        layer_rows: list[dict[str, Any]] = []
         if per_layer:
             for name in rec.names:
                 a = alpha if alpha is not None else rec.info[name].default_alpha
-                metrics_for(name, rec[name], rec_det[name] if rec_det is not None else None, a, tc)
+                d2 = est.squared_distances(rec[name]) if dense else None
+                layer_rows += metrics_for(name, rec[name], rec_det[name] if rec_det is not None else None, a, tc, d2)
+                if d2 is not None:
+                    total = d2 if total is None else total.add_(d2)
+        a_all = alpha if alpha is not None else rec.default_alpha()
+        rows = metrics_for(ALL, rec.concat(), rec_det.concat() if rec_det is not None else None, a_all, False, total)
+        rows += layer_rows
         if suffix:
             kde = est.layerwise_entropies(rec, alpha=alpha, bandwidth=bandwidth)
             plug = est.layerwise_entropies(rec, estimator="plugin")
             for l, (hk, hp) in enumerate(zip(kde, plug), start=1):
-                add(f"suffix:{l}", "H", hk)
-                add(f"suffix:{l}", "H_plugin", hp)
+                rows.append({"layer": f"suffix:{l}", "metric": "H", "value": float(hk), "bin": None})
+                rows.append({"layer": f"suffix:{l}", "metric": "H_plugin", "value": float(hp), "bin": None})
     return rows
 
 
