@@ -259,6 +259,26 @@ def cmd_book(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    """``tcomplex status [--profile P]``: which notebooks are current, stale or missing, and their run times."""
+    from tcomplex.experiments import notebooks as nbs
+
+    profile = args.profile or nbs.DEFAULT_PROFILE
+    try:
+        rows = nbs.profile_status(profile)
+    except (ValueError, FileNotFoundError) as exc:
+        raise UserError(str(exc)) from None
+    print(f"profile {profile}:")
+    print(f"  {'notebook':24s} {'state':8s} {'minutes':>8s}")
+    total = 0.0
+    for r in rows:
+        minutes = "" if r["seconds"] is None else f"{r['seconds'] / 60:.1f}"
+        total += r["seconds"] or 0.0
+        print(f"  {r['notebook']:24s} {r['state']:8s} {minutes:>8s}")
+    print(f"  {'total':24s} {'':8s} {total / 60:8.1f}")
+    return 0
+
+
 # ---------------------------------------------------------------------------
 # parser and entry point
 # ---------------------------------------------------------------------------
@@ -311,6 +331,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("book", help="execute missing or stale notebooks of a profile, then build the HTML book")
     p.add_argument("--profile", default=None, help="profile to render (default: offline)")
     p.set_defaults(func=cmd_book)
+
+    p = sub.add_parser("status", help="list a profile's notebooks: current, stale or missing, with run times")
+    p.add_argument("--profile", default=None, help="profile (default: offline)")
+    p.set_defaults(func=cmd_status)
     return parser
 
 

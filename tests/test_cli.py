@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -42,11 +43,11 @@ def test_help_lists_the_subcommands(capsys):
         cli.main(["--help"])
     assert info.value.code == 0
     out = capsys.readouterr().out
-    for word in ("train", "sweep", "run", "book"):
+    for word in ("train", "sweep", "run", "book", "status"):
         assert word in out
 
 
-@pytest.mark.parametrize("command", ["train", "sweep", "run", "book"])
+@pytest.mark.parametrize("command", ["train", "sweep", "run", "book", "status"])
 def test_subcommand_help(command, capsys):
     with pytest.raises(SystemExit) as info:
         cli.main([command, "--help"])
@@ -77,6 +78,29 @@ def test_run_and_book_parse_and_reject_bad_input(capsys):
     assert cli.main(["run", "99_nothing", "--profile", "quick"]) == 2
     assert "unknown notebook" in capsys.readouterr().err
     assert cli.main(["book", "--profile", "full"]) == 2
+    assert "unknown profile 'full'" in capsys.readouterr().err
+
+
+def test_status_lists_every_notebook_with_its_state(tmp_path, capsys):
+    from tcomplex.experiments import notebooks as nbs
+
+    assert cli.main(["status", "--profile", "quick"]) == 0
+    out = capsys.readouterr().out
+    for name in nbs.notebook_names():
+        assert name in out
+    # a copy of the project with one executed notebook removed and one parameter changed
+    root = nbs.project_root()
+    for item in ("book", "papermill_runs"):
+        shutil.copytree(root / item, tmp_path / item, ignore=shutil.ignore_patterns("_build", "results"))
+    before = {r["notebook"]: r["state"] for r in nbs.profile_status("quick", tmp_path)}
+    (tmp_path / "papermill_runs" / "quick" / "01_metrics.ipynb").unlink()
+    prof = tmp_path / "papermill_runs" / "quick.yaml"
+    text = prof.read_text()
+    assert "    analysis_per_class: 20\n    track_per_class" in text  # chapter 2's block
+    prof.write_text(text.replace("    analysis_per_class: 20\n    track_per_class", "    analysis_per_class: 21\n    track_per_class"))
+    after = {r["notebook"]: r["state"] for r in nbs.profile_status("quick", tmp_path)}
+    assert after == {**before, "01_metrics": "missing", "02_disentanglement": "stale"}
+    assert cli.main(["status", "--profile", "full"]) == 2
     assert "unknown profile 'full'" in capsys.readouterr().err
 
 

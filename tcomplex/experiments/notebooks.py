@@ -206,6 +206,38 @@ def stale_notebooks(profile: str, root: Path | None = None) -> list[str]:
     return stale
 
 
+def profile_status(profile: str, root: Path | None = None) -> list[dict[str, Any]]:
+    """One entry per notebook of ``profile``: its state and how long it ran.
+
+    ``state`` is ``"current"`` (executed from this source and these parameters),
+    ``"stale"`` (executed from another source or parameters), ``"custom"`` (executed
+    with command-line overrides) or ``"missing"``; ``seconds`` and ``python`` come from
+    the executed notebook's metadata (None when missing).
+    """
+    root = root or project_root()
+    prof = load_profile(profile, root)
+    out = []
+    for name in list(prof["notebooks"]) or notebook_names(root):
+        path = executed_path(name, profile, root)
+        meta: dict[str, Any] = {}
+        if path.is_file():
+            try:
+                meta = json.loads(path.read_text()).get("metadata", {}).get(HASH_KEY, {})
+            except (OSError, json.JSONDecodeError):
+                meta = {}
+        stored = meta.get("fingerprint")
+        if not path.is_file():
+            state = "missing"
+        elif stored == "custom":
+            state = "custom"
+        elif stored == _fingerprint(name, resolve_parameters(name, profile, None, root), root):
+            state = "current"
+        else:
+            state = "stale"
+        out.append({"notebook": name, "state": state, "seconds": meta.get("seconds"), "python": meta.get("python")})
+    return out
+
+
 def build_book(profile: str = DEFAULT_PROFILE, root: Path | None = None, *, quiet: bool = True) -> Path:
     """Render the executed notebooks of ``profile`` with jupyter-book (execution off).
 
