@@ -353,9 +353,17 @@ def squared_distances(states: Any, *, block: int | None = None) -> Tensor:
     return out
 
 
-def _entropy_nats_from_distances(d2: Tensor, sigma2: float) -> float:
-    lse = torch.logsumexp(d2 * (-0.5 / sigma2), 1).to(torch.float64)
-    return math.log(d2.shape[0]) - float(lse.mean())
+def _kernel_row_sums(d2: Tensor, sigma2: float, onehot: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    """Row sums of K = exp(-d2 / (2 sigma2)) (float64), and K @ onehot (per-class row sums).
+
+    A self-distance matrix has a zero diagonal, so every row's largest kernel value is
+    exactly 1: no max-subtraction is needed and underflow of far pairs cannot empty a row.
+    """
+    k = torch.mul(d2, -0.5 / sigma2).exp_()
+    if onehot is None:
+        return k.sum(1).to(torch.float64), None
+    per_class = (k @ onehot).to(torch.float64)
+    return per_class.sum(1), per_class
 
 
 def kde_entropy_from_distances(
@@ -369,8 +377,9 @@ def kde_entropy_from_distances(
 
     ``sq_distances``: ``[n, n]`` from :func:`squared_distances` (or a sum of them over
     layers); ``sigma2``: the kernel width sigma0^2 (:func:`kde_bandwidth` of the states).
-    The conditional entropies of Eq. 4 use the class submatrices, so no distance is
-    computed twice.  Without ``labels`` the second value is None.  Same values as
+    The conditional entropies of Eq. 4 sum each row of the kernel matrix over the
+    columns of its own class (one small product with the class one-hots), so no
+    distance is computed twice.  The diagonal must be the zero self-distance.  Without ``labels`` the second value is None.  Same values as
     :func:`kde_entropy_and_interaction` up to float32 rounding.
     """
     if not isinstance(sq_distances, Tensor) or sq_distances.dim() != 2 or sq_distances.shape[0] != sq_distances.shape[1]:
@@ -382,20 +391,23 @@ def kde_entropy_from_distances(
     if not sigma2 > 0:
         raise ValueError(f"sigma2 must be > 0, got {sigma2}")
     d2 = sq_distances.to(torch.float32)
-    h = _entropy_nats_from_distances(d2, sigma2)
-    entropy = _entropy_estimate(h, n, sigma2, base, "H")
     if labels is None:
-        return entropy, None
+        rows, _ = _kernel_row_sums(d2, sigma2, None)
+        return _entropy_estimate(math.log(n) - float(rows.log().mean()), n, sigma2, base, "H"), None
     y = _as_labels(labels, n).to(d2.device)
-    classes, counts = torch.unique(y, return_counts=True)
+    classes, inverse, counts = torch.unique(y, return_inverse=True, return_counts=True)
+    onehot = torch.nn.functional.one_hot(inverse, len(classes)).to(torch.float32)
+    rows, per_class = _kernel_row_sums(d2, sigma2, onehot)
+    h = math.log(n) - float(rows.log().mean())
+    # H(Sigma | Y = m): the rows of class m summed over the columns of class m only
+    own = per_class.gather(1, inverse[:, None]).squeeze(1).log()
     h_cond = 0.0
-    for c, n_m in zip(classes.tolist(), counts.tolist()):
+    for m, n_m in enumerate(counts.tolist()):
         if n_m > 1:
-            idx = (y == c).nonzero().squeeze(1)
-            h_cond += (n_m / n) * _entropy_nats_from_distances(d2[idx][:, idx], sigma2)
+            h_cond += (n_m / n) * (math.log(n_m) - float(own[inverse == m].mean()))
     lb = _log_base(base)
-    return entropy, Estimate((h - h_cond) / lb, ceiling=math.log(len(classes)) / lb, sigma2=sigma2,
-                             what="I(X;Sigma;Y)")
+    return _entropy_estimate(h, n, sigma2, base, "H"), Estimate(
+        (h - h_cond) / lb, ceiling=math.log(len(classes)) / lb, sigma2=sigma2, what="I(X;Sigma;Y)")
 
 
 def _entropy_estimate(nats: float, n: int, sigma2: float, base: float, what: str) -> Estimate:
