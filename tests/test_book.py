@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import json
 import shutil
 import threading
 from pathlib import Path
@@ -39,6 +40,20 @@ def test_unknown_parameter_is_rejected_with_the_declared_ones():
 def test_quick_notebooks_are_executed_and_current():
     """The committed quick notebooks ran from the current sources and parameters."""
     assert nbs.stale_notebooks("quick", ROOT) == []
+
+
+@pytest.mark.parametrize("profile", ["offline", "paper"])
+def test_committed_notebooks_of_long_profiles_are_current_and_error_free(profile):
+    """Executed offline/paper notebooks in the repository (they are not re-run in CI) ran from
+    the current notebook sources and parameters, and no cell failed."""
+    for entry in nbs.profile_status(profile, ROOT):
+        if entry["state"] == "missing":
+            continue
+        assert entry["state"] == "current", f"{profile}/{entry['notebook']} is {entry['state']}: re-execute it"
+        cells = json.loads(nbs.executed_path(entry["notebook"], profile, ROOT).read_text())["cells"]
+        errors = [o for c in cells if c["cell_type"] == "code" for o in c.get("outputs", [])
+                  if o["output_type"] == "error"]
+        assert not errors, f"{profile}/{entry['notebook']}: {errors[0]['ename']}: {errors[0]['evalue']}"
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
