@@ -288,3 +288,9 @@ def test_measure_complexity_shares_layer_distances_without_changing_numbers(monk
     assert dense[["layer", "metric", "bin"]].equals(direct[["layer", "metric", "bin"]])
     assert set(dense.metric) >= {"H", "I_XSY", "C", "TC", "rate_hist"} and dense.layer.nunique() == 7
     assert dense.value.to_numpy() == pytest.approx(direct.value.to_numpy(), rel=1e-7, abs=1e-7)
+
+
+def test_training_subset_too_small_for_the_analysis_set_names_the_fix(data_root):
+    with pytest.raises(ValueError, match=r"train_subset of 600 images of mnist is too small for "
+                                         r"analysis_per_class=100 .*raise train_subset or lower analysis_per_class"):
+        T._prepare_data(_tiny(analysis_per_class=100), data_root, None)

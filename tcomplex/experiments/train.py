@@ -248,7 +248,17 @@ def _prepare_data(cfg: TrainConfig, data_root: str | None, task_net: nn.Module |
         ay = None
     else:
         source = (tx, ty) if tx is not None else cfg.dataset
-        ax, ay = data_mod.analysis_set(source, per_class=cfg.analysis_per_class, seed=cfg.analysis_seed, data_root=data_root)
+        try:
+            ax, ay = data_mod.analysis_set(source, per_class=cfg.analysis_per_class, seed=cfg.analysis_seed,
+                                           data_root=data_root)
+        except ValueError as exc:
+            if cfg.train_subset is None:
+                raise
+            raise ValueError(
+                f"the analysis set is drawn from the training images, and the train_subset of "
+                f"{cfg.train_subset} images of {cfg.dataset} is too small for analysis_per_class="
+                f"{cfg.analysis_per_class} ({exc}): raise train_subset or lower analysis_per_class"
+            ) from None
     return _Data(tx, ty, vx, vy, train_ds, test_ds, ax, ay, info.num_classes, tuple(info.shape))
 
 
