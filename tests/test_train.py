@@ -294,3 +294,21 @@ def test_training_subset_too_small_for_the_analysis_set_names_the_fix(data_root)
     with pytest.raises(ValueError, match=r"train_subset of 600 images of mnist is too small for "
                                          r"analysis_per_class=100 .*raise train_subset or lower analysis_per_class"):
         T._prepare_data(_tiny(analysis_per_class=100), data_root, None)
+
+
+def test_check_data_fails_fast_like_train(data_root, tmp_path):
+    T.check_data(_tiny(), data_root)  # fine
+    with pytest.raises(ValueError, match="raise train_subset or lower analysis_per_class"):
+        T.check_data(_tiny(analysis_per_class=100), data_root)
+    with pytest.raises(DatasetNotFoundError):
+        T.check_data(_tiny(), tmp_path)
+
+
+def test_train_many_checks_every_config_before_training(data_root, tmp_path):
+    from tcomplex.experiments.studies.common import Context, train_many
+
+    ctx = Context.create("quick", str(tmp_path / "runs"), str(tmp_path / "results"), data_root)
+    good, bad = _tiny(), _tiny(analysis_per_class=100)
+    with pytest.raises(ValueError, match="too small for analysis_per_class=100"):
+        train_many([good, bad], ctx)
+    assert not (tmp_path / "runs" / good.run_id).exists()  # nothing trained before the check

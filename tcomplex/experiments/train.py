@@ -506,6 +506,23 @@ def _show_progress() -> bool:
     return sys.stderr.isatty() and not os.environ.get("CI")
 
 
+def check_data(cfg: TrainConfig, data_root: str | os.PathLike[str] | None = None) -> None:
+    """Raise the error :func:`train` would raise about ``cfg``'s data, before any training.
+
+    Loads the dataset files and draws the training subset and the analysis set
+    (cheap for the in-memory datasets; for the others only the files are checked),
+    so a grid of runs fails at once instead of after hours of other runs.
+    """
+    info = data_mod.DATASETS.get(cfg.dataset)
+    if info is None:
+        raise ValueError(f"unknown dataset {cfg.dataset!r}; valid: {sorted(data_mod.DATASETS)}")
+    root = data_mod.resolve_data_root(data_root)
+    if not info.in_memory:
+        data_mod.load_dataset(cfg.dataset, "train", data_root=root)
+        return
+    _prepare_data(cfg, str(root), None)
+
+
 def train(
     config: TrainConfig | dict[str, Any],
     root: str | os.PathLike[str] = "runs",

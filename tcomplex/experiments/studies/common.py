@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from tcomplex.experiments import data as data_mod
 from tcomplex.experiments.notebooks import project_root
-from tcomplex.experiments.train import TrainConfig, _build, train
+from tcomplex.experiments.train import TrainConfig, _build, check_data, train
 
 __all__ = ["Context", "train_many", "load_trained_model", "final_epoch"]
 
@@ -54,8 +54,13 @@ def train_many(configs: Sequence[TrainConfig], ctx: Context, *, desc: str = "run
     """Train (or load, when finished) each config in turn; all their rows in one frame.
 
     Finished runs are read from the cache, interrupted ones resume; a progress
-    bar over runs is shown when a person watches.
+    bar over runs is shown when a person watches.  The data of every unfinished run
+    is checked first (:func:`tcomplex.experiments.train.check_data`), so a bad
+    config fails before the others have trained.
     """
+    for cfg in configs:
+        if not (ctx.runs / cfg.run_id / "finished.json").is_file():
+            check_data(cfg, ctx.data_root)
     frames = []
     show = sys.stderr.isatty()
     for cfg in tqdm(list(configs), desc=desc, unit="run", disable=not show):
