@@ -53,6 +53,8 @@ from tcomplex.ebm import MLP_WIDTHS, ComplexityPenalty
 from tcomplex.experiments import data as data_mod
 from tcomplex.experiments import models as models_mod
 
+from _machine import cpu_model, loadavg  # benchmarks/ is on sys.path when a script runs
+
 RATIO_TARGET = 2.0
 BATCH = 128
 MNIST_TRAIN = 60000
@@ -61,23 +63,6 @@ MODELS = ("resmlp10", "resnet20")
 MODEL_KWARGS: dict[str, dict[str, Any]] = {"resmlp10": {"init": "torch_default"}, "resnet20": {}}
 
 
-def _loadavg() -> str:
-    try:
-        with open("/proc/loadavg") as f:
-            return " ".join(f.read().split()[:3])
-    except OSError:
-        return "n/a"
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def build(name: str, seed: int = 0) -> nn.Module:
@@ -223,9 +208,9 @@ def main() -> None:
 
     steps_per_epoch = -(-MNIST_TRAIN // BATCH)
     print("## complexity-loss benchmark\n")
-    print(f"- CPU: {_cpu_model()}; cores (os.cpu_count): {os.cpu_count()}; torch {torch.__version__}, "
+    print(f"- CPU: {cpu_model()}; cores (os.cpu_count): {os.cpu_count()}; torch {torch.__version__}, "
           f"threads {torch.get_num_threads()}; python {platform.python_version()}; load average at start "
-          f"{_loadavg()}")
+          f"{loadavg()}")
     print(f"- MNIST, batch {BATCH}, λ = {LAMBDA:g}, the last four gating layers penalised, tcomplex.ebm defaults "
           f"(β = 100, 5 Langevin steps); median of {repeats} interleaved repeats of {steps} training steps each\n")
     print(f"| model | plain ms/step | complexity ms/step | plain s/epoch (extrapolated) "

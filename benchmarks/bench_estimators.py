@@ -41,6 +41,8 @@ import sys
 import time
 import warnings
 
+from _machine import cpu_model, loadavg  # benchmarks/ is on sys.path when a script runs
+
 RATIO_TARGET = 1.5  # kde_entropy / GEMM
 SPEEDUP_TARGET = 20.0  # loop / kde_entropy
 ALPHA = 0.01
@@ -52,16 +54,6 @@ MIB = 2**20
 # helpers (no torch import at module level: the memory children are spawned
 # before the parent allocates anything big, see main())
 # ---------------------------------------------------------------------------
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
 
 def machine_lines(torch, load_start: str) -> list[str]:
     lines = [
@@ -79,13 +71,6 @@ def machine_lines(torch, load_start: str) -> list[str]:
                      "absolute times are inflated and multi-threaded ratios are less steady (--threads 1 helps)")
     return lines
 
-
-def _loadavg() -> str:
-    try:
-        with open("/proc/loadavg") as f:
-            return " ".join(f.read().split()[:3])
-    except OSError:
-        return "n/a"
 
 
 def rss_bytes() -> int:
@@ -296,7 +281,7 @@ def main() -> None:
     dims = [int(v) for v in args.dims.split(",")] if args.dims else ([1472, 16384] if args.quick else [1472, 16384, 65536])
     repeats = args.repeats or (3 if args.quick else 5)
     t_start = time.perf_counter()
-    load_start = _loadavg()
+    load_start = loadavg()
 
     # -- 1. peak memory, one fresh subprocess per configuration, spawned while
     #       this process is still small (a child's ru_maxrss can inherit the
@@ -322,7 +307,7 @@ def main() -> None:
               "(high-water mark reset before the call), i.e. above the bool states.")
         if big_note:
             print(f"- {big_note}.")
-        print(f"\n(total wall time {time.perf_counter() - t_start:.0f} s; load average at end: {_loadavg()})")
+        print(f"\n(total wall time {time.perf_counter() - t_start:.0f} s; load average at end: {loadavg()})")
         return
 
     if args.threads:
@@ -421,7 +406,7 @@ def main() -> None:
     if breakdown_lines:
         print("\n### where kde_entropy's time goes (--breakdown)\n")
         print("\n".join(f"- {line}" if not line.startswith("  ") else line for line in breakdown_lines))
-    print(f"\n(total wall time {time.perf_counter() - t_start:.0f} s; load average at end: {_loadavg()})")
+    print(f"\n(total wall time {time.perf_counter() - t_start:.0f} s; load average at end: {loadavg()})")
 
 
 def _big_row(args, n: int, dims: list[int], mem: dict, t_start: float) -> str | None:

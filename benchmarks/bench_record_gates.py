@@ -38,27 +38,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from _machine import cpu_model, loadavg  # benchmarks/ is on sys.path when a script runs
+
 RATIO_TARGET = 1.3
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def loadavg() -> str:
-    try:
-        with open("/proc/loadavg") as f:
-            return " ".join(f.read().split()[:3])
-    except OSError:
-        return "n/a"
 
 
 def to_rgb32(x: torch.Tensor) -> torch.Tensor:

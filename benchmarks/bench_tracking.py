@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -35,6 +34,8 @@ import torch
 from tcomplex.experiments import models as models_mod
 from tcomplex.experiments import train as train_mod
 from tcomplex.experiments.train import TrainConfig, train
+
+from _machine import cpu_model  # benchmarks/ is on sys.path when a script runs
 
 TARGET = 0.10
 
@@ -78,8 +79,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor())
+    cpu = cpu_model()
     print(f"machine: {cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"{args.epochs} epochs, tracking every {args.every}, training images: {args.train_subset or 60000}\n")
     from tcomplex.experiments import data as data_mod
