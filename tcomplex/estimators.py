@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import numpy as np
@@ -267,17 +268,34 @@ class _Blocks:
         return f, sq
 
 
-def _block_logits(ai: Tensor, nai: Tensor, aj: Tensor, naj: Tensor, inv: float, exact: bool) -> Tensor:
-    """-||a_i - a_j||^2 / (2 sigma2) for two row blocks, via one GEMM (float32).
+def _block_sq_dists(ai: Tensor, nai: Tensor, aj: Tensor, naj: Tensor, exact: bool) -> Tensor:
+    """||a_i - a_j||^2 for two row blocks, via one GEMM (float32).
 
     For 0/1 states with fewer than 2**24 gates every term of ||a||^2 + ||b||^2 - 2 a.b is an
-    integer that float32 holds exactly, so the distances are exact and the only rounding is
-    the final scaling.
+    integer that float32 holds exactly, so the distances are exact; soft states are clamped at 0.
     """
     d2 = torch.addmm(nai[:, None] + naj[None, :], ai, aj.T, beta=1.0, alpha=-2.0)
-    if not exact:
-        d2.clamp_min_(0.0)
-    return d2.mul_(inv)
+    return d2 if exact else d2.clamp_min_(0.0)
+
+
+def _upper_block_sq_dists(s: Tensor, c: int) -> Iterator[tuple[slice, slice, Tensor]]:
+    """``(rows_i, rows_j, d2)`` for the blocks on and above the diagonal of the self-distance
+    matrix of ``s`` in row blocks of ``c`` (``rows_j is rows_i`` on the diagonal).
+
+    The inner blocks are walked backwards, so that the block converted last is the next
+    outer block (:class:`_Blocks` hands it over without converting it again).
+    """
+    n, d = s.shape
+    blocks = _Blocks(s, c)
+    exact = blocks.binary and d < 2**24
+    starts = list(range(0, n, c))
+    for bi, i in enumerate(starts):
+        ai, nai = blocks.get(i, 0)
+        ri = slice(i, i + ai.shape[0])
+        yield ri, ri, _block_sq_dists(ai, nai, ai, nai, exact)
+        for j in reversed(starts[bi + 1 :]):
+            aj, naj = blocks.get(j, 1)
+            yield ri, slice(j, j + aj.shape[0]), _block_sq_dists(ai, nai, aj, naj, exact)
 
 
 def _log_kernel_sums(a: Tensor, b: Tensor | None, sigma2: float, block: int | None = None) -> Tensor:
@@ -291,33 +309,24 @@ def _log_kernel_sums(a: Tensor, b: Tensor | None, sigma2: float, block: int | No
     n, d = a.shape
     c = _block_rows(n, d, block)
     inv = -0.5 / sigma2
-    starts = list(range(0, n, c))
     lse = _RowLSE(n, a.device)
     if b is None:
-        blocks = _Blocks(a, c)
-        exact = blocks.binary and d < 2**24
-        for bi, i in enumerate(starts):
-            ai, nai = blocks.get(i, 0)
-            ri = slice(i, i + ai.shape[0])
-            logits = _block_logits(ai, nai, ai, nai, inv, exact)
+        for ri, rj, d2 in _upper_block_sq_dists(a, c):
+            logits = d2.mul_(inv)
             lse.add(ri, torch.logsumexp(logits, 1))
-            # backwards, so that the block converted last is the next outer block
-            for j in reversed(starts[bi + 1 :]):
-                aj, naj = blocks.get(j, 1)
-                logits = _block_logits(ai, nai, aj, naj, inv, exact)
-                lse.add(ri, torch.logsumexp(logits, 1))
-                lse.add(slice(j, j + aj.shape[0]), torch.logsumexp(logits, 0))
+            if rj is not ri:
+                lse.add(rj, torch.logsumexp(logits, 0))
         return lse.result()
     if b.shape[1] != d:
         raise ValueError(f"states have {d} gates but the reference set has {b.shape[1]}")
     ablocks, bblocks = _Blocks(a, c), _Blocks(b, c)
     exact = ablocks.binary and bblocks.binary and d < 2**24
-    for i in starts:
+    for i in range(0, n, c):
         ai, nai = ablocks.get(i, 0)
         ri = slice(i, i + ai.shape[0])
         for j in range(0, b.shape[0], c):
             bj, nbj = bblocks.get(j, 1)
-            lse.add(ri, torch.logsumexp(_block_logits(ai, nai, bj, nbj, inv, exact), 1))
+            lse.add(ri, torch.logsumexp(_block_sq_dists(ai, nai, bj, nbj, exact).mul_(inv), 1))
     return lse.result()
 
 
@@ -336,20 +345,11 @@ def squared_distances(states: Any, *, block: int | None = None) -> Tensor:
     """
     s = _as_states(states)
     n, d = s.shape
-    c = _block_rows(n, d, block)
-    blocks = _Blocks(s, c)
-    exact = blocks.binary and d < 2**24
     out = torch.empty(n, n, dtype=torch.float32, device=s.device)
-    starts = list(range(0, n, c))
-    for bi, i in enumerate(starts):
-        ai, nai = blocks.get(i, 0)
-        ri = slice(i, i + ai.shape[0])
-        out[ri, ri] = _block_logits(ai, nai, ai, nai, 1.0, exact)
-        for j in reversed(starts[bi + 1 :]):
-            aj, naj = blocks.get(j, 1)
-            rj = slice(j, j + aj.shape[0])
-            out[ri, rj] = _block_logits(ai, nai, aj, naj, 1.0, exact)
-            out[rj, ri] = out[ri, rj].T
+    for ri, rj, d2 in _upper_block_sq_dists(s, _block_rows(n, d, block)):
+        out[ri, rj] = d2
+        if rj is not ri:
+            out[rj, ri] = d2.T
     return out
 
 
@@ -405,15 +405,19 @@ def kde_entropy_from_distances(
     for m, n_m in enumerate(counts.tolist()):
         if n_m > 1:
             h_cond += (n_m / n) * (math.log(n_m) - float(own[inverse == m].mean()))
-    lb = _log_base(base)
-    return _entropy_estimate(h, n, sigma2, base, "H"), Estimate(
-        (h - h_cond) / lb, ceiling=math.log(len(classes)) / lb, sigma2=sigma2, what="I(X;Sigma;Y)")
+    return _entropy_estimate(h, n, sigma2, base, "H"), _interaction_estimate(h, h_cond, len(classes), sigma2, base)
 
 
 def _entropy_estimate(nats: float, n: int, sigma2: float, base: float, what: str) -> Estimate:
     """An Eq. 2 bound in ``base`` units, clipped at 0, with its ceiling log n."""
     lb = _log_base(base)
     return Estimate(max(nats / lb, 0.0), ceiling=math.log(n) / lb, sigma2=sigma2, what=what)
+
+
+def _interaction_estimate(h: float, h_cond: float, n_classes: int, sigma2: float, base: float) -> Estimate:
+    """Eq. 4 in ``base`` units from H(Sigma) and sum_m p_m H(Sigma | Y = m) in nats; ceiling log M."""
+    lb = _log_base(base)
+    return Estimate((h - h_cond) / lb, ceiling=math.log(n_classes) / lb, sigma2=sigma2, what="I(X;Sigma;Y)")
 
 
 # ---------------------------------------------------------------------------
@@ -512,10 +516,7 @@ def kde_entropy_and_interaction(
     for c, n_m in zip(classes.tolist(), counts.tolist()):
         if n_m > 1:
             h_cond += (n_m / n) * _kde_entropy_nats(s[y == c], sigma2, block)
-    lb = _log_base(base)
-    value = (h - h_cond) / lb
-    ceiling = math.log(len(classes)) / lb
-    return _entropy_estimate(h, n, sigma2, base, "H"), Estimate(value, ceiling=ceiling, sigma2=sigma2, what="I(X;Sigma;Y)")
+    return _entropy_estimate(h, n, sigma2, base, "H"), _interaction_estimate(h, h_cond, len(classes), sigma2, base)
 
 
 def activation_rates(states: Any) -> Tensor:
