@@ -136,14 +136,14 @@ def _fingerprint(name: str, params: dict[str, Any], root: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def _stored_fingerprint(path: Path) -> str | None:
+def _stored_metadata(path: Path) -> dict[str, Any]:
+    """The tcomplex metadata of an executed notebook ({} when missing or unreadable)."""
     if not path.is_file():
-        return None
+        return {}
     try:
-        meta = json.loads(path.read_text()).get("metadata", {})
+        return json.loads(path.read_text()).get("metadata", {}).get(HASH_KEY, {})
     except (OSError, json.JSONDecodeError):
-        return None
-    return meta.get(HASH_KEY, {}).get("fingerprint")
+        return {}
 
 
 def run_notebook(
@@ -195,15 +195,7 @@ def run_notebook(
 
 def stale_notebooks(profile: str, root: Path | None = None) -> list[str]:
     """Notebooks whose executed copy is missing or ran from another source or parameters."""
-    root = root or project_root()
-    prof = load_profile(profile, root)
-    names = list(prof["notebooks"]) or notebook_names(root)
-    stale = []
-    for name in names:
-        params = resolve_parameters(name, profile, None, root)
-        if _stored_fingerprint(executed_path(name, profile, root)) != _fingerprint(name, params, root):
-            stale.append(name)
-    return stale
+    return [r["notebook"] for r in profile_status(profile, root) if r["state"] != "current"]
 
 
 def profile_status(profile: str, root: Path | None = None) -> list[dict[str, Any]]:
@@ -218,19 +210,15 @@ def profile_status(profile: str, root: Path | None = None) -> list[dict[str, Any
     prof = load_profile(profile, root)
     out = []
     for name in list(prof["notebooks"]) or notebook_names(root):
+        params = resolve_parameters(name, profile, None, root)  # validates every entry, executed or not
         path = executed_path(name, profile, root)
-        meta: dict[str, Any] = {}
-        if path.is_file():
-            try:
-                meta = json.loads(path.read_text()).get("metadata", {}).get(HASH_KEY, {})
-            except (OSError, json.JSONDecodeError):
-                meta = {}
+        meta = _stored_metadata(path)
         stored = meta.get("fingerprint")
         if not path.is_file():
             state = "missing"
         elif stored == "custom":
             state = "custom"
-        elif stored == _fingerprint(name, resolve_parameters(name, profile, None, root), root):
+        elif stored == _fingerprint(name, params, root):
             state = "current"
         else:
             state = "stale"
