@@ -51,7 +51,7 @@ def tracking_seconds(cfg: TrainConfig, data_root: str | None, repeats: int = 3) 
     """Median wall time of what a tracked epoch adds, timed directly: the complexity
     metrics of the analysis set plus the train/test evaluation (the steps of ``train``'s
     tracking, on a freshly initialised model of the same architecture)."""
-    d = train_mod._prepare_data(cfg, data_root, None)
+    d = train_mod._prepare_data(cfg, data_root)
     torch.manual_seed(cfg.seed)
     model = models_mod.build_model(cfg.model, in_channels=d.shape[0], input_size=d.shape[-1],
                                    num_classes=d.num_classes)

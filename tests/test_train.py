@@ -111,7 +111,7 @@ def test_run_ids_of_runs_made_before_data_seed_and_normalization_existed_are_kep
 
 def test_data_seed_fixes_the_training_subset_across_seeds(data_root):
     def subset(**kw):
-        return T._prepare_data(_tiny(**kw), data_root, None).train_y
+        return T._prepare_data(_tiny(**kw), data_root).train_y
     base = subset(seed=0)
     assert torch.equal(subset(seed=5, data_seed=0), base)  # same images, other init
     assert not torch.equal(subset(seed=5), base)  # default: the subset follows the seed
@@ -119,8 +119,8 @@ def test_data_seed_fixes_the_training_subset_across_seeds(data_root):
 
 
 def test_half_normalization_maps_pixels_to_minus_one_one(data_root):
-    x_half = T._prepare_data(_tiny(normalization="half"), data_root, None).train_x
-    x_std = T._prepare_data(_tiny(), data_root, None).train_x
+    x_half = T._prepare_data(_tiny(normalization="half"), data_root).train_x
+    x_std = T._prepare_data(_tiny(), data_root).train_x
     assert float(x_half.min()) == -1.0 and float(x_half.max()) == 1.0
     assert float(x_std.min()) == pytest.approx(-0.1307 / 0.3081, rel=1e-6)
 
@@ -293,7 +293,7 @@ def test_measure_complexity_shares_layer_distances_without_changing_numbers(monk
 def test_training_subset_too_small_for_the_analysis_set_names_the_fix(data_root):
     with pytest.raises(ValueError, match=r"train_subset of 600 images of mnist is too small for "
                                          r"analysis_per_class=100 .*raise train_subset or lower analysis_per_class"):
-        T._prepare_data(_tiny(analysis_per_class=100), data_root, None)
+        T._prepare_data(_tiny(analysis_per_class=100), data_root)
 
 
 def test_check_data_fails_fast_like_train(data_root, tmp_path):

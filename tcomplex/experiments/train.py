@@ -221,7 +221,7 @@ def _subset(x: Tensor, y: Tensor, k: int | None, seed: int) -> tuple[Tensor, Ten
     return x[idx], y[idx]
 
 
-def _prepare_data(cfg: TrainConfig, data_root: str | None, task_net: nn.Module | None) -> _Data:
+def _prepare_data(cfg: TrainConfig, data_root: str | None) -> _Data:
     info = data_mod.DATASETS.get(cfg.dataset)
     if info is None:
         raise ValueError(f"unknown dataset {cfg.dataset!r}; valid: {sorted(data_mod.DATASETS)}")
@@ -520,7 +520,7 @@ def check_data(cfg: TrainConfig, data_root: str | os.PathLike[str] | None = None
     if not info.in_memory:
         data_mod.load_dataset(cfg.dataset, "train", data_root=root)
         return
-    _prepare_data(cfg, str(root), None)
+    _prepare_data(cfg, str(root))
 
 
 def train(
@@ -567,7 +567,7 @@ def train(
             "task_mlp", in_channels=info.shape[0], input_size=info.shape[-1], n_relu=cfg.task_n,
             seed=cfg.task_seed, num_classes=cfg.model_kwargs.get("num_classes", 10),
         ).to(device)
-    d = _prepare_data(cfg, resolved_root, task_net)
+    d = _prepare_data(cfg, resolved_root)
     torch.manual_seed(cfg.seed)
     model = _build(cfg, d.shape, d.num_classes).to(device)
     opt = _make_optimizer(cfg, model.parameters())

@@ -165,7 +165,7 @@ def record_training_states(cfg: TrainConfig, ctx: Context) -> Path:
     (out / "sweep_config.json").write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
     device = train_mod._device(cfg.device)
     torch.manual_seed(cfg.seed)
-    d = train_mod._prepare_data(cfg, str(ctx.data_root), None)
+    d = train_mod._prepare_data(cfg, str(ctx.data_root))
     if d.train_x is None or d.analysis_y is None:
         raise ValueError(f"the alpha sweep needs an in-memory classification dataset, got {cfg.dataset!r}")
     torch.manual_seed(cfg.seed)

@@ -187,7 +187,7 @@ def task_variance(cfgs: Sequence[TrainConfig], ctx: Context) -> pd.DataFrame:
         if key in seen:
             continue
         seen.add(key)
-        d = _prepare_data(cfg, str(ctx.data_root), None)
+        d = _prepare_data(cfg, str(ctx.data_root))
         info = data_mod.DATASETS[cfg.dataset]
         task = models_mod.build_model("task_mlp", in_channels=info.shape[0], input_size=info.shape[-1],
                                       n_relu=cfg.task_n, seed=cfg.task_seed).to(_DEVICE)
@@ -214,7 +214,7 @@ def init_output_scale(cfgs: Sequence[TrainConfig], ctx: Context) -> pd.DataFrame
         if key in seen:
             continue
         seen.add(key)
-        d = _prepare_data(cfg, str(ctx.data_root), None)
+        d = _prepare_data(cfg, str(ctx.data_root))
         torch.manual_seed(cfg.seed)
         model = _build(cfg, d.shape, d.num_classes).eval()
         with torch.no_grad():
@@ -226,7 +226,7 @@ def init_output_scale(cfgs: Sequence[TrainConfig], ctx: Context) -> pd.DataFrame
 
 def _alpha_rows(cfg: TrainConfig, ctx: Context, alphas: Sequence[float]) -> pd.DataFrame:
     model = load_trained_model(cfg, ctx).to(_DEVICE)
-    d = _prepare_data(cfg, str(ctx.data_root), None)  # the analysis set train() measured on
+    d = _prepare_data(cfg, str(ctx.data_root))  # the analysis set train() measured on
     states = record_gates(model, d.analysis_x, kinds=cfg.kinds).concat().to(_DEVICE)
     out = []
     with warnings.catch_warnings():  # saturation is a column of the table
