@@ -269,13 +269,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as exc:
         raise UserError(str(exc)) from None
     print(f"profile {profile}:")
-    print(f"  {'notebook':24s} {'state':8s} {'minutes':>8s}")
+    print(f"  {'notebook':24s} {'state':8s} {'minutes':>8s}  cpu path")
     total = 0.0
     for r in rows:
         minutes = "" if r["seconds"] is None else f"{r['seconds'] / 60:.1f}"
         total += r["seconds"] or 0.0
-        print(f"  {r['notebook']:24s} {r['state']:8s} {minutes:>8s}")
+        print(f"  {r['notebook']:24s} {r['state']:8s} {minutes:>8s}  {r['cpu_path'] or ''}")
     print(f"  {'total':24s} {'':8s} {total / 60:8.1f}")
+    if any(r["cpu_path"] == "other" for r in rows):
+        print("  (other: executed on another CPU kernel path than the pinned one; its trained-network "
+              "numbers may differ in the last digits)")
     return 0
 
 

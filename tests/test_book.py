@@ -38,8 +38,11 @@ def test_unknown_parameter_is_rejected_with_the_declared_ones():
 
 
 def test_quick_notebooks_are_executed_and_current():
-    """The committed quick notebooks ran from the current sources and parameters."""
+    """The committed quick notebooks ran from the current sources and parameters, on the pinned
+    CPU kernel path that nbval re-executes them on."""
     assert nbs.stale_notebooks("quick", ROOT) == []
+    paths = {r["notebook"]: r["cpu_path"] for r in nbs.profile_status("quick", ROOT)}
+    assert set(paths.values()) == {"pinned"}, paths
 
 
 @pytest.mark.parametrize("profile", ["offline", "paper"])
@@ -62,8 +65,8 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 
 
 @pytest.fixture(scope="module")
-def served_book():
-    html = nbs.build_book("quick", ROOT)
+def served_book(tmp_path_factory):
+    html = nbs.build_book("quick", ROOT, output=tmp_path_factory.mktemp("book"))
     handler = functools.partial(_QuietHandler, directory=str(html))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)

@@ -38,12 +38,17 @@ __all__ = [
     "stale_notebooks",
     "build_book",
     "executed_path",
+    "output_root",
+    "OUTPUT_ROOT_ENV",
 ]
 
 PROFILES = ("quick", "offline", "paper")
 DEFAULT_PROFILE = "offline"
 KERNEL = "python3"
 HASH_KEY = "tcomplex"
+#: Environment variable: where a notebook's relative ``runs_root`` and ``results_dir`` resolve
+#: (default: the project root).  The test session points it at a temporary folder.
+OUTPUT_ROOT_ENV = "TCOMPLEX_OUTPUT_ROOT"
 
 
 def project_root(start: str | os.PathLike[str] | None = None) -> Path:
@@ -61,6 +66,12 @@ def project_root(start: str | os.PathLike[str] | None = None) -> Path:
         "cannot find the tcomplex project (a folder with book/_toc.yml and papermill_runs/): "
         "run this from a checkout of the repository"
     )
+
+
+def output_root(root: Path | None = None) -> Path:
+    """Where relative run and result paths of a notebook resolve: ``$TCOMPLEX_OUTPUT_ROOT``, else the project root."""
+    env = os.environ.get(OUTPUT_ROOT_ENV)
+    return Path(env).resolve() if env else (root or project_root())
 
 
 def load_profile(profile: str, root: Path | None = None) -> dict[str, Any]:
@@ -166,12 +177,13 @@ def run_notebook(
     import nbformat
     import papermill
 
+    from tcomplex.experiments import cpu_path
+
     root = root or project_root()
     params = resolve_parameters(name, profile, overrides, root)
-    # the kernel inherits this environment: MKL/OpenMP must not vary their thread count with
-    # the machine's load, or reruns (nbval) differ in the last digits
-    os.environ.setdefault("MKL_DYNAMIC", "FALSE")
-    os.environ.setdefault("OMP_DYNAMIC", "FALSE")
+    # the kernel inherits this environment: the pinned CPU kernel path, and MKL/OpenMP
+    # threads that do not vary with the machine's load (see cpu_path)
+    cpu_path.pin()
     out = output or executed_path(name, profile, root)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".running-{out.name}")
@@ -187,6 +199,7 @@ def run_notebook(
         "parameters": params,
         "seconds": round(time.perf_counter() - t0, 1),
         "python": sys.version.split()[0],
+        "cpu_path": cpu_path.describe(),
     }
     nbformat.write(nb, tmp)
     os.replace(tmp, out)
@@ -204,8 +217,13 @@ def profile_status(profile: str, root: Path | None = None) -> list[dict[str, Any
     ``state`` is ``"current"`` (executed from this source and these parameters),
     ``"stale"`` (executed from another source or parameters), ``"custom"`` (executed
     with command-line overrides) or ``"missing"``; ``seconds`` and ``python`` come from
-    the executed notebook's metadata (None when missing).
+    the executed notebook's metadata (None when missing); ``cpu_path`` is ``"pinned"``
+    (executed on :data:`tcomplex.experiments.cpu_path.PINNED`), ``"other"`` (another
+    kernel path: its numbers may differ in the last digits), ``"unrecorded"`` (executed
+    before the path was recorded) or None when missing.
     """
+    from tcomplex.experiments import cpu_path
+
     root = root or project_root()
     prof = load_profile(profile, root)
     out = []
@@ -222,24 +240,30 @@ def profile_status(profile: str, root: Path | None = None) -> list[dict[str, Any
             state = "current"
         else:
             state = "stale"
-        out.append({"notebook": name, "state": state, "seconds": meta.get("seconds"), "python": meta.get("python")})
+        same = cpu_path.same_path(meta.get("cpu_path"))
+        path_state = None if not path.is_file() else "unrecorded" if same is None else "pinned" if same else "other"
+        out.append({"notebook": name, "state": state, "seconds": meta.get("seconds"), "python": meta.get("python"),
+                    "cpu_path": path_state})
     return out
 
 
-def build_book(profile: str = DEFAULT_PROFILE, root: Path | None = None, *, quiet: bool = True) -> Path:
+def build_book(
+    profile: str = DEFAULT_PROFILE, root: Path | None = None, *, quiet: bool = True, output: Path | None = None
+) -> Path:
     """Render the executed notebooks of ``profile`` with jupyter-book (execution off).
 
-    Returns the folder of the HTML (``book/_build/html``).
+    Returns the folder of the HTML: ``<output>/_build/html``, by default ``book/_build/html``.
     """
     root = root or project_root()
     book, executed = root / "book", root / "papermill_runs" / profile
+    dest = Path(output) if output is not None else book
     missing = [n for n in notebook_names(root) if not (executed / f"{n}.ipynb").is_file()]
     if missing:
         raise FileNotFoundError(
             f"profile {profile!r} has no executed notebook for {missing} in {executed}: "
             f"run `tcomplex book --profile {profile}` (it executes what is missing)"
         )
-    stage = book / "_build" / "stage"
+    stage = dest / "_build" / "stage"
     if stage.exists():
         shutil.rmtree(stage)
     stage.mkdir(parents=True)
@@ -251,10 +275,10 @@ def build_book(profile: str = DEFAULT_PROFILE, root: Path | None = None, *, quie
         shutil.copy2(executed / f"{n}.ipynb", stage / f"{n}.ipynb")
     (stage / "_profile.txt").write_text(profile)
     exe = Path(sys.executable).parent / "jupyter-book"
-    cmd = [str(exe) if exe.exists() else "jupyter-book", "build", str(stage), "--path-output", str(book), "--all"]
+    cmd = [str(exe) if exe.exists() else "jupyter-book", "build", str(stage), "--path-output", str(dest), "--all"]
     if quiet:
         cmd.append("-q")
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
         raise RuntimeError(f"jupyter-book build failed:\n{res.stdout[-4000:]}\n{res.stderr[-4000:]}")
-    return book / "_build" / "html"
+    return dest / "_build" / "html"

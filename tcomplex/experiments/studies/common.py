@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from tcomplex.experiments import data as data_mod
-from tcomplex.experiments.notebooks import project_root
+from tcomplex.experiments.notebooks import output_root
 from tcomplex.experiments.train import TrainConfig, _build, check_data, train
 
 __all__ = ["Context", "train_many", "load_trained_model", "final_epoch"]
@@ -26,7 +26,9 @@ class Context:
     """Where a notebook reads and writes, resolved against the project root.
 
     ``runs``: the training cache (not in git); ``results``: compact result files
-    and findings of the profile (committed with the executed notebooks).
+    and findings of the profile (committed with the executed notebooks).  Relative
+    paths resolve against :func:`~tcomplex.experiments.notebooks.output_root` (the
+    project root, or ``$TCOMPLEX_OUTPUT_ROOT``: the test session's temporary folder).
     """
 
     profile: str
@@ -36,7 +38,7 @@ class Context:
 
     @classmethod
     def create(cls, profile: str, runs_root: str, results_dir: str, data_root: str | None) -> Context:
-        root = project_root()
+        root = output_root()
         runs = Path(runs_root) if Path(runs_root).is_absolute() else root / runs_root
         results = Path(results_dir) if Path(results_dir).is_absolute() else root / results_dir
         runs.mkdir(parents=True, exist_ok=True)
