@@ -117,3 +117,34 @@ def test_book_pages_load_with_figures_equations_and_working_links(served_book):
                 assert path.exists(), f"{chapter}: broken link {href}"
         browser.close()
     assert not external, f"the book fetched from outside the machine: {external[:5]}"
+
+
+def test_only_code_and_parameters_make_an_executed_notebook_stale(tmp_path):
+    """Prose and cell tags do not change results: editing them keeps the executed notebook current
+    and the page renders the new prose with the executed outputs; editing code makes it stale."""
+    for item in ("book", "papermill_runs"):
+        shutil.copytree(ROOT / item, tmp_path / item, ignore=shutil.ignore_patterns("_build", "results"))
+    src_path = tmp_path / "book" / "01_metrics.ipynb"
+    state = lambda: {r["notebook"]: r["state"] for r in nbs.profile_status("quick", tmp_path)}["01_metrics"]  # noqa: E731
+    assert state() == "current"
+    src = json.loads(src_path.read_text())
+    md = next(i for i, c in enumerate(src["cells"]) if c["cell_type"] == "markdown")
+    code = [i for i, c in enumerate(src["cells"]) if c["cell_type"] == "code"][-1]
+    src["cells"][md]["source"] = "# A new title\n\nNew prose."
+    src["cells"][code].setdefault("metadata", {})["tags"] = ["hide-input"]
+    src_path.write_text(json.dumps(src))
+    assert state() == "current"
+    executed = json.loads(nbs.executed_path("01_metrics", "quick", tmp_path).read_text())
+    page = nbs.render_notebook(src, executed)
+    assert page["cells"][md]["source"] == "# A new title\n\nNew prose."
+    kinds = [c["cell_type"] for c in page["cells"]]
+    assert kinds.count("code") == [c["cell_type"] for c in executed["cells"]].count("code")  # injected cell kept
+    ran = [c for c in page["cells"] if c["cell_type"] == "code"]
+    assert ran[-1]["metadata"]["tags"] == ["hide-input"]
+    assert ran[-1]["outputs"] == [c for c in executed["cells"] if c["cell_type"] == "code"][-1]["outputs"]
+    params_at = next(i for i, c in enumerate(page["cells"]) if "parameters" in c["metadata"].get("tags", []))
+    assert "injected-parameters" in page["cells"][params_at + 1]["metadata"]["tags"]
+    src["cells"][code]["source"] = "print('changed')"
+    src_path.write_text(json.dumps(src))
+    assert state() == "stale"
+    assert nbs.render_notebook(src, executed) is executed  # a stale page renders as it ran

@@ -6,17 +6,20 @@
   notebook: ``quick`` (CI), ``offline`` (the committed book, 2 CPU cores, MNIST
   and Fashion-MNIST) and ``paper`` (the paper's settings, GPU and internet).
 * Executed notebooks go to ``papermill_runs/<profile>/<name>.ipynb`` and carry,
-  in their metadata, a hash of the source notebook and of the parameters they
-  ran with, so :func:`stale_notebooks` knows which ones must run again (file
-  times are useless in a fresh clone).
-* :func:`build_book` copies the book's pages and the executed notebooks of a
-  profile into a staging folder and runs ``jupyter-book build`` with execution
-  off; the HTML lands in ``book/_build/html``.
+  in their metadata, the parameters they ran with and the CPU kernel path.  An
+  executed notebook is *current* when its code cells are the source's code cells
+  and its parameters are the profile's (:func:`profile_status`; file times are
+  useless in a fresh clone).  As in jupyter-cache, only code decides: prose
+  (markdown cells) and cell tags do not change results, so editing them leaves
+  the executed notebooks current.
+* :func:`build_book` renders each page from the *source* notebook's markdown and
+  cell tags with the code cells and outputs of the executed copy
+  (:func:`render_notebook`), in a staging folder, with ``jupyter-book build``
+  and execution off; the HTML lands in ``book/_build/html``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -38,6 +41,7 @@ __all__ = [
     "stale_notebooks",
     "build_book",
     "executed_path",
+    "render_notebook",
     "output_root",
     "OUTPUT_ROOT_ENV",
 ]
@@ -141,10 +145,21 @@ def executed_path(name: str, profile: str, root: Path | None = None) -> Path:
     return root / "papermill_runs" / profile / f"{name}.ipynb"
 
 
-def _fingerprint(name: str, params: dict[str, Any], root: Path) -> str:
-    h = hashlib.sha256(_source(name, root).read_bytes())
-    h.update(json.dumps(params, sort_keys=True, default=str).encode())
-    return h.hexdigest()[:16]
+INJECTED = "injected-parameters"
+
+
+def _code_sources(cells: list[Any]) -> list[str]:
+    """The sources of the code cells that decide results (papermill's injected-parameters cell excluded)."""
+    return [_text(c["source"]) for c in cells
+            if c["cell_type"] == "code" and INJECTED not in c.get("metadata", {}).get("tags", [])]
+
+
+def _text(source: str | list[str]) -> str:
+    return source if isinstance(source, str) else "".join(source)
+
+
+def _same_parameters(a: dict[str, Any] | None, b: dict[str, Any]) -> bool:
+    return a is not None and json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
 
 
 def _stored_metadata(path: Path) -> dict[str, Any]:
@@ -168,8 +183,8 @@ def run_notebook(
 ) -> Path:
     """Execute one notebook with papermill (kernel ``python3``) and return the output path.
 
-    The output notebook records the source/parameter fingerprint, the profile and
-    the wall time.  The working directory of the kernel is the project root, so
+    The output notebook records the parameters (and whether they were command-line
+    overrides), the profile, the CPU kernel path and the wall time.  The working directory of the kernel is the project root, so
     relative paths in profiles (``runs/quick``) are relative to it.
     """
     import time
@@ -194,7 +209,7 @@ def run_notebook(
     )
     nb = nbformat.read(tmp, as_version=4)
     nb.metadata[HASH_KEY] = {
-        "fingerprint": _fingerprint(name, params, root) if not overrides else "custom",
+        "custom": bool(overrides),
         "profile": profile,
         "parameters": params,
         "seconds": round(time.perf_counter() - t0, 1),
@@ -214,8 +229,9 @@ def stale_notebooks(profile: str, root: Path | None = None) -> list[str]:
 def profile_status(profile: str, root: Path | None = None) -> list[dict[str, Any]]:
     """One entry per notebook of ``profile``: its state and how long it ran.
 
-    ``state`` is ``"current"`` (executed from this source and these parameters),
-    ``"stale"`` (executed from another source or parameters), ``"custom"`` (executed
+    ``state`` is ``"current"`` (executed from the source's code cells and these
+    parameters; markdown and cell tags may differ), ``"stale"`` (other code or
+    parameters), ``"custom"`` (executed
     with command-line overrides) or ``"missing"``; ``seconds`` and ``python`` come from
     the executed notebook's metadata (None when missing); ``cpu_path`` is ``"pinned"``
     (executed on :data:`tcomplex.experiments.cpu_path.PINNED`), ``"other"`` (another
@@ -231,12 +247,12 @@ def profile_status(profile: str, root: Path | None = None) -> list[dict[str, Any
         params = resolve_parameters(name, profile, None, root)  # validates every entry, executed or not
         path = executed_path(name, profile, root)
         meta = _stored_metadata(path)
-        stored = meta.get("fingerprint")
         if not path.is_file():
             state = "missing"
-        elif stored == "custom":
+        elif meta.get("custom") or meta.get("fingerprint") == "custom":
             state = "custom"
-        elif stored == _fingerprint(name, params, root):
+        elif _same_parameters(meta.get("parameters"), params) and _code_sources(
+                json.loads(path.read_text())["cells"]) == _code_sources(json.loads(_source(name, root).read_text())["cells"]):
             state = "current"
         else:
             state = "stale"
@@ -245,6 +261,30 @@ def profile_status(profile: str, root: Path | None = None) -> list[dict[str, Any
         out.append({"notebook": name, "state": state, "seconds": meta.get("seconds"), "python": meta.get("python"),
                     "cpu_path": path_state})
     return out
+
+
+def render_notebook(source: dict[str, Any], executed: dict[str, Any]) -> dict[str, Any]:
+    """The page to render: the source's markdown and cell metadata with the executed code cells' outputs.
+
+    Both are notebooks as JSON dicts.  When their code cells differ (a stale
+    executed notebook), the executed notebook is rendered as it ran.
+    """
+    ran = [c for c in executed["cells"] if c["cell_type"] == "code"]
+    if _code_sources(source["cells"]) != _code_sources(ran):
+        return executed
+    injected = [c for c in ran if INJECTED in c.get("metadata", {}).get("tags", [])]
+    outputs = iter(c for c in ran if INJECTED not in c.get("metadata", {}).get("tags", []))
+    cells = []
+    for cell in source["cells"]:
+        if cell["cell_type"] != "code":
+            cells.append(cell)
+            continue
+        done = dict(next(outputs))
+        done["metadata"] = {**done.get("metadata", {}), "tags": cell.get("metadata", {}).get("tags", [])}
+        cells.append(done)
+        if "parameters" in cell.get("metadata", {}).get("tags", []):
+            cells.extend(injected)
+    return {**executed, "cells": cells}
 
 
 def build_book(
@@ -272,7 +312,8 @@ def build_book(
             continue
         (shutil.copytree if item.is_dir() else shutil.copy2)(item, stage / item.name)
     for n in notebook_names(root):
-        shutil.copy2(executed / f"{n}.ipynb", stage / f"{n}.ipynb")
+        page = render_notebook(json.loads(_source(n, root).read_text()), json.loads((executed / f"{n}.ipynb").read_text()))
+        (stage / f"{n}.ipynb").write_text(json.dumps(page, indent=1, ensure_ascii=False))
     (stage / "_profile.txt").write_text(profile)
     exe = Path(sys.executable).parent / "jupyter-book"
     cmd = [str(exe) if exe.exists() else "jupyter-book", "build", str(stage), "--path-output", str(dest), "--all"]
