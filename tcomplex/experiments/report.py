@@ -4,6 +4,16 @@ Every chapter of the book ends with a findings table built from
 :class:`Finding` objects whose verdicts are *computed* from results by the
 helpers below (never typed in).  Tables are saved as CSV under the profile's
 results folder, and the reproduction report collects them.
+
+A verdict states what it needs and checks it.  Each finding carries its
+:class:`Precondition` s (the network learned, the estimator had headroom, enough
+seeds or points for the statistic, ...), each with the measured value and whether
+it held; :func:`judge` turns a claim's outcome into a verdict only when every
+precondition held, and into :data:`INCONCLUSIVE` (naming the failed ones) otherwise.
+The thresholds live in one place, :data:`THRESHOLDS` and :func:`accuracy_threshold`,
+and the book's report page explains them.  Identities and consistency checks (Eq. 6
+on the plug-in distribution, the penalised H falling) are findings of
+``kind="sanity"``, reported apart from the paper's claims.
 """
 
 from __future__ import annotations
@@ -22,6 +32,16 @@ __all__ = [
     "PARTLY",
     "NOT_REPRODUCED",
     "NOT_MEASURED",
+    "INCONCLUSIVE",
+    "VERDICTS",
+    "Precondition",
+    "THRESHOLDS",
+    "accuracy_threshold",
+    "learned",
+    "headroom",
+    "enough",
+    "excludes_zero",
+    "judge",
     "verdict",
     "findings_frame",
     "save_findings",
@@ -36,6 +56,118 @@ REPRODUCED = "reproduced"
 PARTLY = "partly reproduced"
 NOT_REPRODUCED = "not reproduced"
 NOT_MEASURED = "not measured"
+INCONCLUSIVE = "inconclusive"
+#: every verdict, in the order the report shows them
+VERDICTS = (REPRODUCED, PARTLY, NOT_REPRODUCED, INCONCLUSIVE, NOT_MEASURED)
+#: the kinds of finding: a claim of the paper, or a sanity check (an identity or a consistency check)
+KINDS = ("claim", "sanity")
+
+
+@dataclass(frozen=True)
+class Precondition:
+    """What a verdict needs, measured.
+
+    ``name``: what is checked ("network learned"); ``requirement``: the threshold as
+    text ("test accuracy >= 0.95"); ``measured``: the value found ("0.101"); ``held``.
+    """
+
+    name: str
+    requirement: str
+    measured: str
+    held: bool
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.requirement}, measured {self.measured} ({'held' if self.held else 'FAILED'})"
+
+
+#: The thresholds behind every precondition, chosen once (the report page explains them).
+THRESHOLDS: dict[str, float] = {
+    # the KDE H (Eq. 2) and I(X;Σ) (Eq. 3) are at most log2 n; within this many bits of log2 n the
+    # kernel mass a state receives from all other states is below 2^0.5 - 1 = 41% of its own, so the
+    # estimate mostly counts distinct patterns and cannot show a change
+    "headroom_bits": 0.5,
+    # I(X;Σ;Y) (Eq. 4) is at most log2(#classes); the same relative margin (0.5 of 10.97 bits)
+    "headroom_fraction_classes": 0.5 / math.log2(2000),
+    # a correlation over models/seeds (Figure 2): Fisher-z intervals need n >= 4; the paper used 21
+    "min_seeds_correlation": 10,
+    # a curve's shape (training dynamics) or a difference between settings: seeds per curve / per arm
+    "min_seeds_curve": 3,
+    # a rank correlation over points (depths, task sizes, α values)
+    "min_points_rank": 4,
+    # a network "learned" when its test accuracy reaches this fraction of the paper's (Table 1) where the
+    # paper gives one, else the per-dataset floor below
+    "fraction_of_paper_accuracy": 0.9,
+}
+
+#: test-accuracy floors where the paper gives no number for the model and dataset (well above chance:
+#: MNIST 0.10, Fashion-MNIST 0.10, CIFAR-10 0.10), reached by every standard architecture in a few epochs
+ACCURACY_FLOORS: dict[str, float] = {"mnist": 0.95, "fashion_mnist": 0.85, "cifar10": 0.70, "gray_cifar10": 0.60,
+                                     "celeba": 0.80, "voc": 0.50, "tiny_imagenet10": 0.50}
+
+#: test accuracies of the paper's Table 1 (model, dataset) -> accuracy, where it reports one
+PAPER_ACCURACY: dict[tuple[str, str], float] = {}
+
+
+def accuracy_threshold(model: str, dataset: str) -> float:
+    """The test accuracy a network must reach before its numbers feed a verdict.
+
+    ``fraction_of_paper_accuracy`` x the paper's Table 1 accuracy where it has one,
+    else the dataset's floor in :data:`ACCURACY_FLOORS` (0.5 for an unknown dataset).
+    """
+    paper = PAPER_ACCURACY.get((model, dataset))
+    if paper is not None:
+        return THRESHOLDS["fraction_of_paper_accuracy"] * paper
+    return ACCURACY_FLOORS.get(dataset, 0.5)
+
+
+def learned(what: str, accuracies: Sequence[float], model: str, dataset: str) -> Precondition:
+    """The networks behind a verdict learned: the lowest test accuracy reaches :func:`accuracy_threshold`."""
+    acc = np.asarray(list(accuracies), float)
+    need = accuracy_threshold(model, dataset)
+    if len(acc) == 0 or not np.all(np.isfinite(acc)):
+        return Precondition(f"{what} learned", f"test accuracy >= {need:.2f}", "not measured", False)
+    low = float(acc.min())
+    shown = f"{low:.3f}" if len(acc) == 1 else f"min {low:.3f} over {len(acc)} runs"
+    return Precondition(f"{what} learned", f"test accuracy >= {need:.2f}", shown, bool(low >= need))
+
+
+def headroom(what: str, values: Sequence[float], ceiling: float, margin: float | None = None,
+             distinct: int | None = None) -> Precondition:
+    """The estimator had room to move: ``ceiling - max(values) >= margin`` bits.
+
+    ``ceiling`` is log2 n for H and I(X;Σ), log2(#classes) for I(X;Σ;Y); ``margin``
+    defaults to ``THRESHOLDS["headroom_bits"]``.  ``distinct`` (the number of distinct
+    gating patterns, optional) is shown with the measurement.
+    """
+    v = np.asarray(list(values), float)
+    margin = THRESHOLDS["headroom_bits"] if margin is None else margin
+    req = f"{what} <= ceiling {ceiling:.2f} - {margin:.2f} bits"
+    if len(v) == 0 or not np.all(np.isfinite(v)):
+        return Precondition(f"{what} has headroom", req, "not measured", False)
+    top = float(v.max())
+    shown = f"max {top:.2f} (headroom {ceiling - top:.2f})" + (f", {distinct} distinct patterns" if distinct is not None else "")
+    return Precondition(f"{what} has headroom", req, shown, bool(ceiling - top >= margin))
+
+
+def enough(what: str, count: int, need: int) -> Precondition:
+    """At least ``need`` seeds / points / runs for the statistic used."""
+    return Precondition(f"enough {what}", f">= {need}", str(int(count)), bool(count >= need))
+
+
+def excludes_zero(what: str, low: float, high: float) -> Precondition:
+    """A claimed sign needs a confidence interval that excludes 0."""
+    ok = bool(np.isfinite(low) and np.isfinite(high) and (low > 0 or high < 0))
+    return Precondition(f"{what}: interval excludes 0", "95% CI not containing 0", f"[{low:.2f}, {high:.2f}]", ok)
+
+
+def judge(holds: bool | None, preconditions: Sequence[Precondition] = (), partly: bool = False) -> str:
+    """The verdict of a claim: INCONCLUSIVE when a precondition failed, NOT_MEASURED when
+    ``holds`` is None, else :func:`verdict` (``partly`` only for claims with parts)."""
+    if holds is None:
+        return NOT_MEASURED
+    if any(not p.held for p in preconditions):
+        return INCONCLUSIVE
+    return verdict(bool(holds), partly)
 
 
 @dataclass(frozen=True)
@@ -48,8 +180,12 @@ class Finding:
     chapter: the book chapter (notebook name).
     claim: the paper's statement, with its section/figure.
     measured: our numbers (seeds, spread), as text.
-    verdict: one of REPRODUCED, PARTLY, NOT_REPRODUCED, NOT_MEASURED.
+    verdict: one of :data:`VERDICTS`.
     setting: how our setting differs from the paper's (empty if it does not).
+    preconditions: what the verdict needs, measured (:class:`Precondition`); a
+        verdict of reproduced / partly / not reproduced requires every one to hold.
+    kind: ``"claim"`` (the paper's) or ``"sanity"`` (an identity or consistency check).
+    parts: for a claim with parts (verdict PARTLY), which parts held, as text.
     """
 
     key: str
@@ -58,10 +194,27 @@ class Finding:
     measured: str
     verdict: str
     setting: str = ""
+    preconditions: tuple[Precondition, ...] = ()
+    kind: str = "claim"
+    parts: str = ""
 
     def __post_init__(self) -> None:
-        if self.verdict not in (REPRODUCED, PARTLY, NOT_REPRODUCED, NOT_MEASURED):
-            raise ValueError(f"unknown verdict {self.verdict!r}")
+        if self.verdict not in VERDICTS:
+            raise ValueError(f"unknown verdict {self.verdict!r}; one of {VERDICTS}")
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown kind {self.kind!r}; one of {KINDS}")
+        object.__setattr__(self, "preconditions", tuple(self.preconditions))
+        failed = [p.name for p in self.preconditions if not p.held]
+        if failed and self.verdict in (REPRODUCED, PARTLY, NOT_REPRODUCED):
+            raise ValueError(f"finding {self.key!r}: verdict {self.verdict!r} although preconditions failed: "
+                             f"{failed}; use judge() (it gives {INCONCLUSIVE!r})")
+        if self.verdict == PARTLY and not self.parts:
+            raise ValueError(f"finding {self.key!r}: a 'partly' verdict must say which parts held (parts=...)")
+
+    @property
+    def failed(self) -> list[Precondition]:
+        """The preconditions that did not hold."""
+        return [p for p in self.preconditions if not p.held]
 
 
 def verdict(holds: bool, partly: bool = False) -> str:
@@ -71,8 +224,21 @@ def verdict(holds: bool, partly: bool = False) -> str:
     return PARTLY if partly else NOT_REPRODUCED
 
 
+FRAME_COLUMNS = ["key", "chapter", "kind", "claim", "measured", "verdict", "parts", "preconditions",
+                 "preconditions_held", "failed", "setting"]
+
+
 def findings_frame(findings: Sequence[Finding]) -> pd.DataFrame:
-    return pd.DataFrame([asdict(f) for f in findings], columns=list(Finding.__dataclass_fields__))
+    """One row per finding; ``preconditions`` as text (one per line), ``preconditions_held`` a bool,
+    ``failed`` the failed ones (the reason of an inconclusive verdict)."""
+    rows = []
+    for f in findings:
+        d = asdict(f)
+        d["preconditions"] = "\n".join(str(p) for p in f.preconditions)
+        d["preconditions_held"] = not f.failed
+        d["failed"] = "; ".join(f"{p.name}: {p.measured} (needs {p.requirement})" for p in f.failed)
+        rows.append(d)
+    return pd.DataFrame(rows, columns=FRAME_COLUMNS)
 
 
 def save_findings(findings: Sequence[Finding], results_dir: str | Path, chapter: str) -> Path:
@@ -88,7 +254,13 @@ def load_findings(results_dir: str | Path) -> pd.DataFrame:
     files = sorted(Path(results_dir).glob("findings_*.csv"))
     if not files:
         return findings_frame([])
-    return pd.concat([pd.read_csv(f).fillna("") for f in files], ignore_index=True)
+    frames = [pd.read_csv(f, keep_default_na=False) for f in files]
+    df = pd.concat(frames, ignore_index=True)
+    for col in FRAME_COLUMNS:  # findings saved before preconditions existed
+        if col not in df:
+            df[col] = {"kind": "claim", "preconditions_held": True}.get(col, "")
+    df["preconditions_held"] = df["preconditions_held"].map(lambda v: v if isinstance(v, bool) else str(v) == "True")
+    return df[FRAME_COLUMNS]
 
 
 # ---------------------------------------------------------------------------
