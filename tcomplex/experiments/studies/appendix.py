@@ -53,11 +53,16 @@ from tcomplex.experiments import train as train_mod
 from tcomplex.experiments.report import (
     NOT_MEASURED,
     NOT_REPRODUCED,
-    PARTLY,
     REPRODUCED,
+    THRESHOLDS,
     Finding,
+    Precondition,
+    enough,
+    headroom,
+    judge,
+    learned,
 )
-from tcomplex.experiments.studies.common import Context, train_many
+from tcomplex.experiments.studies.common import Context, fmt_value, train_many
 from tcomplex.experiments.train import TrainConfig, tracked_epochs
 from tcomplex.gating import ALPHA_FC, record_gates
 
@@ -69,7 +74,6 @@ __all__ = [
     "TABLE1_SOURCE",
     "ARCHITECTURES",
     "REPRODUCE_TOL",
-    "PARTLY_TOL",
     "alpha_config",
     "record_training_states",
     "load_states",
@@ -97,10 +101,10 @@ CHAPTER = "06_appendix"
 #: these bracket its defaults 0.01 (FC) and 0.04 (conv) by factors of 2).
 PAPER_ALPHAS: tuple[float, ...] = (0.0025, 0.005, 0.01, 0.02, 0.04, 0.08)
 
-#: minimum pairwise Spearman rho over epochs for "the trend is consistent"
-RHO_THRESHOLD = 0.8
-#: at least this many tracked epochs for a rank correlation to mean anything
-MIN_EPOCHS = 4
+#: minimum pairwise Spearman rho over epochs for "the trend is consistent" (the report's threshold)
+RHO_THRESHOLD = THRESHOLDS["min_rho_agree"]
+#: at least this many tracked epochs for a rank correlation to mean anything (the report's threshold)
+MIN_EPOCHS = int(THRESHOLDS["min_points_rank"])
 
 #: Appendix G, Table 1 (a) and (b): test accuracy (%) of the paper's networks,
 #: keyed by our dataset names and architecture keys of :data:`ARCHITECTURES`.
@@ -118,10 +122,9 @@ ARCHITECTURES = {"mlp": "MLP", "lenet5": "LeNet-5", "resnet20": "ResNet-20", "re
                  "vgg11_revised": "revised VGG-11", "resnet18": "ResNet-18", "resnet34": "ResNet-34",
                  "vgg16": "VGG-16"}
 
-#: Table 1 verdict: reproduced within this many percentage points of the paper (or above it) ...
+#: Table 1 verdict: reproduced within this many percentage points of the paper (or above it), else not
+#: reproduced (a cell has no parts, so no "partly"), once the network converged (:func:`table1_findings`)
 REPRODUCE_TOL = 1.5
-#: ... partly within this many
-PARTLY_TOL = 5.0
 
 #: Table 1 needs no complexity: a small analysis set and training-accuracy sample keep tracking cheap
 TABLE1_ANALYSIS_PER_CLASS = 10
@@ -265,55 +268,84 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(stats.spearmanr(a, b)[0])
 
 
+def _has_headroom(curve: pd.DataFrame, metric: str) -> bool:
+    """Every point of one alpha's curve (all seeds) at least the report's margin below its ceiling
+    (``THRESHOLDS["headroom_bits"]`` for H, ``headroom_fraction_classes`` x log2 #classes for I(X;Σ;Y))."""
+    ceiling = float(curve.ceiling.iloc[0])
+    margin = THRESHOLDS["headroom_bits"] if metric == "H" else THRESHOLDS["headroom_fraction_classes"] * ceiling
+    return bool(curve.value.max() <= ceiling - margin and not curve.saturated.astype(bool).any())
+
+
 def trend_consistency(metrics: pd.DataFrame, metric: str, threshold: float = RHO_THRESHOLD,
                       reference_alpha: float = ALPHA_FC) -> dict[str, Any]:
     """Do the curves of ``metric`` over epochs for different alpha share their trend (Figure 9)?
 
-    A curve (one alpha, one seed) is *saturated* when its estimate is flagged at
-    any tracked epoch.  Usable alphas are those whose curve is unsaturated in
-    every seed; every pair of them gets a Spearman rho over epochs per seed.
+    Usable alphas are those whose curve has headroom below its ceiling in every seed
+    (:func:`_has_headroom`: the margin of the report's ``THRESHOLDS``, not just the
+    estimator's saturation flag); every pair of them gets a Spearman rho over epochs per seed.
+    The claim holds when the *minimum* pairwise rho is >= ``threshold`` (no median rule: one
+    pair of disagreeing curves is a disagreement).
 
-    Verdict: reproduced when at least 2 alphas are usable, the minimum pairwise
-    rho is >= ``threshold`` and the paper's own alpha for the network
-    (``reference_alpha``, 0.01 for gates after FC layers; ignored when not among
-    the alphas) is usable; partly when the usable ones agree (min rho >=
-    ``threshold``) but the paper's alpha is saturated, or when the *median*
-    pairwise rho is >= ``threshold``; not reproduced otherwise; not measured with
-    fewer than :data:`MIN_EPOCHS` tracked epochs.
+    Preconditions of the verdict: at least ``THRESHOLDS["min_points_rank"]`` tracked epochs;
+    at least 2 usable alphas; the paper's own alpha for the network (``reference_alpha``, 0.01
+    after FC layers; only when it is among the alphas) usable; and the 95% Fisher-z interval
+    of the deciding rho (the minimum pair) decides: lower bound > 0 for a reproduction, upper
+    bound < ``threshold`` for a non-reproduction.
 
-    Returns a dict: alphas, saturated (alpha -> fraction of saturated points),
-    usable, reference_usable, pairs (frame seed, alpha_a, alpha_b, rho), min_rho,
-    median_rho, n_epochs, verdict.
+    Returns a dict: alphas, saturated (alpha -> fraction of saturated points), usable,
+    reference_usable, pairs (frame seed, alpha_a, alpha_b, rho, low, high), min_rho, min_low,
+    min_high, median_rho, n_epochs, holds, preconditions, verdict (:func:`judge`).
     """
     sel = metrics[metrics.metric == metric]
     if sel.empty:
         raise ValueError(f"no rows for metric {metric!r}")
     alphas = sorted(sel.alpha.unique().tolist())
     sat_frac = sel.groupby("alpha").saturated.mean().to_dict()
-    sat_any = sel.groupby(["alpha", "seed"]).saturated.any().groupby("alpha").any()
-    usable = [a for a in alphas if not sat_any[a]]
+    usable = [a for a in alphas if _has_headroom(sel[sel.alpha == a], metric)]
+    has_ref = any(math.isclose(a, reference_alpha) for a in alphas)
     reference_usable = not any(math.isclose(a, reference_alpha) for a in alphas if a not in usable)
     n_epochs = int(sel.groupby("seed").epoch.nunique().min())
     pairs = []
     for seed, g in sel.groupby("seed"):
         wide = g.pivot_table(index="epoch", columns="alpha", values="value").sort_index()
         for a, b in itertools.combinations(usable, 2):
-            pairs.append({"seed": seed, "alpha_a": a, "alpha_b": b,
-                          "rho": _spearman(wide[a].to_numpy(), wide[b].to_numpy())})
-    pairs = pd.DataFrame(pairs, columns=["seed", "alpha_a", "alpha_b", "rho"])
-    min_rho = float(pairs.rho.min()) if len(pairs) else math.nan
+            rho = _spearman(wide[a].to_numpy(), wide[b].to_numpy())
+            n = len(wide)
+            if n >= 4:
+                z = math.atanh(max(min(rho, 0.999999), -0.999999))
+                half = 1.959964 * 1.03 / math.sqrt(n - 3)
+                lo, hi = math.tanh(z - half), math.tanh(z + half)
+            else:
+                lo, hi = math.nan, math.nan
+            pairs.append({"seed": seed, "alpha_a": a, "alpha_b": b, "rho": rho, "low": lo, "high": hi})
+    pairs = pd.DataFrame(pairs, columns=["seed", "alpha_a", "alpha_b", "rho", "low", "high"])
+    worst = pairs.loc[pairs.rho.idxmin()] if len(pairs) else None
+    min_rho = float(worst.rho) if worst is not None else math.nan
+    min_low = float(worst.low) if worst is not None else math.nan
+    min_high = float(worst.high) if worst is not None else math.nan
     median_rho = float(pairs.rho.median()) if len(pairs) else math.nan
-    if n_epochs < MIN_EPOCHS:
-        v = NOT_MEASURED
-    elif len(pairs) and min_rho >= threshold and reference_usable:
-        v = REPRODUCED
-    elif len(pairs) and (min_rho >= threshold or median_rho >= threshold):
-        v = PARTLY
+    holds = bool(len(pairs) and min_rho >= threshold)
+    pre = [enough("tracked epochs", n_epochs, int(THRESHOLDS["min_points_rank"])),
+           enough("α with headroom", len(usable), 2)]
+    if has_ref:
+        ref = sel[np.isclose(sel.alpha, reference_alpha)]
+        ceiling = float(ref.ceiling.iloc[0])
+        margin = (THRESHOLDS["headroom_bits"] if metric == "H"
+                  else THRESHOLDS["headroom_fraction_classes"] * ceiling)
+        pre.append(headroom(f"{metric} at the paper's α = {reference_alpha:g}", ref.value.tolist(), ceiling, margin))
+    shown = (f"[{min_low:.2f}, {min_high:.2f}]" if np.isfinite(min_low) else "no interval")
+    if holds:
+        pre.append(Precondition("min pairwise ρ: interval excludes 0", "95% CI lower bound > 0", shown,
+                                bool(np.isfinite(min_low) and min_low > 0), "interval"))
     else:
-        v = NOT_REPRODUCED
+        pre.append(Precondition("min pairwise ρ: interval below the agreement threshold",
+                                f"95% CI upper bound < {threshold:g}", shown,
+                                bool(np.isfinite(min_high) and min_high < threshold), "interval"))
+    v = judge(holds, pre)
     return {"metric": metric, "alphas": alphas, "saturated": sat_frac, "usable": usable,
-            "reference_usable": reference_usable, "pairs": pairs, "min_rho": min_rho, "median_rho": median_rho,
-            "n_epochs": n_epochs, "verdict": v}
+            "reference_usable": reference_usable, "pairs": pairs, "min_rho": min_rho, "min_low": min_low,
+            "min_high": min_high, "median_rho": median_rho, "n_epochs": n_epochs, "holds": holds,
+            "preconditions": pre, "verdict": v}
 
 
 def saturation_table(metrics: pd.DataFrame) -> pd.DataFrame:
@@ -336,25 +368,37 @@ def _fmt_alpha(a: float) -> str:
     return f"{a:g}"
 
 
-def alpha_findings(metrics: pd.DataFrame, setting: str) -> list[Finding]:
-    """Findings of Figure 9, one per metric (computed by :func:`trend_consistency`)."""
+def alpha_findings(metrics: pd.DataFrame, setting: str, accuracy: pd.DataFrame | None = None,
+                   model: str = "mlp_alpha", dataset: str = "mnist") -> list[Finding]:
+    """Findings of Figure 9, one per metric (:func:`trend_consistency`), with its preconditions and
+    two more: the network learned (``accuracy``: :func:`alpha_accuracy`, the last tracked epoch of
+    every seed against :func:`~tcomplex.experiments.report.accuracy_threshold`; None: not measured)
+    and at least ``THRESHOLDS["min_seeds_curve"]`` seeds."""
     found = []
+    if accuracy is None or accuracy.empty:
+        net = learned(f"{model} on {dataset}", [], model, dataset)
+    else:
+        last = accuracy[accuracy.epoch == accuracy.groupby("seed").epoch.transform("max")]
+        net = learned(f"{model} on {dataset}", last.test_acc.tolist(), model, dataset)
+    seeds = enough("seeds", int(metrics.seed.nunique()), int(THRESHOLDS["min_seeds_curve"]))
     for metric in ("H", "I_XSY"):
         r = trend_consistency(metrics, metric)
         sat = [a for a in r["alphas"] if a not in r["usable"]]
         ceiling = float(metrics[metrics.metric == metric].ceiling.iloc[0])
         what = "log2 n" if metric == "H" else "log2 #classes"
-        sat_text = (f"saturated (at {what} = {ceiling:.2f} at some epoch): α ∈ {{{', '.join(map(_fmt_alpha, sat))}}}"
-                    if sat else "no curve saturated")
+        sat_text = (f"without headroom (within the margin of {what} = {ceiling:.2f} at some epoch): "
+                    f"α ∈ {{{', '.join(map(_fmt_alpha, sat))}}}" if sat else "every curve has headroom")
         rho_text = (f"min pairwise Spearman ρ over {r['n_epochs']} tracked epochs = {r['min_rho']:.2f} "
-                    f"(median {r['median_rho']:.2f}) among the {len(r['usable'])} unsaturated α "
-                    f"{{{', '.join(map(_fmt_alpha, r['usable']))}}}" if len(r["pairs"])
-                    else f"fewer than 2 unsaturated α: no correlation ({r['n_epochs']} tracked epochs)")
+                    f"[{r['min_low']:.2f}, {r['min_high']:.2f}] (median {r['median_rho']:.2f}) among the "
+                    f"{len(r['usable'])} α with headroom {{{', '.join(map(_fmt_alpha, r['usable']))}}}"
+                    if len(r["pairs"]) else f"fewer than 2 α with headroom: no correlation ({r['n_epochs']} "
+                    "tracked epochs)")
+        pre = [net, seeds, *r["preconditions"]]
         found.append(Finding(
             f"alpha_{metric}", CHAPTER,
             f"Appendix H, Fig. 9 (MLP-α, MNIST): {_METRIC_CLAIMS[metric]} (criterion: min ρ ≥ {RHO_THRESHOLD} "
-            f"among unsaturated α, the paper's α = {ALPHA_FC:g} unsaturated).",
-            f"{rho_text}; {sat_text}.", r["verdict"], setting,
+            f"over every pair of α with headroom, the paper's α = {ALPHA_FC:g} among them).",
+            f"{rho_text}; {sat_text}.", judge(r["holds"], pre), setting, preconditions=pre,
         ))
     return found
 
@@ -464,14 +508,24 @@ def table1_config(cell: Table1Cell, seed: int, test_subset: int | None) -> Train
 
 def table1_verdict(ours: float, paper: float, substituted: bool) -> str:
     """Reproduced when our accuracy (%) is at most :data:`REPRODUCE_TOL` points below the
-    paper's (or above it), partly within :data:`PARTLY_TOL`, else not reproduced; a cell
-    trained on a substituted dataset is not measured."""
+    paper's (or above it), else not reproduced; a cell trained on a substituted dataset is
+    not measured.  (:func:`table1_findings` adds the convergence precondition.)"""
     if substituted:
         return NOT_MEASURED
-    gap = paper - ours
-    if gap <= REPRODUCE_TOL:
-        return REPRODUCED
-    return PARTLY if gap <= PARTLY_TOL else NOT_REPRODUCED
+    return REPRODUCED if paper - ours <= REPRODUCE_TOL else NOT_REPRODUCED
+
+
+def table1_converged(train_acc: float, paper: float) -> Precondition:
+    """A Table 1 cell can test the paper's number only when the network converged: its training
+    accuracy (%) reaches the paper's test accuracy minus ``THRESHOLDS["table1_train_margin"]``
+    points (a converged network fits its training images at least as well as the paper's
+    generalises; one that does not is still learning, and its test accuracy measures the budget)."""
+    need = paper - THRESHOLDS["table1_train_margin"]
+    if train_acc is None or not np.isfinite(train_acc):
+        return Precondition("network converged", f"training accuracy >= {need:.2f}%", "not measured", False,
+                            "enough", math.nan, need)
+    return Precondition("network converged", f"training accuracy >= {need:.2f}%", f"{train_acc:.2f}%",
+                        bool(train_acc >= need), "enough", float(train_acc), need)
 
 
 def table1(cells: Sequence[Table1Cell], ctx: Context, seeds: Sequence[int],
@@ -479,7 +533,7 @@ def table1(cells: Sequence[Table1Cell], ctx: Context, seeds: Sequence[int],
     """Train every cell (cached) and report its test accuracy beside the paper's.
 
     Columns: paper_dataset, dataset, arch, model, epochs, train_subset, seeds,
-    test_acc and paper_acc (%, ours averaged over seeds), diff (ours - paper,
+    test_acc, train_acc and paper_acc (%, ours averaged over seeds), diff (ours - paper,
     percentage points), epoch_seconds (mean), verdict.
     """
     rows = []
@@ -488,11 +542,12 @@ def table1(cells: Sequence[Table1Cell], ctx: Context, seeds: Sequence[int],
         res = train_many(cfgs, ctx, desc=f"Table 1: {cell.arch} on {cell.dataset}")
         last = res[(res.epoch == cell.epochs) & (res.layer == "__all__")]
         acc = 100 * float(last[last.metric == "test_acc"].value.mean())
+        train_acc = 100 * float(last[last.metric == "train_acc"].value.mean())
         secs = res[res.metric == "epoch_seconds"].value
         rows.append({
             "paper_dataset": cell.paper_dataset, "dataset": cell.dataset, "arch": cell.arch, "model": cell.model,
             "epochs": cell.epochs, "train_subset": cell.train_subset, "seeds": len(cfgs),
-            "test_acc": acc, "paper_acc": cell.paper_acc, "diff": acc - cell.paper_acc,
+            "test_acc": acc, "train_acc": train_acc, "paper_acc": cell.paper_acc, "diff": acc - cell.paper_acc,
             "epoch_seconds": float(secs.mean()) if len(secs) else math.nan,
             "verdict": table1_verdict(acc, cell.paper_acc, cell.substituted),
         })
@@ -513,7 +568,13 @@ def table1_pivot(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def table1_findings(table: pd.DataFrame, profile: str, setting: str) -> list[Finding]:
-    """One finding per cell of the paper's Table 1; cells this profile did not run are not measured."""
+    """One finding per cell of the paper's Table 1; cells this profile did not run are not measured.
+
+    A cell trained on the paper's dataset gets two preconditions: the network learned (test
+    accuracy against :func:`~tcomplex.experiments.report.accuracy_threshold`, shown in the
+    report's table of networks) and converged (:func:`table1_converged`); when one fails the
+    cell is inconclusive: its budget, not the architecture, decided the number.
+    """
     found = []
     ran = {(r.paper_dataset, r.arch): r for r in table.itertuples()}
     for paper_ds, accs in PAPER_TABLE1.items():
@@ -521,19 +582,28 @@ def table1_findings(table: pd.DataFrame, profile: str, setting: str) -> list[Fin
             claim = (f"Appendix G, Table 1: {ARCHITECTURES[arch]} reaches {paper_acc:.2f}% test accuracy on "
                      f"{DATASET_NAMES[paper_ds]}.")
             r = ran.get((paper_ds, arch))
+            pre: list[Precondition] = []
             if r is None:
                 measured = f"not run in profile {profile}."
                 verdict_ = NOT_MEASURED
             else:
-                budget = f"{r.epochs} epoch(s), {r.train_subset or 'all'} training images, {r.seeds} seed(s)"
+                budget = (f"{fmt_value(r.epochs)} epoch(s), {fmt_value(r.train_subset)} training images, "
+                          f"{fmt_value(r.seeds)} seed(s)")
                 if r.dataset != r.paper_dataset:
                     ours = DATASET_NAMES.get(r.dataset, r.dataset)
                     measured = (f"{r.test_acc:.2f}% on {ours} ({budget}), a stand-in for "
                                 f"{DATASET_NAMES[paper_ds]}: not comparable with the paper's number.")
+                    verdict_ = NOT_MEASURED
                 else:
-                    measured = f"{r.test_acc:.2f}% ({r.diff:+.2f} points; {budget})."
-                verdict_ = r.verdict
-            found.append(Finding(f"table1_{paper_ds}_{arch}", CHAPTER, claim, measured, verdict_, setting))
+                    train_acc = float(getattr(r, "train_acc", math.nan))
+                    measured = (f"{r.test_acc:.2f}% ({r.diff:+.2f} points; training accuracy "
+                                + (f"{train_acc:.2f}%" if np.isfinite(train_acc) else "not measured")
+                                + f"; {budget}).")
+                    pre = [learned(f"{r.model} on {r.dataset} (Table 1)", [r.test_acc / 100], r.model, r.dataset),
+                           table1_converged(train_acc, paper_acc)]
+                    verdict_ = judge(paper_acc - r.test_acc <= REPRODUCE_TOL, pre)
+            found.append(Finding(f"table1_{paper_ds}_{arch}", CHAPTER, claim, measured, verdict_, setting,
+                                 preconditions=pre))
     return found
 
 
@@ -545,7 +615,7 @@ def table1_comparisons(cells: Sequence[Table1Cell], seeds: Sequence[int]) -> lis
     subs = sorted({f"{DATASET_NAMES[c.paper_dataset]} → {DATASET_NAMES.get(c.dataset, c.dataset)}"
                    for c in cells if c.substituted})
     epochs = sorted({c.epochs for c in cells})
-    subsets = sorted({str(c.train_subset or "all") for c in cells})
+    subsets = sorted({fmt_value(c.train_subset) for c in cells})
     return [
         ("Table 1 columns", names(PAPER_TABLE1), names(c.paper_dataset for c in cells)),
         ("cells", sum(len(v) for v in PAPER_TABLE1.values()), len(cells)),

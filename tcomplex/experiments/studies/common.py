@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from tcomplex.experiments import data as data_mod
 from tcomplex.experiments.notebooks import output_root
 from tcomplex.experiments.train import TrainConfig, _build, check_data, train
 
-__all__ = ["Context", "train_many", "load_trained_model", "final_epoch"]
+__all__ = ["Context", "train_many", "load_trained_model", "final_epoch", "setting_note", "fmt_value"]
 
 
 @dataclass
@@ -99,12 +100,32 @@ def config_json(cfg: TrainConfig) -> str:
 
 
 
+def fmt_value(value: Any, missing: str = "all") -> str:
+    """A setting value as text: integral numbers as integers (5000.0 -> "5000"), None and NaN
+    as ``missing`` (a training-image count of None means all images), other values with ``str``."""
+    if value is None:
+        return missing
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, (int, float)) or hasattr(value, "dtype"):
+        try:
+            f = float(value)
+        except (TypeError, ValueError):
+            return str(value)
+        if math.isnan(f):
+            return missing
+        return str(int(f)) if f.is_integer() else f"{f:g}"
+    return str(value)
+
+
 def setting_note(ctx: Context, comparisons: Sequence[tuple[str, Any, Any]]) -> tuple[str, str]:
     """Compare our setting with the paper's.
 
-    ``comparisons`` holds (what, paper's value, our value).  Returns
-    (markdown for the top of the notebook, one line for findings tables).
+    ``comparisons`` holds (what, paper's value, our value); values are shown with
+    :func:`fmt_value` (integers as integers, None / NaN as "all") and compared as shown.
+    Returns (markdown for the top of the notebook, one line for findings tables).
     """
+    comparisons = [(what, fmt_value(paper), fmt_value(ours)) for what, paper, ours in comparisons]
     diffs = [(what, paper, ours) for what, paper, ours in comparisons if paper != ours]
     head = f"**Profile `{ctx.profile}`.** "
     if not diffs:

@@ -48,11 +48,20 @@ import torch
 from tcomplex import estimators as est
 from tcomplex.experiments import data as data_mod
 from tcomplex.experiments.report import (
+    INCONCLUSIVE,
     NOT_REPRODUCED,
-    PARTLY,
     REPRODUCED,
+    THRESHOLDS,
     Finding,
+    Precondition,
+    enough,
+    excludes_zero,
+    headroom,
+    judge,
+    judged,
+    learned,
     pearson_ci,
+    run_accuracies,
 )
 from tcomplex.experiments.studies.common import Context, load_trained_model
 from tcomplex.experiments.train import TrainConfig
@@ -68,6 +77,7 @@ __all__ = [
     "partial_r",
     "correlation_table",
     "group_verdict",
+    "group_preconditions",
     "findings",
     "accuracy_table",
     "reading",
@@ -236,19 +246,17 @@ def tc_noise_table(groups: Sequence[tuple[TrainConfig, Sequence[int]]], ctx: Con
 # ---------------------------------------------------------------------------
 # correlations and verdicts
 # ---------------------------------------------------------------------------
-def group_verdict(r: float, high: float, n_saturated: int) -> str:
-    """Verdict for one (architecture, layer), Figure 2.
+def group_verdict(r: float, low: float, high: float, n_saturated: int) -> str:
+    """The statistical reading of one (architecture, layer), Figure 2 (the ``verdict`` column of
+    :func:`correlation_table`; :func:`findings` adds the networks' accuracies and the seed count).
 
-    Reproduced: r(H, TC) < 0 with a 95% CI that excludes 0 and no saturated
-    H estimate.  Partly: r < 0 but the CI includes 0, or some H estimates sit
-    at their log2 n ceiling (a saturated estimate cannot show a trend).  Not
-    reproduced: r >= 0 or undefined (e.g. H constant across models).
+    Reproduced: r(H, TC) < 0 with a 95% CI that excludes 0.  Not reproduced: r > 0 with a
+    CI that excludes 0.  Inconclusive: the CI contains 0 or is undefined (too few models, H
+    constant), or some H estimates are flagged saturated (a saturated estimate cannot show a trend).
     """
-    if not np.isfinite(r) or r >= 0:
-        return NOT_REPRODUCED
-    if high < 0 and n_saturated == 0:
-        return REPRODUCED
-    return PARTLY
+    if n_saturated or not (np.isfinite(r) and np.isfinite(low) and np.isfinite(high)) or low <= 0 <= high:
+        return INCONCLUSIVE
+    return REPRODUCED if high < 0 else NOT_REPRODUCED
 
 
 def _safe_r(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float, float]:
@@ -330,7 +338,8 @@ def correlation_table(measures: pd.DataFrame) -> pd.DataFrame:
             "TC_plugin_mean": float(np.nanmean(tp)) if np.any(np.isfinite(tp)) else math.nan,
             "H_plugin_saturated": plug_sat, "r_plugin": r_plug,
             "log2_n": math.log2(int(g.n.iloc[0])),
-            "verdict": group_verdict(r, hi, n_sat),
+            "H_max": float(h.max()),
+            "verdict": group_verdict(r, lo, hi, n_sat),
         })
     return pd.DataFrame(out)
 
@@ -343,19 +352,54 @@ def _fmt_r(row: pd.Series) -> str:
     return f"r = {row.r:.2f} [{row.r_low:.2f}, {row.r_high:.2f}]"
 
 
-def findings(table: pd.DataFrame, setting: str) -> list[Finding]:
-    """One finding per (architecture, layer) and one overall, verdicts from :func:`group_verdict`.
+def group_preconditions(row: Any, accuracies: pd.DataFrame | None) -> list[Precondition]:
+    """What the verdict of one (architecture, layer) needs (Figure 2):
 
-    Overall: reproduced when every (architecture, layer) is; partly when at
-    least one is reproduced or partly; otherwise not reproduced.
+    * the architecture's models learned (``accuracies``: :func:`~tcomplex.experiments.report.run_accuracies`
+      of the training rows; None: not measured, the precondition fails);
+    * at least ``THRESHOLDS["min_seeds_correlation"]`` models for the correlation;
+    * the KDE H of every model at least ``THRESHOLDS["headroom_bits"]`` below log2 n (the plug-in
+      H, which counts distinct patterns, is shown with it);
+    * the 95% Fisher-z interval of r excludes 0 (the claim is a sign).
     """
+    model = str(row.model)
+    if accuracies is None:
+        pre = [Precondition(f"{model} learned", "test accuracy >= threshold", "not measured", False, "learned")]
+    else:
+        acc = accuracies[accuracies.model == model]
+        dataset = str(acc.dataset.iloc[0]) if len(acc) else ""
+        pre = [learned(f"{model} on {dataset}" if dataset else model, acc.test_acc.tolist(), model, dataset)]
+    distinct = (f"plug-in H at log2 n (all distinct) in {int(row.H_plugin_saturated)}/{int(row.n_models)} models"
+                if np.isfinite(row.H_plugin_mean) else None)
+    h_max = float(row.H_max) if "H_max" in row and np.isfinite(row.H_max) else float(row.H_mean)
+    pre += [enough("models (seeds)", int(row.n_models), int(THRESHOLDS["min_seeds_correlation"])),
+            headroom(f"H(Σ_{row.l}) (KDE)", [h_max], float(row.log2_n), distinct=distinct),
+            excludes_zero("r(H, TC)", float(row.r_low), float(row.r_high))]
+    return pre
+
+
+def findings(table: pd.DataFrame, setting: str, rows: pd.DataFrame | None = None) -> list[Finding]:
+    """One finding per (architecture, layer) and one overall.
+
+    Per group: reproduced when r(H, TC) < 0, not reproduced when r >= 0, both only when
+    :func:`group_preconditions` hold (``rows``: the training rows, for the test accuracies),
+    else inconclusive.  Overall (the claim has parts, the groups): reproduced when every
+    conclusive group is, partly when some are (``parts`` names them), not reproduced when none
+    is; it needs at least two conclusive groups ("verified on different layers and architectures").
+    """
+    accuracies = run_accuracies(rows) if rows is not None else None
     found = []
+    conclusive: list[tuple[str, bool]] = []
     for _, row in table.iterrows():
         plug = (f"plug-in H at log2 n = {row.log2_n:.2f} in {row.H_plugin_saturated}/{row.n_models} models"
                 if row.H_plugin_saturated else
                 (f"plug-in r(H, TC) = {row.r_plugin:.2f}" if np.isfinite(row.r_plugin) else "plug-in r undefined"))
         sat = f"; {row.H_saturated} KDE H estimates saturated" if row.H_saturated else ""
         part = f"; r(H, TC | C_l) = {row.r_given_C:.2f}" if np.isfinite(row.r_given_C) else ""
+        pre = group_preconditions(row, accuracies)
+        v = judge(bool(np.isfinite(row.r) and row.r < 0), pre) if np.isfinite(row.r) else judge(False, pre)
+        if v != INCONCLUSIVE:
+            conclusive.append((f"{row.model} l={row.l}", v == REPRODUCED))
         found.append(Finding(
             f"fig2_{row.model}_l{row.l}", CHAPTER,
             f"Figure 2 / Eq. 6: over {row.model} models with similar activation rates, H(Σ_{row.l}) and "
@@ -364,23 +408,21 @@ def findings(table: pd.DataFrame, setting: str) -> list[Finding]:
             f"C_l = {row.C_mean:.1f} ± {row.C_sd:.2f} bits (sd_C / sd_H = {row.sdC_over_sdH:.2f}); "
             f"KDE H + TC − C = {row.khat_minus_C:.1f} bits, slope of KDE H + TC on H = {row.Chat_slope_on_H:.2f} "
             f"(r < 0 iff < 1){part}; {plug}{sat}.",
-            row.verdict, setting,
+            v, setting, preconditions=pre,
         ))
-    verdicts = table.verdict.tolist()
-    if verdicts and all(v == REPRODUCED for v in verdicts):
-        overall = REPRODUCED
-    elif any(v in (REPRODUCED, PARTLY) for v in verdicts):
-        overall = PARTLY
-    else:
-        overall = NOT_REPRODUCED
-    counts = ", ".join(f"{sum(v == k for v in verdicts)} {k}" for k in (REPRODUCED, PARTLY, NOT_REPRODUCED))
+    groups = [f"{r.model} l={r.l}" for r in table.itertuples()]
+    inconclusive = [g for g in groups if g not in {c for c, _ in conclusive}]
+    pre_all = [enough("conclusive (architecture, layer) groups", len(conclusive), 2)]
+    v_all, parts = judged(True, pre_all, conclusive) if conclusive else (judge(False, pre_all), "")
+    counts = ", ".join(f"{sum(f.verdict == k for f in found)} {k}" for k in (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE))
     found.append(Finding(
         "fig2_overall", CHAPTER,
         "Section 4.1: the complexity H(Σ_l) and the entanglement TC(Σ_l) are strongly negatively "
         "correlated across models with similar activation rates (verified on different layers and architectures).",
-        f"{len(verdicts)} (architecture, layer) groups: {counts}; r from "
-        f"{table.r.min():.2f} to {table.r.max():.2f}.",
-        overall, setting,
+        f"{len(groups)} (architecture, layer) groups: {counts}"
+        + (f" (inconclusive: {', '.join(inconclusive)})" if inconclusive else "")
+        + (f"; r from {table.r.min():.2f} to {table.r.max():.2f}." if len(table) else "."),
+        v_all, setting, preconditions=pre_all, parts=parts,
     ))
     return found
 

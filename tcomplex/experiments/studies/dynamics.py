@@ -52,9 +52,19 @@ from tcomplex.experiments.report import (
     NOT_REPRODUCED,
     PARTLY,
     REPRODUCED,
+    THRESHOLDS,
     Finding,
+    Precondition,
+    class_headroom,
     dip_then_rise,
+    enough,
+    fmt_ci,
     fmt_mean_sd,
+    headroom,
+    judge,
+    judged,
+    learned,
+    mean_ci,
     rise_then_saturate,
 )
 from tcomplex.experiments.train import TrainConfig, measure_complexity
@@ -79,6 +89,7 @@ __all__ = [
     "authors_table",
     "init_normalisation_table",
     "count_verdict",
+    "group_preconditions",
     "findings",
     "plot_group",
     "plot_rates",
@@ -571,25 +582,92 @@ def _per_model(shapes: pd.DataFrame) -> str:
     return "; ".join(parts)
 
 
+def _final_acc(curves_: pd.DataFrame, model: str, dataset: str) -> list[float]:
+    """Final test accuracy of every run of (model, dataset) in the curves (last tracked epoch)."""
+    g = curves_[(curves_.model == model) & (curves_.dataset == dataset)]
+    if g.empty or "test_acc" not in g:
+        return []
+    last = g[g.epoch == g.groupby("run_id").epoch.transform("max")]
+    return last.test_acc.tolist()
+
+
+def group_preconditions(curves_: pd.DataFrame, group: str, metrics: Sequence[str] = ("H", "I_XSY")
+                        ) -> list[Precondition]:
+    """What a verdict on the curves of one run group needs, per (model, dataset) of the group:
+    the networks learned (final test accuracy), at least ``THRESHOLDS["min_seeds_curve"]`` seeds
+    per curve, and every curve of ``metrics`` with headroom below its ceiling at every epoch
+    (H: log2 n minus ``headroom_bits``; I(X;Σ;Y): log2 #classes minus ``headroom_fraction_classes``
+    of it): a curve within the margin of its ceiling cannot show a dip or a rise."""
+    pre: list[Precondition] = []
+    sel = curves_[curves_.group == group] if "group" in curves_ else curves_.iloc[0:0]
+    for (model, dataset), g in sel.groupby(["model", "dataset"], sort=False):
+        label = f"{model} on {dataset}"
+        pre.append(learned(label, _final_acc(sel, str(model), str(dataset)), str(model), str(dataset)))
+        pre.append(enough(f"seeds ({label})", int(g.seed.nunique()), int(THRESHOLDS["min_seeds_curve"])))
+        for metric in metrics:
+            if metric == "H":
+                pre.append(headroom(f"H ({label})", g.H.tolist(), float(g.log2_n.max())))
+            elif metric == "I_XSY":
+                n_classes = int(round(2 ** float(g.log2_classes.iloc[0])))
+                pre.append(class_headroom(f"I(X;Σ;Y) ({label})", g.I_XSY.tolist(), n_classes))
+    return pre
+
+
+def _curve_parts(shapes: pd.DataFrame, columns: Sequence[str]) -> tuple[list[tuple[str, bool]], Precondition, str]:
+    """Per (model, dataset, metric) curve: held when most seeds' curves hold, and the deciding
+    differences (``columns`` of the shape table: drop / rise) with a t interval over seeds.
+    Returns (parts, the interval precondition: every deciding difference's interval excludes 0, text)."""
+    parts, decided, texts = [], [], []
+    for (model, dataset, metric), g in shapes.groupby(["model", "dataset", "metric"], sort=False):
+        label = f"{model}/{dataset} {'H' if metric == 'H' else 'I(X;Σ;Y)'}"
+        parts.append((label, bool(g.holds.sum() > len(g) / 2)))
+        cis = []
+        for col in columns:
+            m, lo, hi = mean_ci(g[col].astype(float).tolist())
+            decided.append(bool(np.isfinite(lo) and (lo > 0 or hi < 0)))
+            cis.append(f"{col} {fmt_ci(m, lo, hi)}")
+        texts.append(f"{label}: {', '.join(cis)}")
+    pre = Precondition("deciding differences: intervals exclude 0", "95% t interval over seeds not containing 0",
+                       f"{sum(decided)}/{len(decided)} intervals", bool(decided) and all(decided), "interval")
+    return parts, pre, "; ".join(texts)
+
+
 def findings(shapes: pd.DataFrame, rates: pd.DataFrame, gaps: pd.DataFrame, authors: pd.DataFrame,
              curves_: pd.DataFrame, rows: pd.DataFrame, tol: float, setting: str,
              init_table: pd.DataFrame | None = None) -> list[Finding]:
     """The chapter's findings, verdicts computed from the tables above
-    (``init_table``: :func:`init_normalisation_table`, quoted in the authors' finding)."""
+    (``init_table``: :func:`init_normalisation_table`, quoted in the authors' finding).
+
+    Each claim's parts are its curves (model, dataset, metric); a curve holds when most of its
+    seeds do.  Dip-then-rise and rise-then-saturate hold when every curve does (partly: some);
+    the residual claim says "most" networks: more than half of the curves.  Preconditions:
+    :func:`group_preconditions` and intervals over seeds for the deciding differences.
+    """
     found = []
     shapes = shapes.reindex(columns=_SHAPE_COLUMNS)
-    crit = (f"tolerance {tol:g} bits; a curve stuck at its ceiling counts as not reproduced; "
-            "verdict: >half of curves → reproduced, ≥1 → partly")
+    crit = f"tolerance {tol:g} bits; a curve holds when most of its seeds do"
 
-    plain = shapes[shapes.group == "plain"]
-    found.append(Finding(
-        "dip_then_rise", CHAPTER,
+    def curve_claim(key: str, claim: str, group: str, columns: Sequence[str], most: bool, what: str) -> Finding:
+        sel = shapes[shapes.group == group]
+        if sel.empty:
+            return Finding(key, CHAPTER, claim, f"no {group} runs", NOT_MEASURED, setting)
+        parts, ci_pre, ci_text = _curve_parts(sel, columns)
+        pre = [*group_preconditions(curves_, group), ci_pre]
+        k = sum(h for _, h in parts)
+        if most:
+            v = judge(k > len(parts) / 2, pre, partly=k > 0)
+            parts_text = (f"held: {', '.join(lab for lab, h in parts if h)}; not held: "
+                          f"{', '.join(lab for lab, h in parts if not h) or 'none'}") if v == PARTLY else ""
+        else:
+            v, parts_text = judged(True, pre, parts)
+        return Finding(key, CHAPTER, claim,
+                       f"{k}/{len(parts)} curves {what} ({crit}): {_per_model(sel)}. Over seeds: {ci_text}.",
+                       v, setting, preconditions=pre, parts=parts_text)
+
+    found.append(curve_claim(
+        "dip_then_rise",
         "Sec. 4.2 (1), Fig. 3a/b: for MLPs and LeNets, H(Σ) and I(X;Σ;Y) decreased first and increased later "
-        "(minimum at epoch 55 of 500 for MLP-MNIST).",
-        (f"{int(plain.holds.sum())}/{len(plain)} curves dip then rise ({crit}): {_per_model(plain)}."
-         if len(plain) else "no plain runs"),
-        count_verdict(int(plain.holds.sum()), len(plain)), setting,
-    ))
+        "(minimum at epoch 55 of 500 for MLP-MNIST).", "plain", ("drop", "rise"), False, "dip then rise"))
 
     if len(rates):
         removed = int(rates.removed.sum())
@@ -597,59 +675,71 @@ def findings(shapes: pd.DataFrame, rates: pd.DataFrame, gaps: pd.DataFrame, auth
             f"{r.model}/{r.dataset} s{r.seed}: C/d {r.gate_entropy_0:.3f} (epoch 0) → {r.gate_entropy_min:.3f} "
             f"(epoch {r.min_epoch}) → {r.gate_entropy_last:.3f} (epoch {r.last_epoch})"
             for r in rates.itertuples())
-        n_stuck = int(rates.H_stuck.sum())
+        parts, decided, cis = [], [], []
+        for (model, dataset), g in rates.groupby(["model", "dataset"], sort=False):
+            parts.append((f"{model}/{dataset}", bool(g.removed.sum() > len(g) / 2)))
+            m, lo, hi = mean_ci((g.gate_entropy_0 - g.gate_entropy_min).tolist())
+            decided.append(bool(np.isfinite(lo) and (lo > 0 or hi < 0)))
+            cis.append(f"{model}/{dataset} fall of C/d {fmt_ci(m, lo, hi, 3)}")
+        pre = [*group_preconditions(curves_, "plain", ("H",)),
+               Precondition("fall of C/d: intervals exclude 0", "95% t interval over seeds not containing 0",
+                            f"{sum(decided)}/{len(decided)} intervals", all(decided), "interval")]
+        v, parts_text = judged(True, pre, parts)
         measured = (f"mean gate entropy C/d (bits per gate) fell by > {GATE_ENTROPY_TOL} from epoch 0 to a minimum "
-                    f"of H after epoch 0 in {removed}/{len(rates)} runs"
-                    + (f" ({n_stuck} with H stuck at log2 n, no minimum to compare)" if n_stuck else "")
-                    + f": {detail}.")
+                    f"of H after epoch 0 in {removed}/{len(rates)} runs: {detail}. Over seeds: {'; '.join(cis)}.")
+        found.append(Finding(
+            "noisy_activations", CHAPTER,
+            "Sec. 4.2 (1), Fig. 3c: gating states are randomly activated at epoch 0; learning removes noisy "
+            "activations up to the minimum of H(Σ).", measured, v, setting, preconditions=pre, parts=parts_text))
     else:
-        removed, measured = 0, "no plain runs"
-    found.append(Finding(
-        "noisy_activations", CHAPTER,
-        "Sec. 4.2 (1), Fig. 3c: gating states are randomly activated at epoch 0; learning removes noisy "
-        "activations up to the minimum of H(Σ).",
-        measured, count_verdict(removed, len(rates)), setting,
-    ))
+        found.append(Finding(
+            "noisy_activations", CHAPTER,
+            "Sec. 4.2 (1), Fig. 3c: gating states are randomly activated at epoch 0; learning removes noisy "
+            "activations up to the minimum of H(Σ).", "no plain runs", NOT_MEASURED, setting))
 
-    vgg = shapes[shapes.group == "vgg"]
-    rising = int(vgg.holds.sum()) if len(vgg) else 0
-    rises_only = int(vgg.why.str.startswith("rises monotonically").sum()) if len(vgg) else 0
-    found.append(Finding(
-        "rise_then_saturate", CHAPTER,
+    found.append(curve_claim(
+        "rise_then_saturate",
         "Sec. 4.2 (2): for other DNNs (VGG-16 on Pascal VOC) the complexity increased monotonically early in "
-        "training and saturated later.",
-        (f"{rising}/{len(vgg)} curves rise monotonically and level off (< {LATE_RISE_SHARE:.0%} of the rise in "
-         f"the second half), {rises_only} rise monotonically ({crit}): {_per_model(vgg)}."
-         if len(vgg) else "no VGG runs"),
-        count_verdict(rising, len(vgg), rises_only), setting,
-    ))
-
-    res = shapes[shapes.group == "residual"]
-    found.append(Finding(
-        "residual_rise", CHAPTER,
+        "training and saturated later.", "vgg", ("rise",), False,
+        f"rise monotonically and level off (< {LATE_RISE_SHARE:.0%} of the rise in the second half)"))
+    found.append(curve_claim(
+        "residual_rise",
         "Sec. 4.2 (3), Fig. 4: in most residual networks H(Σ) and I(X;Σ;Y) increased monotonically during "
-        "training.",
-        (f"{int(res.holds.sum())}/{len(res)} curves rise monotonically ({crit}): {_per_model(res)}."
-         if len(res) else "no residual runs"),
-        count_verdict(int(res.holds.sum()), len(res)), setting,
-    ))
+        "training.", "residual", ("rise",), True, "rise monotonically"))
 
+    claim_vae = ("Sec. 4.2 (4), Fig. 6: in a VAE with a classifier, the difference between H(Σ_l) and I(X;Σ_l) "
+                 "of each classifier gating layer gradually decreased during training.")
     if len(gaps):
         detail = "; ".join(
             f"{g.dataset} s{g.seed} {g.layer}: {g.gap_first:.2f} (epoch {g.first_epoch}) → {g.gap_last:.2f} "
             f"(epoch {g.last_epoch})" + (" [H saturated at the end]" if g.H_saturated_last else "")
             for g in gaps.itertuples())
+        parts, decided, cis = [], [], []
+        for layer, g in gaps.groupby("layer", sort=True):
+            parts.append((str(layer), bool(g.holds.sum() > len(g) / 2)))
+            m, lo, hi = mean_ci((g.gap_first - g.gap_last).tolist())
+            decided.append(bool(np.isfinite(lo) and (lo > 0 or hi < 0)))
+            cis.append(f"{layer} shrink {fmt_ci(m, lo, hi)}")
+        pre = []
+        vae = curves_[curves_.group == "vae"] if "group" in curves_ else curves_.iloc[0:0]
+        for (model, dataset), g in vae.groupby(["model", "dataset"], sort=False):
+            pre.append(learned(f"{model} on {dataset} (classifier)", _final_acc(vae, str(model), str(dataset)),
+                               str(model), str(dataset)))
+            ceiling = float(g.log2_n.max())
+        if vae.empty:
+            pre.append(learned("vae_classifier (classifier)", [], "vae_classifier", "mnist"))
+            ceiling = math.nan
+        pre += [enough("seeds", int(gaps.seed.nunique()), int(THRESHOLDS["min_seeds_curve"])),
+                headroom("H(Σ_l) of the classifier layers", [*gaps.H_first, *gaps.H_last], ceiling),
+                Precondition("shrink of the gap: intervals exclude 0", "95% t interval over seeds not containing 0",
+                             f"{sum(decided)}/{len(decided)} layers", all(decided), "interval")]
+        v, parts_text = judged(True, pre, parts)
         measured = (f"gap H(Σ_l) − I(X;Σ_l) in bits shrank by > {tol:g} in {int(gaps.holds.sum())}/{len(gaps)} "
-                    f"classifier layers (a layer whose H is saturated at the end does not count): {detail}.")
-        v = REPRODUCED if gaps.holds.all() else (PARTLY if gaps.holds.any() or gaps.decreased.any() else NOT_REPRODUCED)
+                    f"(run, layer) pairs: {detail}. Over seeds: {'; '.join(cis)}.")
+        found.append(Finding("vae_gap", CHAPTER, claim_vae, measured, v, setting, preconditions=pre,
+                             parts=parts_text))
     else:
-        measured, v = "no VAE runs", NOT_MEASURED
-    found.append(Finding(
-        "vae_gap", CHAPTER,
-        "Sec. 4.2 (4), Fig. 6: in a VAE with a classifier, the difference between H(Σ_l) and I(X;Σ_l) of each "
-        "classifier gating layer gradually decreased during training.",
-        measured, v, setting,
-    ))
+        found.append(Finding("vae_gap", CHAPTER, claim_vae, "no VAE runs", NOT_MEASURED, setting))
 
     found.append(_authors_finding(authors, curves_, rows, init_table))
     return found
@@ -696,9 +786,14 @@ def _authors_finding(authors: pd.DataFrame, curves_: pd.DataFrame, rows: pd.Data
     measured += (f" {n_ok}/{len(compared)} compared points agree (within {AUTHORS_TOL_BITS} bits; the minimum also "
                  f"at an epoch within ×{AUTHORS_EPOCH_FACTOR:g} of 55); the dip of H "
                  + ("matches." if dip_ok else "does not match" + (" (our H stays at the log2 n ceiling)." if stuck else ".")))
-    # all points: reproduced; the dip (the curve's defining feature) but not every point: partly
-    v = REPRODUCED if n_ok == len(compared) else (PARTLY if dip_ok else NOT_REPRODUCED)
-    return Finding("authors_curve", CHAPTER, claim, measured, v, "; ".join(diffs))
+    # the claim's parts are the compared points; the learned precondition is on our MLP-MNIST runs
+    runs = _authors_runs(curves_)
+    pre = [learned("mlp_mnist on mnist (authors' curve)", _final_acc(runs, "mlp_mnist", "mnist"), "mlp_mnist",
+                   "mnist")]
+    parts = [(f"{r.metric} {r.point}", bool(r.agrees)) for r in compared.itertuples()]
+    v, parts_text = judged(True, pre, parts)
+    return Finding("authors_curve", CHAPTER, claim, measured, v, "; ".join(diffs), preconditions=pre,
+                   parts=parts_text)
 
 
 # ---------------------------------------------------------------------------

@@ -48,11 +48,18 @@ from tcomplex.experiments import data as data_mod
 from tcomplex.experiments import models as models_mod
 from tcomplex.experiments.report import (
     NOT_MEASURED,
-    PARTLY,
-    REPRODUCED,
+    THRESHOLDS,
     Finding,
+    Precondition,
     dip_then_rise,
-    verdict,
+    enough,
+    excludes_zero,
+    fitted,
+    fmt_ci,
+    headroom,
+    judged,
+    mean_ci,
+    spearman_ci,
 )
 from tcomplex.experiments.studies.common import Context, load_trained_model
 from tcomplex.experiments.train import ALL, TrainConfig, _build, _prepare_data
@@ -327,8 +334,10 @@ def depth_order(table: pd.DataFrame) -> pd.DataFrame:
     out = []
     for (alpha, arch, n), g in table.groupby(["alpha", "arch", "task_n"]):
         g = g.sort_values("depth")
+        rho, lo, hi = spearman_ci(g.depth.to_numpy(float), g.H.to_numpy(float))
         out.append({"alpha": alpha, "arch": arch, "task_n": int(n), "depths": len(g),
-                    "rho": _spearman(g.depth, g.H), "readable": not bool(g.saturated.any()),
+                    "rho": _spearman(g.depth, g.H), "rho_low": lo, "rho_high": hi,
+                    "readable": not bool(g.saturated.any()),
                     "H_by_depth": ", ".join(f"{int(d)}: {h:.2f}" for d, h in zip(g.depth, g.H))})
     return pd.DataFrame(out)
 
@@ -369,65 +378,95 @@ def choose_alpha(table: pd.DataFrame, alphas: Sequence[float], max_saturated: fl
 
 @dataclass(frozen=True)
 class _Outcome:
-    verdict: str
+    holds: bool | None  # None: nothing readable
     measured: str
+    parts: tuple[tuple[str, bool], ...] = ()
+    preconditions: tuple[Precondition, ...] = ()
+
+
+def _welch(m1: float, s1: float, n1: int, m2: float, s2: float, n2: int) -> tuple[float, float]:
+    """95% Welch interval of m1 - m2 from means, sds and seed counts (NaN with fewer than 2 seeds each)."""
+    from scipy import stats
+
+    if n1 < 2 or n2 < 2 or not (np.isfinite(s1) and np.isfinite(s2)):
+        return math.nan, math.nan
+    v1, v2 = s1 ** 2 / n1, s2 ** 2 / n2
+    se = math.sqrt(v1 + v2)
+    if se == 0:
+        return m1 - m2, m1 - m2
+    df = (v1 + v2) ** 2 / ((v1 ** 2 / (n1 - 1) if v1 else 0) + (v2 ** 2 / (n2 - 1) if v2 else 0))
+    half = float(stats.t.ppf(0.5 + THRESHOLDS["confidence"] / 2, df)) * se
+    return m1 - m2 - half, m1 - m2 + half
 
 
 def _ordering(order: pd.DataFrame, arch: str, ns: Sequence[int], sign: int, need_all: bool) -> _Outcome:
-    """Verdict of a depth-ordering claim on the tasks ``ns``.
+    """Outcome of a depth-ordering claim on the tasks ``ns``.
 
     ``sign`` +1: deeper is more complex (rho > 0); -1: shallower is (rho < 0).
-    ``need_all``: the claim says "always" (every readable n must agree), else
-    the claim holds when the mean rho has the sign and more than half of the n agree.
-    Unreadable (saturated) n are counted: with any of them a holding claim is
-    only partly reproduced; with all of them nothing is measured.
+    ``need_all``: the claim says "always" (its parts are the tasks: every n must agree),
+    else the claim holds when the mean rho has the sign and more than half of the n agree.
+    Preconditions: at least ``THRESHOLDS["min_points_rank"]`` depths (Spearman rho over two
+    depths is always +-1), and an interval of the mean rho over the tasks that excludes 0
+    (t interval over the tasks; the Fisher-z interval of rho with one task).
     """
     sel = order[(order.arch == arch) & order.task_n.isin(list(ns))].sort_values("task_n")
     if sel.empty or sel.depths.max() < 2:
-        return _Outcome(NOT_MEASURED, f"{arch}: fewer than two depths on tasks {list(ns)}.")
-    read = sel[sel.readable]
-    unread = len(sel) - len(read)
+        return _Outcome(None, f"{arch}: fewer than two depths on tasks {list(ns)}.")
     per_n = "; ".join(f"n={int(r.task_n)}: ρ={r.rho:+.2f}" + ("" if r.readable else " (saturated)")
                       for r in sel.itertuples())
-    if read.empty:
-        return _Outcome(NOT_MEASURED,
-                        f"all {len(sel)} tasks have an estimate at log2 n: no ordering readable ({per_n}).")
-    agree = (sign * read.rho.fillna(0.0)) > 0
+    rhos = sel.rho.fillna(0.0).to_numpy(float)
+    agree = (sign * rhos) > 0
     frac = float(agree.mean())
-    mean_rho = float(read.rho.fillna(0.0).mean())
+    if len(rhos) >= 2:
+        mean_rho, lo, hi = mean_ci(rhos)
+    else:
+        r0 = sel.iloc[0]
+        mean_rho, lo, hi = float(rhos[0]), float(r0.rho_low), float(r0.rho_high)
+    pre = (enough("depths for a rank correlation", int(sel.depths.min()), int(THRESHOLDS["min_points_rank"])),
+           excludes_zero("mean ρ(depth, H)", lo, hi))
+    parts: tuple[tuple[str, bool], ...] = ()
     if need_all:
-        holds, partly = frac == 1.0, frac > 0.5
+        holds = frac == 1.0
+        parts = tuple((f"n={int(n)}", bool(a)) for n, a in zip(sel.task_n, agree))
     else:
         holds = sign * mean_rho > 0 and frac > 0.5
-        partly = sign * mean_rho > 0 or frac > 0
-    v = verdict(holds, partly)
-    if v == REPRODUCED and unread:
-        v = PARTLY
     text = (f"Spearman ρ(depth, H) over {int(sel.depths.max())} depths per task: {per_n}. "
-            f"Sign as claimed on {int(agree.sum())}/{len(read)} readable tasks, mean ρ = {mean_rho:+.2f}"
-            + (f"; {unread} task(s) saturated (unreadable)." if unread else "."))
-    return _Outcome(v, text)
+            f"Sign as claimed on {int(agree.sum())}/{len(sel)} tasks, mean ρ = {fmt_ci(mean_rho, lo, hi)}.")
+    return _Outcome(bool(holds), text, parts, pre)
 
 
-def _shape(shapes: pd.DataFrame, arch: str, column: str) -> _Outcome:
-    """Verdict of a curve-shape claim: holds on more than half of the readable depths, partly on at least one."""
+def _shape(shapes: pd.DataFrame, table: pd.DataFrame, arch: str, column: str) -> _Outcome:
+    """Outcome of a curve-shape claim; its parts are the depths (the shape must hold at each).
+
+    Preconditions: at least ``THRESHOLDS["min_points_rank"]`` task complexities per curve, and the
+    difference that decides each depth (H at the maximum minus H at the smallest n for
+    ``rises_first``, minus H at the largest n for ``rise_then_fall``) with a 95% Welch interval
+    over seeds that excludes 0 at every depth.
+    """
     sel = shapes[shapes.arch == arch].sort_values("depth")
     if sel.empty:
-        return _Outcome(NOT_MEASURED, f"{arch}: no curve with at least three task complexities.")
-    read = sel[sel.readable]
-    unread = len(sel) - len(read)
+        return _Outcome(None, f"{arch}: no curve with at least three task complexities.")
+    at = table[table.arch == arch]
+    intervals = []
+    for r in sel.itertuples():
+        g = at[at.depth == r.depth].set_index("task_n").sort_index()
+        top, other = g.loc[r.n_at_max], g.iloc[0] if column == "rises_first" else g.iloc[-1]
+        intervals.append(_welch(float(top.H), float(top.H_sd), int(top.seeds),
+                                float(other.H), float(other.H_sd), int(other.seeds)))
     per_depth = "; ".join(
         f"depth {int(r.depth)}: H {r.H_first:.2f} → max {r.H_max:.2f} at n={int(r.n_at_max)} → {r.H_last:.2f}"
-        + ("" if r.readable else " (saturated)") for r in sel.itertuples())
-    if read.empty:
-        return _Outcome(NOT_MEASURED, f"every curve touches log2 n: shape unreadable ({per_depth}).")
-    k = int(read[column].sum())
-    v = verdict(k > len(read) / 2, k > 0)
-    if v == REPRODUCED and unread:
-        v = PARTLY
-    text = f"{per_depth}. Holds for {k}/{len(read)} readable depths" + (
-        f"; {unread} depth(s) saturated (unreadable)." if unread else ".")
-    return _Outcome(v, text)
+        + (f" (deciding difference [{lo:.2f}, {hi:.2f}])" if np.isfinite(lo) else "")
+        for r, (lo, hi) in zip(sel.itertuples(), intervals))
+    decided = [bool(np.isfinite(lo) and (lo > 0 or hi < 0)) for lo, hi in intervals]
+    n_points = int(at.groupby("depth").task_n.nunique().min())
+    pre = (enough("task complexities per curve", n_points, int(THRESHOLDS["min_points_rank"])),
+           Precondition("deciding difference per depth: interval excludes 0", "95% Welch CI over seeds not "
+                        "containing 0 at every depth", f"{sum(decided)}/{len(decided)} depths", all(decided),
+                        "interval"))
+    parts = tuple((f"depth {int(r.depth)}", bool(getattr(r, column))) for r in sel.itertuples())
+    k = sum(h for _, h in parts)
+    text = f"{per_depth}. Holds for {k}/{len(parts)} depths."
+    return _Outcome(k == len(parts), text, parts, pre)
 
 
 def findings(table: pd.DataFrame, alpha: float | None, tol: float, setting: str) -> list[Finding]:
@@ -437,10 +476,12 @@ def findings(table: pd.DataFrame, alpha: float | None, tol: float, setting: str)
     largest third of the n values (:func:`n_groups`).  Stacked (1): mean
     Spearman ρ(depth, H) over the low tasks > 0 with more than half of them
     positive; stacked (2): the same with ρ < 0 over the high tasks; residual (1):
-    ρ > 0 at every task; residual (2)/(3): :func:`curve_shapes` with tolerance
-    ``tol`` bits, on more than half of the depths.  Saturated estimates make a
-    task (or curve) unreadable; ``alpha`` None (every alpha saturated) gives
-    "not measured" everywhere.
+    ρ > 0 at every task (its parts); residual (2)/(3): :func:`curve_shapes` with
+    tolerance ``tol`` bits, at every depth (its parts).  Preconditions of each verdict
+    (besides those of :func:`_ordering` / :func:`_shape`): the target fits of the
+    architecture learned (held-out R² >= ``THRESHOLDS["min_r2"]``), every H has headroom
+    below log2 n, and at least ``THRESHOLDS["min_seeds_point"]`` seeds per point.
+    ``alpha`` None (every alpha saturated) gives "not measured" everywhere.
     """
     claims = [
         ("stacked_1", "Sec. 4.2 / Fig. 5 left, stacked (1): for tasks of low complexity, deep MLPs learn more "
@@ -464,7 +505,7 @@ def findings(table: pd.DataFrame, alpha: float | None, tol: float, setting: str)
     criteria = {
         "stacked_1": f"criterion: on the low tasks n ∈ {low}, mean ρ(depth, H) > 0 and ρ > 0 on more than half",
         "stacked_2": f"criterion: on the high tasks n ∈ {high}, mean ρ(depth, H) < 0 and ρ < 0 on more than half",
-        "residual_1": "criterion: ρ(depth, H) > 0 on every task (on more than half: partly)",
+        "residual_1": "criterion: ρ(depth, H) > 0 on every task",
         "residual_2": f"criterion: per depth, max of H over n not at the smallest n and above H there by > {tol:g} bit",
         "residual_3": f"criterion: per depth, max of H over n at an interior n and H at the largest n below it by "
                       f"> {tol:g} bit",
@@ -473,13 +514,27 @@ def findings(table: pd.DataFrame, alpha: float | None, tol: float, setting: str)
         "stacked_1": _ordering(order, "stacked", low, +1, need_all=False),
         "stacked_2": _ordering(order, "stacked", high, -1, need_all=False),
         "residual_1": _ordering(order, "residual", sorted(at.task_n.unique()), +1, need_all=True),
-        "residual_2": _shape(shapes, "residual", "rises_first"),
-        "residual_3": _shape(shapes, "residual", "rise_then_fall"),
+        "residual_2": _shape(shapes, at, "residual", "rises_first"),
+        "residual_3": _shape(shapes, at, "residual", "rise_then_fall"),
     }
+    common: dict[str, list[Precondition]] = {}
+    for arch, g in at.groupby("arch"):
+        ceiling = float(g.ceiling.iloc[0])
+        common[str(arch)] = [
+            fitted(f"{arch} target MLPs", g.r2.tolist()),
+            headroom(f"H of the {arch} targets", g.H.tolist(), ceiling),
+            enough("seeds per (depth, task) point", int(g.seeds.min()), int(THRESHOLDS["min_seeds_point"])),
+        ]
     fit = at.groupby("arch").r2.median()
     fits = ", ".join(f"{a} median R² {r:.2f}" for a, r in fit.items())
-    return [Finding(k, CHAPTER, c, f"[α = {alpha:g}; {fits}; {criteria[k]}] {outcomes[k].measured}",
-                    outcomes[k].verdict, setting) for k, c in claims]
+    out = []
+    for k, c in claims:
+        o = outcomes[k]
+        pre = [*common.get(k.split("_")[0], []), *o.preconditions]
+        v, parts = judged(o.holds, pre, o.parts)
+        out.append(Finding(k, CHAPTER, c, f"[α = {alpha:g}; {fits}; {criteria[k]}] {o.measured}", v, setting,
+                           preconditions=pre, parts=parts))
+    return out
 
 
 def verdicts_by_alpha(table: pd.DataFrame, tol: float) -> pd.DataFrame:

@@ -1,16 +1,31 @@
-"""The reproduction report: every chapter's findings in one table, plus run times."""
+"""The reproduction report: every chapter's findings, claims and sanity checks apart, plus run times.
+
+Verdicts are on the scale of :data:`tcomplex.experiments.report.VERDICTS`; an *inconclusive*
+row shows which precondition failed and with what number, the setting of each chapter is shown
+once, and every network whose accuracy gates a verdict is listed with its threshold.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import platform
 from pathlib import Path
 
 import pandas as pd
 
-from tcomplex.experiments.report import NOT_MEASURED, NOT_REPRODUCED, PARTLY, REPRODUCED, load_findings
+from tcomplex.experiments.report import (
+    ACCURACY_FLOORS,
+    PAPER_ACCURACY,
+    THRESHOLD_TEXT,
+    THRESHOLDS,
+    VERDICTS,
+    load_findings,
+    networks_table,
+)
 
-__all__ = ["CHAPTERS", "collect", "verdict_counts", "runtimes", "machine"]
+__all__ = ["CHAPTERS", "VERDICT_ORDER", "collect", "verdict_counts", "claims_table", "sanity_table",
+           "settings_table", "networks", "thresholds_table", "accuracy_thresholds_table", "runtimes", "machine"]
 
 #: chapter notebook -> title, in book order
 CHAPTERS = {
@@ -21,7 +36,7 @@ CHAPTERS = {
     "05_minimum_complexity": "5. Minimum complexity",
     "06_appendix": "6. Appendix",
 }
-VERDICT_ORDER = [REPRODUCED, PARTLY, NOT_REPRODUCED, NOT_MEASURED]
+VERDICT_ORDER = list(VERDICTS)
 
 
 def collect(results_dir: str | Path) -> tuple[pd.DataFrame, list[str]]:
@@ -29,19 +44,98 @@ def collect(results_dir: str | Path) -> tuple[pd.DataFrame, list[str]]:
     df = load_findings(results_dir)
     missing = [c for c in CHAPTERS if c not in set(df.chapter)]
     if df.empty:
-        return df, missing
+        return df.assign(section=pd.Series(dtype=str)), missing
     df = df.assign(_order=df.chapter.map({c: i for i, c in enumerate(CHAPTERS)}).fillna(len(CHAPTERS)))
     df = df.sort_values("_order", kind="stable").drop(columns="_order").reset_index(drop=True)
     df.insert(1, "section", df.chapter.map(CHAPTERS).fillna(df.chapter))
     return df, missing
 
 
-def verdict_counts(df: pd.DataFrame) -> pd.DataFrame:
-    """Number of findings per chapter and verdict."""
+def verdict_counts(df: pd.DataFrame, kind: str | None = "claim") -> pd.DataFrame:
+    """Number of findings per chapter and verdict (columns in :data:`VERDICT_ORDER`, plus a total row);
+    ``kind``: only claims (default), only sanity checks, or None for both."""
+    if not df.empty and kind is not None:
+        df = df[df.kind == kind]
     if df.empty:
         return pd.DataFrame(columns=["section", *VERDICT_ORDER])
     t = pd.crosstab(df.section, df.verdict).reindex(columns=VERDICT_ORDER, fill_value=0)
-    return t.reindex([s for s in CHAPTERS.values() if s in t.index]).reset_index()
+    t = t.reindex([s for s in CHAPTERS.values() if s in t.index] + [s for s in t.index if s not in CHAPTERS.values()])
+    t.loc["total"] = t.sum()
+    return t.astype(int).reset_index().rename(columns={"index": "section"}).rename_axis(columns=None)
+
+
+def _why(row: pd.Series) -> str:
+    """The reason shown beside a verdict: the failed preconditions of an inconclusive row, the
+    parts of a partly reproduced one."""
+    if row.verdict == "inconclusive":
+        return row.failed
+    if row.verdict == "partly reproduced":
+        return row.parts
+    return ""
+
+
+def claims_table(df: pd.DataFrame, kind: str = "claim") -> pd.DataFrame:
+    """The findings of ``kind`` (claims by default) with section, key, claim, measured, verdict and
+    ``why``: for an inconclusive row the failed preconditions with their numbers, for a partly
+    reproduced one the parts that held.  The setting is not repeated here (:func:`settings_table`)."""
+    cols = ["section", "key", "claim", "measured", "verdict", "why"]
+    if df.empty:
+        return pd.DataFrame(columns=cols)
+    sel = df[df.kind == kind]
+    return sel.assign(why=sel.apply(_why, axis=1))[cols].reset_index(drop=True)
+
+
+def sanity_table(df: pd.DataFrame) -> pd.DataFrame:
+    """The sanity checks (identities and consistency checks), apart from the paper's claims."""
+    return claims_table(df, kind="sanity")
+
+
+def settings_table(df: pd.DataFrame) -> pd.DataFrame:
+    """How each chapter's setting differs from the paper's, once per chapter (one row per distinct
+    setting text; ``findings`` names the rows that use it when a chapter has more than one)."""
+    cols = ["section", "setting", "findings"]
+    if df.empty:
+        return pd.DataFrame(columns=cols)
+    out = []
+    for section, g in df.groupby("section", sort=False):
+        texts = g.setting.fillna("").astype(str)
+        distinct = list(dict.fromkeys(texts))
+        for text in distinct:
+            keys = g.key[texts == text].tolist()
+            out.append({"section": section, "setting": text or "the paper's setting",
+                        "findings": "all" if len(distinct) == 1 else ", ".join(keys)})
+    return pd.DataFrame(out, columns=cols)
+
+
+def networks(df: pd.DataFrame) -> pd.DataFrame:
+    """Every network (or regression fit) whose numbers feed a verdict, with its measured accuracy
+    (or R²), threshold and whether it held (:func:`tcomplex.experiments.report.networks_table`)."""
+    t = networks_table(df)
+    if t.empty:
+        return t.rename(columns={"chapter": "section"})
+    t.insert(0, "section", t.chapter.map(CHAPTERS).fillna(t.chapter))
+    return t.drop(columns="chapter")
+
+
+def _fmt(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else f"{v:.3g}"
+
+
+def thresholds_table() -> pd.DataFrame:
+    """Every threshold behind a precondition (:data:`THRESHOLDS`) with what it means."""
+    return pd.DataFrame([{"threshold": k, "value": _fmt(v), "meaning": THRESHOLD_TEXT.get(k, "")}
+                         for k, v in THRESHOLDS.items()])
+
+
+def accuracy_thresholds_table() -> pd.DataFrame:
+    """The test accuracy a network must reach per (model, dataset) from the paper's Table 1
+    (``fraction_of_paper_accuracy`` x the paper's number), and the per-dataset floors used otherwise."""
+    frac = THRESHOLDS["fraction_of_paper_accuracy"]
+    rows = [{"model": m, "dataset": d, "paper accuracy": round(a, 4), "threshold": round(frac * a, 4)}
+            for (m, d), a in PAPER_ACCURACY.items()]
+    rows += [{"model": "any other", "dataset": d, "paper accuracy": math.nan, "threshold": f}
+             for d, f in ACCURACY_FLOORS.items()]
+    return pd.DataFrame(rows)
 
 
 def runtimes(executed_dir: str | Path) -> pd.DataFrame:
