@@ -3,7 +3,8 @@
 Known answers: models whose C_l is the same and whose H varies give r(H, TC) < 0
 with a CI that excludes 0 (reproduced); models whose C_l varies a lot and drags
 TC with it give r > 0 (not reproduced); few models give a CI that includes 0
-(partly); saturated H downgrades a reproduction.  On a tiny network, the KDE
+(inconclusive); saturated H makes a reproduction inconclusive, and so do untrained
+networks and too few models in the findings.  On a tiny network, the KDE
 H + TC equals the kernel cross-entropy C_hat exactly and plug-in H + TC = C_l.
 """
 
@@ -18,7 +19,7 @@ import torch
 from torch import nn
 
 from tcomplex import estimators as est
-from tcomplex.experiments.report import NOT_REPRODUCED, PARTLY, REPRODUCED
+from tcomplex.experiments.report import INCONCLUSIVE, NOT_REPRODUCED, PARTLY, REPRODUCED
 from tcomplex.experiments.studies import disentanglement as st
 
 
@@ -64,15 +65,15 @@ def test_varying_c_gives_positive_r_and_not_reproduced() -> None:
     assert "premise fails" in st.reading(table)
 
 
-def test_few_models_give_partly() -> None:
+def test_few_models_are_inconclusive() -> None:
     h = np.array([7.0, 7.5, 8.0, 7.2, 7.9])
     tc = np.array([3.0, 3.2, 2.0, 2.4, 2.9])  # weakly negative
     row = st.correlation_table(_measures(h, tc, h + tc)).iloc[0]
     assert row.r < 0 and row.r_high > 0
-    assert row.verdict == PARTLY
+    assert row.verdict == INCONCLUSIVE
 
 
-def test_saturation_downgrades_a_reproduction() -> None:
+def test_saturation_makes_a_reproduction_inconclusive() -> None:
     rng = np.random.default_rng(2)
     h = rng.uniform(6, 9, 21)
     tc = 50 - h
@@ -80,28 +81,61 @@ def test_saturation_downgrades_a_reproduction() -> None:
     sat[:3] = True
     row = st.correlation_table(_measures(h, tc, np.full(21, 50.0), saturated=sat)).iloc[0]
     assert row.r < 0 and row.r_high < 0 and row.H_saturated == 3
-    assert row.verdict == PARTLY
+    assert row.verdict == INCONCLUSIVE
 
 
 def test_group_verdict_edge_cases() -> None:
-    assert st.group_verdict(math.nan, math.nan, 0) == NOT_REPRODUCED
-    assert st.group_verdict(0.0, 0.5, 0) == NOT_REPRODUCED
-    assert st.group_verdict(-0.9, -0.5, 0) == REPRODUCED
-    assert st.group_verdict(-0.9, 0.1, 0) == PARTLY
+    assert st.group_verdict(math.nan, math.nan, math.nan, 0) == INCONCLUSIVE
+    assert st.group_verdict(0.0, -0.5, 0.5, 0) == INCONCLUSIVE
+    assert st.group_verdict(0.8, 0.3, 0.95, 0) == NOT_REPRODUCED
+    assert st.group_verdict(-0.9, -0.97, -0.5, 0) == REPRODUCED
+    assert st.group_verdict(-0.9, -0.97, 0.1, 0) == INCONCLUSIVE
+    assert st.group_verdict(-0.9, -0.97, -0.5, 2) == INCONCLUSIVE
+
+
+def _rows(accuracies: dict[str, list[float]], dataset: str = "mnist") -> pd.DataFrame:
+    """Training rows (long format) with one final test accuracy per model and seed."""
+    return pd.DataFrame([{"run_id": f"{m}-{i}", "model": m, "dataset": dataset, "seed": i, "epoch": 2,
+                          "layer": "__all__", "metric": "test_acc", "value": a}
+                         for m, accs in accuracies.items() for i, a in enumerate(accs)])
 
 
 def test_findings_overall() -> None:
     rng = np.random.default_rng(3)
     h = rng.uniform(6, 9, 21)
-    good = _measures(h, 50 - h + rng.normal(0, 0.05, 21), np.full(21, 50.0), model="a")
-    bad = _measures(h, 10 + h, 10 + 2 * h, model="b")
-    found = st.findings(st.correlation_table(pd.concat([good, bad])), "setting")
+    good = _measures(h, 50 - h + rng.normal(0, 0.05, 21), np.full(21, 50.0), model="a", n=2000)
+    bad = _measures(h, 10 + h, 10 + 2 * h, model="b", n=2000)
+    rows = _rows({"a": [0.97] * 21, "b": [0.97] * 21})
+    found = st.findings(st.correlation_table(pd.concat([good, bad])), "setting", rows)
     assert [f.key for f in found] == ["fig2_a_l3", "fig2_b_l3", "fig2_overall"]
     assert [f.verdict for f in found] == [REPRODUCED, NOT_REPRODUCED, PARTLY]
-    all_good = st.findings(st.correlation_table(good), "")
+    assert all(not f.failed for f in found) and "a l=3" in found[-1].parts.split(";")[0]
+    all_good = st.findings(st.correlation_table(pd.concat([good, good.assign(l=4)])), "", rows)
     assert all_good[-1].verdict == REPRODUCED
-    all_bad = st.findings(st.correlation_table(bad), "")
+    all_bad = st.findings(st.correlation_table(pd.concat([bad, bad.assign(l=4)])), "", rows)
     assert all_bad[-1].verdict == NOT_REPRODUCED
+
+
+def test_findings_are_inconclusive_without_their_preconditions() -> None:
+    rng = np.random.default_rng(3)
+    h = rng.uniform(6, 9, 21)
+    good = _measures(h, 50 - h + rng.normal(0, 0.05, 21), np.full(21, 50.0), model="a", n=2000)
+    table = st.correlation_table(good)
+    # an untrained network (test accuracy at chance) cannot support a reproduction
+    (f, overall) = st.findings(table, "", _rows({"a": [0.97] * 20 + [0.11]}))
+    assert f.verdict == INCONCLUSIVE and [p.name for p in f.failed] == ["a on mnist learned"]
+    assert overall.verdict == INCONCLUSIVE  # fewer than two conclusive groups
+    # without the training rows the accuracy is not measured: inconclusive, not reproduced
+    assert st.findings(table, "")[0].verdict == INCONCLUSIVE
+    # a saturated estimator: every H within 0.5 bit of log2 n (n = 512 -> 9 bits)
+    sat = st.correlation_table(_measures(h, 50 - h, np.full(21, 50.0), model="a", n=512))
+    f = st.findings(sat, "", _rows({"a": [0.97] * 21}))[0]
+    assert f.verdict == INCONCLUSIVE and "has headroom" in f.failed[0].name
+    # too few models: 9 < min_seeds_correlation, although r's interval excludes 0
+    few = st.correlation_table(_measures(h[:9], 50 - h[:9], np.full(9, 50.0), model="a", n=2000))
+    f = st.findings(few, "", _rows({"a": [0.97] * 9}))[0]
+    assert few.r_high.iloc[0] < 0
+    assert f.verdict == INCONCLUSIVE and [p.name for p in f.failed] == ["enough models (seeds)"]
 
 
 class _Tiny(nn.Module):

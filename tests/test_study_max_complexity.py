@@ -8,12 +8,12 @@ import math
 import pandas as pd
 import pytest
 
-from tcomplex.experiments.report import NOT_MEASURED, NOT_REPRODUCED, PARTLY, REPRODUCED
+from tcomplex.experiments.report import INCONCLUSIVE, NOT_MEASURED, NOT_REPRODUCED, PARTLY, REPRODUCED
 from tcomplex.experiments.studies import max_complexity as mc
 
 NS = [0, 1, 2, 4, 8, 16, 31]
 DEPTHS = [6, 12, 18, 24]
-CEIL = math.log2(300)
+CEIL = math.log2(2000)
 
 
 def _stacked_h(depth: int, n: int) -> float:
@@ -28,15 +28,17 @@ def _residual_h(depth: int, n: int) -> float:
     return 2.0 + depth / 6 + bump
 
 
-def _table(stacked=_stacked_h, residual=_residual_h, alpha: float = 0.03, saturate=lambda arch, d, n: False):
+def _table(stacked=_stacked_h, residual=_residual_h, alpha: float = 0.03, saturate=lambda arch, d, n: False,
+           seeds: int = 2, r2: float = 0.9):
     rows = []
     for arch, f in (("stacked", stacked), ("residual", residual)):
         for d in DEPTHS:
             for n in NS:
                 sat = saturate(arch, d, n)
                 rows.append({"alpha": alpha, "arch": arch, "depth": d, "task_n": n,
-                             "H": CEIL if sat else f(d, n), "H_sd": float("nan"), "seeds": 1,
-                             "saturated": sat, "ceiling": CEIL, "test_mse": 0.1, "r2": 0.9, "rate_mean": 0.4})
+                             "H": CEIL if sat else f(d, n), "H_sd": 0.05 if seeds > 1 else float("nan"),
+                             "seeds": seeds, "saturated": sat, "ceiling": CEIL, "test_mse": 0.1, "r2": r2,
+                             "rate_mean": 0.4})
     return pd.DataFrame(rows)
 
 
@@ -68,26 +70,38 @@ def test_monotone_rise_is_claim_2_but_not_claim_3():
     assert v["residual_3"] == NOT_REPRODUCED
 
 
-def test_everything_at_the_ceiling_is_not_measured():
+def test_everything_at_the_ceiling_is_inconclusive():
     v = _verdicts(_table(saturate=lambda arch, d, n: True))
-    assert set(v.values()) == {NOT_MEASURED}
+    assert set(v.values()) == {INCONCLUSIVE}
 
 
-def test_partial_saturation_downgrades_a_holding_claim_to_partly():
-    # the deepest stacked net saturates at n = 0: that task is unreadable, n = 1 still shows deeper > shallower
+def test_one_estimate_at_the_ceiling_makes_its_architecture_inconclusive():
+    # the deepest stacked net saturates at n = 0: the stacked claims lose their headroom, the residual ones not
     v = _verdicts(_table(saturate=lambda arch, d, n: arch == "stacked" and d == 24 and n == 0))
-    assert v["stacked_1"] == PARTLY
-    assert v["stacked_2"] == REPRODUCED
-    # one residual curve touches the ceiling: the others still rise then fall
-    v = _verdicts(_table(saturate=lambda arch, d, n: arch == "residual" and d == 24 and n == 8))
-    assert v["residual_3"] == PARTLY
-    assert v["residual_1"] == PARTLY
+    assert v["stacked_1"] == INCONCLUSIVE and v["stacked_2"] == INCONCLUSIVE
+    assert v["residual_1"] == REPRODUCED and v["residual_3"] == REPRODUCED
+
+
+def test_untrained_targets_too_few_seeds_and_two_depths_are_inconclusive():
+    failed = {f.key: [p.name for p in f.failed] for f in mc.findings(_table(r2=-0.98), 0.03, 0.1, "")}
+    assert all(names[0].endswith("target MLPs fitted") for names in failed.values())
+    found = mc.findings(_table(seeds=1), 0.03, 0.1, "")
+    assert {f.verdict for f in found} == {INCONCLUSIVE}
+    assert all("enough seeds per (depth, task) point" in [p.name for p in f.failed] for f in found)
+    # two depths: Spearman rho is +-1 whatever the data; the ordering claims need min_points_rank depths
+    two = _table()
+    found = {f.key: f for f in mc.findings(two[two.depth.isin([6, 12])], 0.03, 0.1, "")}
+    for key in ("stacked_1", "stacked_2", "residual_1"):
+        assert found[key].verdict == INCONCLUSIVE
+        assert [p.name for p in found[key].failed] == ["enough depths for a rank correlation"]
 
 
 def test_always_means_every_task():
-    # deeper is more complex everywhere except at n = 31
-    v = _verdicts(_table(residual=lambda d, n: _residual_h(d, n) if n != 31 else 5 - d / 6))
-    assert v["residual_1"] == PARTLY
+    # deeper is more complex everywhere except at n = 31: partly, and the row names the task that failed
+    found = {f.key: f for f in mc.findings(
+        _table(residual=lambda d, n: _residual_h(d, n) if n != 31 else 5 - d / 6), 0.03, 0.1, "")}
+    assert found["residual_1"].verdict == PARTLY
+    assert found["residual_1"].parts.endswith("not held: n=31")
 
 
 def test_no_alpha_means_not_measured():
@@ -118,7 +132,7 @@ def test_choose_alpha_skips_saturated_alphas():
     assert mc.choose_alpha(sat, [0.01], max_saturated=0.1) is None
     by_alpha = mc.verdicts_by_alpha(both, tol=0.1).set_index("alpha")
     assert by_alpha.loc[0.01, "saturated_fraction"] == 1.0
-    assert by_alpha.loc[0.01, "stacked_1"] == NOT_MEASURED
+    assert by_alpha.loc[0.01, "stacked_1"] == INCONCLUSIVE
     assert by_alpha.loc[0.03, "residual_3"] == REPRODUCED
 
 

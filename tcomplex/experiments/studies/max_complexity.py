@@ -438,10 +438,11 @@ def _ordering(order: pd.DataFrame, arch: str, ns: Sequence[int], sign: int, need
 def _shape(shapes: pd.DataFrame, table: pd.DataFrame, arch: str, column: str) -> _Outcome:
     """Outcome of a curve-shape claim; its parts are the depths (the shape must hold at each).
 
-    Preconditions: at least ``THRESHOLDS["min_points_rank"]`` task complexities per curve, and the
-    difference that decides each depth (H at the maximum minus H at the smallest n for
-    ``rises_first``, minus H at the largest n for ``rise_then_fall``) with a 95% Welch interval
-    over seeds that excludes 0 at every depth.
+    Preconditions: at least ``THRESHOLDS["min_points_rank"]`` task complexities per curve, and,
+    at every depth where the shape holds, the difference that decides it (H at the maximum minus
+    H at the smallest n for ``rises_first``, minus H at the largest n for ``rise_then_fall``) with
+    a 95% Welch interval over seeds above 0 (the claimed sign; a depth where the shape does not
+    hold claims no sign).
     """
     sel = shapes[shapes.arch == arch].sort_values("depth")
     if sel.empty:
@@ -457,13 +458,14 @@ def _shape(shapes: pd.DataFrame, table: pd.DataFrame, arch: str, column: str) ->
         f"depth {int(r.depth)}: H {r.H_first:.2f} → max {r.H_max:.2f} at n={int(r.n_at_max)} → {r.H_last:.2f}"
         + (f" (deciding difference [{lo:.2f}, {hi:.2f}])" if np.isfinite(lo) else "")
         for r, (lo, hi) in zip(sel.itertuples(), intervals))
-    decided = [bool(np.isfinite(lo) and (lo > 0 or hi < 0)) for lo, hi in intervals]
+    parts = tuple((f"depth {int(r.depth)}", bool(getattr(r, column))) for r in sel.itertuples())
+    # the claimed sign (a rise, a fall) needs its interval wherever the shape is read as holding
+    decided = [bool(np.isfinite(lo) and lo > 0) for (lo, _), (_, held) in zip(intervals, parts) if held]
     n_points = int(at.groupby("depth").task_n.nunique().min())
     pre = (enough("task complexities per curve", n_points, int(THRESHOLDS["min_points_rank"])),
-           Precondition("deciding difference per depth: interval excludes 0", "95% Welch CI over seeds not "
-                        "containing 0 at every depth", f"{sum(decided)}/{len(decided)} depths", all(decided),
-                        "interval"))
-    parts = tuple((f"depth {int(r.depth)}", bool(getattr(r, column))) for r in sel.itertuples())
+           Precondition("deciding difference where the shape holds: interval above 0",
+                        "95% Welch CI over seeds above 0 at every depth where the shape holds",
+                        f"{sum(decided)}/{len(decided)} depths", all(decided), "interval"))
     k = sum(h for _, h in parts)
     text = f"{per_depth}. Holds for {k}/{len(parts)} depths."
     return _Outcome(k == len(parts), text, parts, pre)
