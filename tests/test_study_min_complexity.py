@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from tcomplex.experiments.report import NOT_MEASURED, NOT_REPRODUCED, PARTLY, REPRODUCED  # noqa: E402
+from tcomplex.experiments.report import INCONCLUSIVE, NOT_MEASURED, NOT_REPRODUCED, PARTLY, REPRODUCED  # noqa: E402
 from tcomplex.experiments.studies import min_complexity as mc  # noqa: E402
 
 LAMS = [0.0, 1e-4, 1e-3, 1e-2]
@@ -133,6 +133,32 @@ def test_findings_cover_every_model_and_claim():
     verdicts = {f.key: f.verdict for f in found}
     assert verdicts["H_pen:resmlp10"] == REPRODUCED and verdicts["test_loss:resmlp10"] == REPRODUCED
     assert verdicts["H_pen:resnet20"] == NOT_REPRODUCED
+    # the penalised H falling is the penalised quantity: a sanity check, not a claim
+    assert {f.key for f in found if f.kind == "sanity"} == {"H_pen:resmlp10", "H_pen:resnet20"}
+    # I(X;Σ;Y) at 3.3 bits sits within the margin of log2 10: inconclusive, not reproduced
+    assert verdicts["I_XSY:resmlp10"] == INCONCLUSIVE
+
+
+def test_findings_need_trained_networks_and_seeds():
+    values = {"H_pen": [7, 5, 3, 1], "I_XSY": [2.5, 2.2, 1.8, 1.0], "loss_gap": [0.9, 0.8, 0.7, 0.6],
+              "test_loss": [1.0, 0.9, 0.8, 1.2]}
+    ok = {f.key: f for f in mc.findings(synthetic_runs(values, noise=0.01), "")}
+    assert all(ok[k].verdict == REPRODUCED and not ok[k].failed
+               for k in ("I_XSY:resmlp10", "loss_gap:resmlp10", "test_loss:resmlp10"))
+    # ResNet-20 of the offline book: chance accuracy at large λ; every claim becomes inconclusive
+    dead = synthetic_runs({**values, "test_acc": [0.44, 0.3, 0.1, 0.1]}, noise=0.01)
+    found = {f.key: f for f in mc.findings(dead, "")}
+    for k in ("I_XSY:resmlp10", "loss_gap:resmlp10", "test_loss:resmlp10"):
+        assert found[k].verdict == INCONCLUSIVE
+        assert found[k].failed[0].name == "resmlp10 on fashion_mnist (every λ) learned"
+    # one seed per λ: "reproduced from one seed" is no longer possible
+    one = {f.key: f for f in mc.findings(synthetic_runs(values, seeds=(0,), noise=0.01), "")}
+    assert one["test_loss:resmlp10"].verdict == INCONCLUSIVE
+    assert "enough seeds per λ" in [p.name for p in one["test_loss:resmlp10"].failed]
+    # a loss gap that is ~0 at λ = 0 cannot shrink: the claim cannot be tested there
+    flat = synthetic_runs({**values, "loss_gap": [0.0, 0.0, 0.0, 0.0]}, noise=0.01)
+    f = {f.key: f for f in mc.findings(flat, "")}["loss_gap:resmlp10"]
+    assert f.verdict == INCONCLUSIVE and f.failed[0].name.startswith("loss gap at λ = 0")
 
 
 def test_authors_comparison_puts_their_ends_beside_ours():
