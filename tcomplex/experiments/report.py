@@ -49,6 +49,7 @@ __all__ = [
     "mean_ci",
     "diff_ci",
     "spearman_ci",
+    "fisher_ci",
     "fmt_ci",
     "judged",
     "THRESHOLD_TEXT",
@@ -330,11 +331,21 @@ def spearman_ci(x: Sequence[float], y: Sequence[float], conf: float | None = Non
     if n < 2 or np.ptp(xs) == 0 or np.ptp(ys) == 0:
         return math.nan, math.nan, math.nan
     rho = float(stats.spearmanr(xs, ys)[0])
-    if n < 4:
-        return rho, math.nan, math.nan
-    z = math.atanh(max(min(rho, 0.999999), -0.999999))
-    half = float(stats.norm.ppf(0.5 + conf / 2)) * 1.03 / math.sqrt(n - 3)
-    return rho, math.tanh(z - half), math.tanh(z + half)
+    return (rho, *fisher_ci(rho, n, conf, rank=True))
+
+
+def fisher_ci(r: float, n: int, conf: float | None = None, rank: bool = False) -> tuple[float, float]:
+    """Fisher-z confidence interval of a correlation ``r`` over ``n`` points: standard error
+    1 / sqrt(n - 3) for Pearson, 1.03 / sqrt(n - 3) for Spearman (``rank``; Fieller et al. 1957).
+    (NaN, NaN) with fewer than 4 points or an undefined ``r``."""
+    from scipy import stats
+
+    conf = THRESHOLDS["confidence"] if conf is None else conf
+    if n < 4 or not np.isfinite(r):
+        return math.nan, math.nan
+    z = math.atanh(max(min(r, 0.999999), -0.999999))
+    half = float(stats.norm.ppf(0.5 + conf / 2)) * (1.03 if rank else 1.0) / math.sqrt(n - 3)
+    return math.tanh(z - half), math.tanh(z + half)
 
 
 def fmt_ci(value: float, low: float, high: float, digits: int = 2) -> str:

@@ -58,6 +58,7 @@ from tcomplex.experiments.report import (
     Finding,
     Precondition,
     enough,
+    fisher_ci,
     headroom,
     judge,
     learned,
@@ -310,13 +311,7 @@ def trend_consistency(metrics: pd.DataFrame, metric: str, threshold: float = RHO
         wide = g.pivot_table(index="epoch", columns="alpha", values="value").sort_index()
         for a, b in itertools.combinations(usable, 2):
             rho = _spearman(wide[a].to_numpy(), wide[b].to_numpy())
-            n = len(wide)
-            if n >= 4:
-                z = math.atanh(max(min(rho, 0.999999), -0.999999))
-                half = 1.959964 * 1.03 / math.sqrt(n - 3)
-                lo, hi = math.tanh(z - half), math.tanh(z + half)
-            else:
-                lo, hi = math.nan, math.nan
+            lo, hi = fisher_ci(rho, len(wide), rank=True)
             pairs.append({"seed": seed, "alpha_a": a, "alpha_b": b, "rho": rho, "low": lo, "high": hi})
     pairs = pd.DataFrame(pairs, columns=["seed", "alpha_a", "alpha_b", "rho", "low", "high"])
     worst = pairs.loc[pairs.rho.idxmin()] if len(pairs) else None

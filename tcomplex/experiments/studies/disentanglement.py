@@ -397,7 +397,7 @@ def findings(table: pd.DataFrame, setting: str, rows: pd.DataFrame | None = None
         sat = f"; {row.H_saturated} KDE H estimates saturated" if row.H_saturated else ""
         part = f"; r(H, TC | C_l) = {row.r_given_C:.2f}" if np.isfinite(row.r_given_C) else ""
         pre = group_preconditions(row, accuracies)
-        v = judge(bool(np.isfinite(row.r) and row.r < 0), pre) if np.isfinite(row.r) else judge(False, pre)
+        v = judge(bool(row.r < 0), pre)  # an undefined r fails its interval precondition
         if v != INCONCLUSIVE:
             conclusive.append((f"{row.model} l={row.l}", v == REPRODUCED))
         found.append(Finding(

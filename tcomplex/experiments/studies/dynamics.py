@@ -49,9 +49,7 @@ from tcomplex.experiments import data as data_mod
 from tcomplex.experiments import models as models_mod
 from tcomplex.experiments.report import (
     NOT_MEASURED,
-    NOT_REPRODUCED,
     PARTLY,
-    REPRODUCED,
     THRESHOLDS,
     Finding,
     Precondition,
