@@ -110,8 +110,9 @@ THRESHOLDS: dict[str, float] = {
     "headroom_bits": 0.5,
     # I(X;Σ;Y) (Eq. 4) is at most log2(#classes); the same relative margin (0.5 of 10.97 bits)
     "headroom_fraction_classes": 0.5 / math.log2(2000),
-    # a correlation over models/seeds (Figure 2): Fisher-z intervals need n >= 4, and with n < 10 the 95%
-    # interval of even r = -0.6 reaches past 0 (half-width 1.96/sqrt(n-3) in z); the paper used 21
+    # a correlation over models/seeds (Figure 2): with n models the 95% Fisher-z interval excludes 0 only
+    # for |r| > tanh(1.96/sqrt(n-3)): 0.81 at n = 6, 0.63 at n = 10, 0.44 at n = 21 (the paper's n); 10 is
+    # the fewest at which a strong correlation (|r| ~ 0.65) can be told from none
     "min_seeds_correlation": 10,
     # a curve's shape (training dynamics) or a difference between settings: seeds per curve / per arm; 3 is
     # the fewest for which a t interval over seeds has a finite, usable width (t_0.975 with 2 df = 4.3)
