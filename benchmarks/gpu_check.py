@@ -86,8 +86,9 @@ SPLIT_SIZES = {
 APPROXIMATE_SPLITS = ("voc2012_crops",)
 
 
-class SectionTimeout(Exception):
-    """A section ran past its budget plus the grace period."""
+class SectionTimeout(BaseException):
+    """A section ran past its budget plus the grace period (a BaseException, so that no
+    ``except Exception`` inside a section swallows it)."""
 
 
 class Budget:
@@ -117,6 +118,7 @@ class Check:
         self.cuda = self.device.type == "cuda"
         self.out = Path(args.out)
         self.cache: dict[str, Any] = {}  # throughputs measured by one section and reused by another
+        self.partial: dict[str, Any] = {}  # what a section measured so far, kept if it fails later
 
     def sync(self) -> None:
         if self.cuda:
@@ -313,62 +315,80 @@ def section_estimators(ck: Check, budget: Budget) -> dict[str, Any]:
     # -- timings ---------------------------------------------------------------------
     rows: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []
+    interrupted = False
     per_unit: float | None = None  # seconds per (n^2 d) of one repeat of the three contenders, measured
     for d in dims:
-        reps = 1 if ck.tiny else 3 if d <= 200_000 else 2
+        reps = 1 if ck.tiny or d > 1_000_000 else 3
         if per_unit is not None:
             predicted = per_unit * n * n * d * (reps + 1) + 1e-9 * n * d * 5  # + generation
             if not budget.allows(predicted):
                 skipped.append({"n": n, "d": d, "reason": f"predicted {predicted:.0f} s from the smaller d, "
                                 f"{budget.left():.0f} s left of the section's budget"})
                 continue
-        t_gen, (states, labels) = ck.timed(lambda: make_states(n, d, ck.args.seed, ck.device))
-        gemm, gemm_mode = _gemm_bare(ck, states)
-        # warm-up: kernels, allocator, cuBLAS handles
-        ck.timed(lambda: kde_entropy(states[:128], alpha=ALPHA))
-        ck.timed(gemm)
         times: dict[str, list[float]] = {"gemm": [], "H": [], "I": []}
-        peaks: dict[str, float | None] = {}
         values: dict[str, float] = {}
-        contenders = {
-            "gemm": gemm,
-            "H": lambda: kde_entropy(states, alpha=ALPHA),
-            "I": lambda: kde_interaction_information(states, labels, alpha=ALPHA),
-        }
-        t_round = time.perf_counter()
-        for r in range(reps):
-            order = list(contenders) if r % 2 == 0 else list(contenders)[::-1]
-            for k in order:
-                ck.reset_peak()
-                base = torch.cuda.memory_allocated() / MIB if ck.cuda else None
-                t, v = ck.timed(contenders[k])
-                times[k].append(t)
-                if ck.cuda:
-                    peaks[k] = max(peaks.get(k) or 0.0, ck.peak_mib() - base)
-                if k != "gemm":
-                    values[k] = float(v)
-                del v
-            if r == 0:
-                per_unit = (time.perf_counter() - t_round) / (n * n * d)
-            if not budget.allows(time.perf_counter() - t_round):  # no time for another round
-                break
-        med = {k: statistics.median(v) for k, v in times.items()}
-        rows.append({"n": n, "d": d, "states MiB": n * d / MIB, "generate s": t_gen, "GEMM s": med["gemm"],
-                     "kde_entropy s": med["H"], "kde_interaction_information s": med["I"],
-                     "H/GEMM": med["H"] / med["gemm"], "I/GEMM": med["I"] / med["gemm"],
-                     "H bits": values.get("H"), "I bits": values.get("I"),
-                     "H peak MiB": peaks.get("H"), "GEMM peak MiB": peaks.get("gemm"),
-                     "repeats": len(times["H"]), "GEMM mode": gemm_mode})
-        del states, labels, gemm, contenders
-        if ck.cuda:
-            torch.cuda.empty_cache()
+        gemm_mode = ""
+        try:
+            t_gen, (states, labels) = ck.timed(lambda: make_states(n, d, ck.args.seed, ck.device))
+            gemm, gemm_mode = _gemm_bare(ck, states)
+            # warm-up: kernels, allocator, cuBLAS handles
+            ck.timed(lambda: kde_entropy(states[:128], alpha=ALPHA))
+            ck.timed(gemm)
+            peaks: dict[str, float | None] = {}
+            contenders = {
+                "gemm": gemm,
+                "H": lambda: kde_entropy(states, alpha=ALPHA),
+                "I": lambda: kde_interaction_information(states, labels, alpha=ALPHA),
+            }
+            t_round = time.perf_counter()
+            for r in range(reps):
+                order = list(contenders) if r % 2 == 0 else list(contenders)[::-1]
+                for k in order:
+                    ck.reset_peak()
+                    base = torch.cuda.memory_allocated() / MIB if ck.cuda else None
+                    t, v = ck.timed(contenders[k])
+                    times[k].append(t)
+                    if ck.cuda:
+                        peaks[k] = max(peaks.get(k) or 0.0, ck.peak_mib() - base)
+                    if k != "gemm":
+                        values[k] = float(v)
+                    del v
+                if r == 0:
+                    per_unit = (time.perf_counter() - t_round) / (n * n * d)
+                if not budget.allows(time.perf_counter() - t_round):  # no time for another round
+                    break
+            med = {k: statistics.median(v) for k, v in times.items()}
+            rows.append({"n": n, "d": d, "states MiB": n * d / MIB, "generate s": t_gen, "GEMM s": med["gemm"],
+                         "kde_entropy s": med["H"], "kde_interaction_information s": med["I"],
+                         "H/GEMM": med["H"] / med["gemm"], "I/GEMM": med["I"] / med["gemm"],
+                         "H bits": values.get("H"), "I bits": values.get("I"),
+                         "H peak MiB": peaks.get("H"), "GEMM peak MiB": peaks.get("gemm"),
+                         "repeats": len(times["H"]), "GEMM mode": gemm_mode})
+            del states, labels, gemm, contenders
+            if ck.cuda:
+                torch.cuda.empty_cache()
+        except SectionTimeout:  # keep the rows and the agreement measured so far, and this d's timings
+            if any(times.values()):
+                rows.append({"n": n, "d": d, "states MiB": n * d / MIB,
+                             **{col: statistics.median(times[k]) if times[k] else None for k, col in
+                                (("gemm", "GEMM s"), ("H", "kde_entropy s"), ("I", "kde_interaction_information s"))},
+                             "H bits": values.get("H"), "I bits": values.get("I"), "repeats": len(times["H"]),
+                             "GEMM mode": f"{gemm_mode} (interrupted: the others did not finish)"})
+            states = labels = gemm = contenders = None  # noqa: F841 - free the device memory
+            if ck.cuda:
+                torch.cuda.synchronize()
+                torch.cuda.empty_cache()
+            skipped.append({"n": n, "d": d, "reason": f"interrupted by the section's hard time limit after "
+                            f"{budget.used():.0f} s (a block GEMM of this d is much slower than predicted)"})
+            interrupted = True
+            break
     if n != 2000:
         notes.append(f"n = {n} (tiny mode)" if ck.tiny else f"n = {n} (--n)")
     notes.append("GEMM: float32 S @ S.T of the same bool states; kde_* take the bool states; medians of "
                  "interleaved repeats, the device synchronized around every timing, after a warm-up")
     notes.append("peak MiB: torch.cuda.max_memory_allocated during the call minus the memory allocated before it "
                  "(so the states themselves are excluded)")
-    return {"agreement": agreement, "rows": rows, "skipped": skipped, "notes": notes}
+    return {"agreement": agreement, "rows": rows, "skipped": skipped, "notes": notes, "interrupted": interrupted}
 
 
 # ---------------------------------------------------------------------------
@@ -550,7 +570,7 @@ def section_training(ck: Check, budget: Budget) -> dict[str, Any]:
     batch = 4 if ck.tiny else 128
     secs = 0.01 if ck.tiny else 4.0
     shape = (3, 32, 32)
-    rows = []
+    rows: list[dict[str, Any]] = ck.partial.setdefault("rows", [])
     for name in ("resnet20", "vgg11_revised"):
         if not budget.allows(2 * secs + 2):
             rows.append({"model": name, "error": "skipped: section budget used up"})
@@ -607,10 +627,17 @@ def section_chapter1(ck: Check, budget: Budget) -> dict[str, Any]:
         ctx = Context.create("quick", str(Path(tmp) / "runs"), str(Path(tmp) / "results"), str(root))
         cfgs = study.configs(model, dataset, params["epochs"], params["seeds"], params["train_subset"],
                              params["analysis_per_class"], params["track_every"])
-        assert all(c.device == "auto" for c in cfgs)
+        if any(c.device != "auto" for c in cfgs):
+            raise RuntimeError(f"chapter 1's configs ask for device {cfgs[0].device!r}, not 'auto'")
         ck.reset_peak()
+        base = torch.cuda.memory_allocated() / MIB if ck.cuda else 0.0
         t_train, rows = ck.timed(lambda: train_many(cfgs, ctx, desc="chapter 1"))
-        used_gpu_mib = ck.peak_mib()
+        used_gpu_mib = ck.peak_mib() - base if ck.cuda else None
+        # where the trained weights lived: the storage locations recorded in the checkpoints
+        locations: set[str] = set()
+        for c in cfgs:
+            torch.load(ctx.runs / c.run_id / "checkpoint.pt", weights_only=False,
+                       map_location=lambda storage, loc: (locations.add(loc), storage)[1])
         t_rest0 = time.perf_counter()
         p1 = study.prop1(rows)
         table = study.suffix_table(rows)
@@ -622,7 +649,7 @@ def section_chapter1(ck: Check, budget: Budget) -> dict[str, Any]:
         summary = study.summary_numbers(rows)
     res: dict[str, Any] = {
         "parameters": params, "training s": t_train, "analysis s": t_rest,
-        "device of the runs": "cuda" if (used_gpu_mib or 0) > 0 else "cpu",
+        "device of the runs": ",".join(sorted(locations)),
         "peak GPU MiB during training": used_gpu_mib,
         "prop1 min I bits": p1["min"], "prop2 plug-in violations": len(p2["plugin"]),
         "max |H + TC - C|": float(eq6.abs_error.max()),
@@ -754,6 +781,7 @@ def section_paper_estimate(ck: Check, budget: Budget) -> dict[str, Any]:
     # -- training throughput of every distinct setup, the most-used first -------------
     train_rate: dict[tuple, float] = {}
     fwd_rate: dict[tuple, float] = {}
+    interrupted = False
     measured_rows = []
     # one setup of each kind (task x complexity loss) first, so that every code path runs even when
     # the budget ends early; then the others, the most-trained first
@@ -782,6 +810,11 @@ def section_paper_estimate(ck: Check, budget: Budget) -> dict[str, Any]:
                                   "complexity loss": tk[7], "batch": tk[8], "train images/s": train_rate[tk],
                                   "eval images/s": fwd_rate[tk], "images to train": need_train[tk]})
             del st
+        except SectionTimeout:
+            interrupted = True
+            measured_rows.append({"model": cfg.model, "input": "x".join(map(str, info.shape)),
+                                  "error": "interrupted: the section's hard time limit"})
+            break
         except Exception as exc:  # noqa: BLE001 - recorded, the estimate marks it
             measured_rows.append({"model": cfg.model, "input": "x".join(map(str, info.shape)),
                                   "error": f"{type(exc).__name__}: {exc}"[:300]})
@@ -790,7 +823,19 @@ def section_paper_estimate(ck: Check, budget: Budget) -> dict[str, Any]:
     # -- one tracked epoch's complexity measurement per tracking setup ----------------
     track_s: dict[tuple, float] = {}
     track_rows = []
-    for kk in sorted(need_track, key=lambda k: -need_track[k]):
+    # round robin over the chapters (each chapter's most-tracked setup first), so that every chapter
+    # gets its main tracking cost measured before the budget ends
+    queues = [sorted({it[2] for it in items}, key=lambda k: -need_track[k]) for items in per_chapter.values()]
+    track_order: list[tuple] = []
+    while any(queues):
+        for q in queues:
+            while q and q[0] in track_order:
+                q.pop(0)
+            if q:
+                track_order.append(q.pop(0))
+    for kk in track_order:
+        if interrupted:
+            break
         cfg = cfg_of[kk]
         info = data_mod.DATASETS[cfg.dataset]
         n_an = 20 if ck.tiny else kk[10]
@@ -823,6 +868,10 @@ def section_paper_estimate(ck: Check, budget: Budget) -> dict[str, Any]:
                                "per layer": cfg.per_layer, "suffix": cfg.suffix, "s per tracked epoch": t,
                                "tracked epochs": need_track[kk]})
             del model, x
+        except SectionTimeout:
+            interrupted = True
+            track_rows.append({"model": cfg.model, "dataset": cfg.dataset,
+                               "error": "interrupted: the section's hard time limit"})
         except Exception as exc:  # noqa: BLE001
             track_rows.append({"model": cfg.model, "dataset": cfg.dataset, "error": f"{type(exc).__name__}: {exc}"[:300]})
     # -- the estimate ------------------------------------------------------------------
@@ -865,6 +914,8 @@ def section_paper_estimate(ck: Check, budget: Budget) -> dict[str, Any]:
         "04's target MLPs are timed with the deepest task MLP of the list (upper bound for its training part)",
         f"training split sizes: {SPLIT_SIZES} ({', '.join(APPROXIMATE_SPLITS)}: approximate)",
     ]
+    if interrupted:
+        notes.insert(0, "a measurement ran past the section's hard time limit: the setups after it were not measured")
     if ck.tiny:
         notes.insert(0, "TINY MODE: batches of 4 and 20 analysis images: the hours below are NOT an estimate")
     return {"rows": est_rows, "throughputs": measured_rows, "tracking": track_rows, "notes": notes,
@@ -896,6 +947,8 @@ def markdown(report: dict[str, Any]) -> str:
     for name, sec in report["sections"].items():
         res = sec.get("result")
         if not res:
+            if sec.get("partial_result", {}).get("rows"):
+                lines += ["", f"### {name} (partial: {sec['status']})", "", _table(sec["partial_result"]["rows"])]
             continue
         lines += ["", f"### {name}", ""]
         if name == "estimators":
@@ -956,6 +1009,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
     ap.add_argument("--total-budget", type=float, default=None,
                     help="seconds for all sections (default: 360, tiny 50); a section that would start later is skipped")
+    ap.add_argument("--budgets", default="", help="per-section budgets in seconds, e.g. estimators=60,chapter1=90")
+    ap.add_argument("--grace", type=float, default=None,
+                    help=f"seconds past its budget after which a section is interrupted (default {GRACE_S}, tiny half)")
     ap.add_argument("--n", type=int, default=2000, help="samples of the estimator timings (default 2000)")
     ap.add_argument("--images", type=int, default=2000, help="images of the record_gates check (default 2000)")
     ap.add_argument("--seed", type=int, default=0)
@@ -965,7 +1021,16 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         ap.error(f"unknown section(s) {bad}; known: {', '.join(SECTIONS)}")
     ck = Check(args)
-    budgets = TINY_BUDGETS if args.tiny else BUDGETS
+    budgets = dict(TINY_BUDGETS if args.tiny else BUDGETS)
+    for item in filter(None, (b.strip() for b in args.budgets.split(","))):
+        name, _, value = item.partition("=")
+        if name not in SECTIONS:
+            ap.error(f"--budgets: unknown section {name!r}; known: {', '.join(SECTIONS)}")
+        try:
+            budgets[name] = float(value)
+        except ValueError:
+            ap.error(f"--budgets: {item!r} is not section=seconds")
+    grace = args.grace if args.grace is not None else (GRACE_S / 2 if args.tiny else GRACE_S)
     total_budget = args.total_budget or (50.0 if args.tiny else 360.0)
     if args.cpu:  # a dry run shares the machine: few threads are steadier
         torch.set_num_threads(1 if args.tiny else min(torch.get_num_threads(), 4))
@@ -991,8 +1056,9 @@ def main(argv: list[str] | None = None) -> int:
                 entry.update(status="error", error=f"not run: CUDA unusable ({cuda_broken})")
             else:
                 budget = Budget(min(budgets[s], left))
+                ck.partial = {}
                 print(f"[gpu_check] {s}: budget {budget.seconds:.0f} s ...", file=sys.stderr, flush=True)
-                signal.setitimer(signal.ITIMER_REAL, budget.seconds + (GRACE_S / 2 if args.tiny else GRACE_S))
+                signal.setitimer(signal.ITIMER_REAL, max(budget.seconds, 0.0) + grace)
                 try:
                     entry["result"] = SECTION_FUNCS[s](ck, budget)
                     entry["status"] = "ok"
@@ -1002,6 +1068,8 @@ def main(argv: list[str] | None = None) -> int:
                     entry["status"] = "timeout" if isinstance(exc, SectionTimeout) else "error"
                     entry["error"] = f"{type(exc).__name__}: {exc}"
                     entry["traceback"] = traceback.format_exc()[-3000:]
+                    if ck.partial:
+                        entry["partial_result"] = ck.partial
                     if s == "environment" and ck.cuda:
                         cuda_broken = str(exc).splitlines()[0]
                 finally:
