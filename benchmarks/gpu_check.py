@@ -429,9 +429,11 @@ def section_record_gates(ck: Check, budget: Budget) -> dict[str, Any]:
             times[k].append(t)
             peaks[k] = ck.peak_mib()
             if rec is not None and not info:
-                info = {"gating layers": len(rec.names), "gates per sample": sum(rec[m].shape[1] for m in rec.names),
-                        "states device": str(rec[rec.names[0]].device),
-                        "states GiB": sum(rec[m].numel() for m in rec.names) / GIB}
+                width = sum(rec.info[m].width for m in rec.names)  # max-pool one-hots not expanded
+                kinds = [rec.info[m].kind for m in rec.names]
+                info = {"gating layers": f"{len(kinds)} ({kinds.count('relu')} relu, {kinds.count('maxpool')} maxpool)",
+                        "gates per sample": width, "states device": str(rec[rec.names[-1]].device),
+                        "states GiB (as bool)": n * width / GIB}
             del rec
     fwd, recd = statistics.median(times["forward"]), statistics.median(times["record_gates"])
     row = {"images": n, "size": f"{size}x{size}", "batch": batch, **info, "forward s": fwd,
