@@ -130,7 +130,7 @@ def _train_config(args: argparse.Namespace):
         raise UserError(f"unknown dataset {cfg.dataset!r}; valid datasets: {', '.join(data_mod.DATASETS)}")
     try:
         validate_config(cfg)  # every config error before any data is loaded
-    except ValueError as exc:
+    except (ValueError, TypeError) as exc:
         raise UserError(str(exc)) from None
     return cfg
 
@@ -202,7 +202,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         for cfg in configs:
             try:
                 validate_config(cfg)
-            except ValueError as exc:
+            except (ValueError, TypeError) as exc:
                 bad += 1
                 print(f"{cfg.run_id}  invalid: {exc}")
                 continue

@@ -190,6 +190,26 @@ def _killable(cfg: TrainConfig, root: Path, data_root: str, sleep: float) -> sub
                              str(sleep)], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
+def _kill_when(proc: subprocess.Popen, condition, timeout: float = 120) -> None:
+    """kill -9 the training subprocess as soon as ``condition()`` holds."""
+    try:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if proc.poll() is not None:
+                pytest.fail(f"the training subprocess ended early (rc {proc.returncode}):\n{proc.stderr.read().decode()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"the kill condition did not hold after {timeout} s")
+            time.sleep(0.01)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+
+
 RESUME = dict(epochs=8, track_every=3, track_log=False)  # tracked: 0, 3, 6, 8
 
 
@@ -201,24 +221,8 @@ def resume_reference(data_root, tmp_path_factory):
 def test_resume_after_kill_gives_the_rows_of_an_uninterrupted_run(resume_reference, data_root, tmp_path):
     cfg = _tiny(**RESUME)
     run = T.run_dir(tmp_path, cfg)
-    proc = _killable(cfg, tmp_path, data_root, 0.25)
-    try:
-        deadline = time.monotonic() + 120
-        # the checkpoint of epoch 3 is written before the rows of epoch 3
-        while not (run / "rows" / "epoch_00003.csv").exists():
-            if proc.poll() is not None:
-                pytest.fail(f"the training subprocess ended early (rc {proc.returncode}):\n{proc.stderr.read().decode()}")
-            if time.monotonic() > deadline:
-                pytest.fail("no checkpoint of epoch >= 1 after 120 s")
-            time.sleep(0.01)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stderr.close()
-    assert proc.returncode == -signal.SIGKILL
+    # the checkpoint of epoch 3 is written before the rows of epoch 3
+    _kill_when(_killable(cfg, tmp_path, data_root, 0.25), lambda: (run / "rows" / "epoch_00003.csv").exists())
     assert not (run / "finished.json").exists()
     killed_at = torch.load(run / "checkpoint.pt", weights_only=False)["epoch"]
     assert 3 <= killed_at < 8
@@ -338,23 +342,8 @@ def test_kill_with_only_the_last_epoch_tracked_resumes_from_the_last_finished_ep
     """track_epochs=[4]: a kill -9 after epoch 1 has finished loses at most the epoch in progress."""
     cfg = _tiny(**ONE_TRACKED)
     run = RunDir(tmp_path, cfg)
-    proc = _killable(cfg, tmp_path, data_root, 1.0)  # 1 s before each epoch: time to kill during epoch 2
-    try:
-        deadline = time.monotonic() + 120
-        while not run.checkpoint_path.exists():  # written atomically at the end of epoch 1
-            if proc.poll() is not None:
-                pytest.fail(f"the training subprocess ended early (rc {proc.returncode}):\n{proc.stderr.read().decode()}")
-            if time.monotonic() > deadline:
-                pytest.fail("no checkpoint after 120 s")
-            time.sleep(0.01)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stderr.close()
-    assert proc.returncode == -signal.SIGKILL
+    # 1 s before each epoch: time to kill during epoch 2; the checkpoint is written atomically after epoch 1
+    _kill_when(_killable(cfg, tmp_path, data_root, 1.0), run.checkpoint_path.exists)
     killed_at = torch.load(run.checkpoint_path, weights_only=False)["epoch"]
     assert 1 <= killed_at < 4
     assert not run.is_finished() and not run.has_rows(4)
@@ -429,7 +418,7 @@ def test_config_errors_are_found_before_any_data_is_loaded(kwargs, message, tmp_
 
     monkeypatch.setattr(data_mod, "load_tensors", no_data)
     monkeypatch.setattr(data_mod, "load_dataset", no_data)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises((ValueError, TypeError), match=message):
         T.train(_tiny(**kwargs), tmp_path, data_root=tmp_path, progress=False)
     assert not (tmp_path / _tiny(**kwargs).run_id).exists()
 
@@ -494,3 +483,62 @@ def test_no_module_imports_a_private_name_of_another_module():
                         and isinstance(node.value, ast.Name) and node.value.id in modules):
                     hits.append(f"{rel}:{node.lineno} {node.value.id}.{node.attr}")
     assert not [h for h in hits if h.split(":")[0] not in pending], hits
+
+
+class _FakePenalty:
+    """A complexity penalty that adds nothing: records how train() scoped it."""
+
+    def __init__(self, log: list[str], context_manager: bool):
+        self.log = log
+        if context_manager:
+            self.__class__ = _FakePenaltyCM
+
+    def step_energy_model(self) -> float:
+        return 0.0
+
+    def loss(self) -> torch.Tensor:
+        return torch.zeros(())
+
+    def diagnostics(self) -> dict[str, float]:
+        return {}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    def remove(self) -> None:
+        self.log.append("remove")
+
+
+class _FakePenaltyCM(_FakePenalty):
+    def __enter__(self):
+        self.log.append("enter")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.log.append("exit")
+
+
+@pytest.mark.parametrize("context_manager, expected", [(True, ["enter", "exit"]), (False, ["remove"])])
+def test_train_scopes_the_penalty_and_always_releases_it(context_manager, expected, data_root, tmp_path):
+    log: list[str] = []
+    cfg = _tiny(complexity_lambda=1e-3, train_subset=200, track_epochs=[1])
+    T.train(cfg, tmp_path, data_root=data_root, progress=False,
+            penalty_factory=lambda *a, **k: _FakePenalty(log, context_manager))
+    assert log == expected
+    log.clear()  # also when training fails
+    with pytest.raises(ValueError, match="unknown callback"):
+        T.train(_tiny(complexity_lambda=1e-3, train_subset=200, seed=4), tmp_path, data_root=data_root,
+                progress=False, penalty_factory=lambda *a, **k: _FakePenalty(log, context_manager),
+                callbacks={"bad": []})
+    boom = _tiny(complexity_lambda=1e-3, train_subset=200, seed=5)
+
+    def fail(st: T.TrainState) -> None:
+        raise RuntimeError("callback failed")
+
+    with pytest.raises(RuntimeError, match="callback failed"):
+        T.train(boom, tmp_path, data_root=data_root, progress=False,
+                penalty_factory=lambda *a, **k: _FakePenalty(log, context_manager), callbacks={"on_epoch_end": fail})
+    assert log == expected

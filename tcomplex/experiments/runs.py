@@ -118,27 +118,15 @@ class RunDir:
         self.config = None if isinstance(config, str) else config
         self.run_id = config if isinstance(config, str) else config.run_id
         self.path = self.root / self.run_id
+        self.checkpoint_path = self.path / "checkpoint.pt"
+        self.finished_path = self.path / "finished.json"
+        self.config_path = self.path / "config.json"
+        self.rows_dir = self.path / "rows"
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
 
     # -- paths --------------------------------------------------------------
-    @property
-    def checkpoint_path(self) -> Path:
-        return self.path / "checkpoint.pt"
-
-    @property
-    def finished_path(self) -> Path:
-        return self.path / "finished.json"
-
-    @property
-    def config_path(self) -> Path:
-        return self.path / "config.json"
-
-    @property
-    def rows_dir(self) -> Path:
-        return self.path / "rows"
-
     def rows_path(self, epoch: int) -> Path:
         return self.rows_dir / f"epoch_{epoch:05d}.csv"
 

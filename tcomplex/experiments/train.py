@@ -227,7 +227,7 @@ CALLBACK_EVENTS = ("on_tracked_epoch", "on_epoch_end")
 
 
 def validate_config(cfg: TrainConfig) -> None:
-    """Raise ValueError for every problem of ``cfg`` that needs no data: unknown model, dataset,
+    """Raise ValueError (TypeError for model options the model does not take) for every problem of ``cfg`` that needs no data: unknown model, dataset,
     optimizer, schedule, bandwidth, gating kind, bad alpha or tracked epochs, model options the
     model does not take.  :func:`train` calls it before loading any data; ``tcomplex sweep --dry-run``
     calls it for every run of a grid.
@@ -256,8 +256,8 @@ def validate_config(cfg: TrainConfig) -> None:
     try:
         with torch.random.fork_rng(devices=[]):  # building draws initial weights: leave the global RNG as it was
             build_model_for(cfg)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"model {cfg.model!r} cannot be built with model_kwargs={cfg.model_kwargs}: {exc}") from None
+    except (TypeError, ValueError) as exc:  # same type, so callers that sort errors by type still can
+        raise type(exc)(f"model {cfg.model!r} cannot be built with model_kwargs={cfg.model_kwargs}: {exc}") from exc
 
 
 # ---------------------------------------------------------------------------
