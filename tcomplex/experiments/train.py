@@ -370,7 +370,8 @@ def analysis_set_for(cfg: TrainConfig, data_root: str | os.PathLike[str] | None 
     return _draw_analysis(cfg, None, None, _train_dataset(cfg, root, cfg.augment), root, n)
 
 
-def build_model_for(cfg: TrainConfig, shape: tuple[int, ...] | None = None, num_classes: int | None = None) -> nn.Module:
+def build_model_for(cfg: TrainConfig, shape: tuple[int, ...] | None = None,
+                    num_classes: int | None = None) -> nn.Module:
     """The registry model of ``cfg`` for its dataset's input shape and classes (not seeded here).
 
     :func:`train` seeds torch with ``cfg.seed`` right before calling it, so
@@ -613,6 +614,7 @@ def train(
     show = _show_progress() if progress is None else progress
     device = device_for(cfg.device)
     resolved_root = str(data_mod.resolve_data_root(data_root))
+    state = run.load_checkpoint(device)  # a corrupt checkpoint is reported before the data are loaded
 
     torch.manual_seed(cfg.seed)
     task_net = build_task_net(cfg)
@@ -633,19 +635,18 @@ def train(
             penalty = _penalty_scope(stack, penalty_factory(
                 model, d.analysis_x[: cfg.batch_size].to(device), lam=cfg.complexity_lambda,
                 layers=cfg.complexity_layers, **cfg.complexity_options))
-        result = _train_loop(cfg, run, d, model, opt, sched, penalty, task_net, device, hooks, show)
+        result = _train_loop(cfg, run, state, d, model, opt, sched, penalty, task_net, device, hooks, show)
     rows = run.read_rows()
     elapsed = time.perf_counter() - t0
     run.mark_finished(elapsed, cfg.epochs)
     return RunResult(cfg.run_id, run.path, rows, result, elapsed)
 
 
-def _train_loop(cfg: TrainConfig, run: RunDir, d: Data, model: nn.Module, opt: torch.optim.Optimizer, sched: Any,
-                penalty: Any, task_net: nn.Module | None, device: torch.device,
+def _train_loop(cfg: TrainConfig, run: RunDir, state: dict[str, Any] | None, d: Data, model: nn.Module,
+                opt: torch.optim.Optimizer, sched: Any, penalty: Any, task_net: nn.Module | None, device: torch.device,
                 hooks: dict[str, list[Callback]], show: bool) -> int | None:
     """Resume from the checkpoint, then train the remaining epochs; returns the epoch resumed from (or None)."""
     start_epoch, resumed = 0, None
-    state = run.load_checkpoint(device)
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
