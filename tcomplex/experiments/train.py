@@ -354,11 +354,13 @@ def analysis_set_for(cfg: TrainConfig, data_root: str | os.PathLike[str] | None 
     """The analysis images (and labels; None for regression) of ``cfg``'s run: the one way they are chosen.
 
     Appendix I: complexity is computed on images sampled from the training set.
-    These are the images :func:`train` measures at every tracked epoch: drawn
-    from the run's own training images (after ``train_subset``) with the run's
-    ``normalization``, ``analysis_per_class`` per class (``per_class`` overrides
-    the number; the draw is the same seeded one), or ``analysis_size`` random
-    images for regression.
+    These are the images :func:`train` measures at every tracked epoch:
+    ``analysis_per_class`` per class (``per_class`` overrides the number; the
+    draw is seeded by ``analysis_seed``), or ``analysis_size`` random images for
+    regression.  For the in-memory datasets (MNIST, Fashion-MNIST, CIFAR-10)
+    they come from the run's own training images (after ``train_subset``) with
+    the run's ``normalization``; for the file-backed ones (CelebA, VOC crops,
+    Tiny ImageNet) a classification run draws them from the full training split.
     """
     validate_config(cfg)
     info = data_mod.DATASETS[cfg.dataset]
@@ -367,7 +369,9 @@ def analysis_set_for(cfg: TrainConfig, data_root: str | os.PathLike[str] | None 
     if info.in_memory:
         tx, ty = _train_tensors(cfg, root)
         return _draw_analysis(cfg, tx, ty, None, root, n)
-    return _draw_analysis(cfg, None, None, _train_dataset(cfg, root, cfg.augment), root, n)
+    # classification draws from the dataset by name; only regression reads the run's training Dataset
+    train_ds = _train_dataset(cfg, root, cfg.augment) if cfg.task == "regress" else None
+    return _draw_analysis(cfg, None, None, train_ds, root, n)
 
 
 def build_model_for(cfg: TrainConfig, shape: tuple[int, ...] | None = None,
