@@ -58,7 +58,7 @@ from tcomplex.experiments.report import (
     rise_then_saturate,
 )
 from tcomplex.experiments.measure import measure_complexity
-from tcomplex.experiments.train import TrainConfig
+from tcomplex.experiments.train import TrainConfig, analysis_set_for
 
 __all__ = [
     "CHAPTER",
@@ -497,8 +497,9 @@ def init_normalisation_table(seeds: Sequence[int], analysis_images: int,
     normalisation: a run line ending in ``"half"``).
     """
     info = data_mod.DATASETS["mnist"]
-    x, y = data_mod.analysis_set("mnist", per_class=analysis_images // info.num_classes, seed=0,
-                                 data_root=data_root)
+    # the analysis images of an MLP-MNIST run on the full training split (the images its epoch 0 measures)
+    x, y = analysis_set_for(TrainConfig(model="mlp_mnist", dataset="mnist", analysis_seed=0,
+                                        analysis_per_class=analysis_images // info.num_classes), data_root)
     raw = x * info.std[0] + info.mean[0]
     inputs = {f"mean {info.mean[0]}, std {info.std[0]} (ours)": x,
               f"mean {AUTHORS_INPUT_MEAN}, std {AUTHORS_INPUT_STD} (authors')":
