@@ -542,3 +542,12 @@ def test_train_scopes_the_penalty_and_always_releases_it(context_manager, expect
         T.train(boom, tmp_path, data_root=data_root, progress=False,
                 penalty_factory=lambda *a, **k: _FakePenalty(log, context_manager), callbacks={"on_epoch_end": fail})
     assert log == expected
+
+
+def test_analysis_set_for_the_full_split_is_shared_by_every_seed(data_root):
+    a, _ = T.analysis_set_for(_tiny(seed=0, analysis_per_class=30), data_root, full_split=True)
+    b, _ = T.analysis_set_for(_tiny(seed=1, analysis_per_class=30), data_root, full_split=True)
+    full, _ = data_mod.analysis_set("mnist", per_class=30, data_root=data_root)
+    assert torch.equal(a, b) and torch.equal(a, full)  # 30 per class: more than 600 images may hold
+    half, _ = T.analysis_set_for(_tiny(normalization="half", analysis_per_class=30), data_root, full_split=True)
+    assert float(half.min()) == -1.0

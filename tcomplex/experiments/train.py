@@ -350,19 +350,26 @@ def prepare_data(cfg: TrainConfig, data_root: str | os.PathLike[str] | None = No
 
 
 def analysis_set_for(cfg: TrainConfig, data_root: str | os.PathLike[str] | None = None, *,
-                     per_class: int | None = None) -> tuple[Tensor, Tensor | None]:
+                     per_class: int | None = None, full_split: bool = False) -> tuple[Tensor, Tensor | None]:
     """The analysis images (and labels; None for regression) of ``cfg``'s run: the one way they are chosen.
 
     Appendix I: complexity is computed on images sampled from the training set.
-    These are the images :func:`train` measures at every tracked epoch:
-    ``analysis_per_class`` per class (``per_class`` overrides the number; the
-    draw is seeded by ``analysis_seed``), or ``analysis_size`` random images for
-    regression.  For the in-memory datasets (MNIST, Fashion-MNIST, CIFAR-10)
+    By default these are the images :func:`train` measures at every tracked
+    epoch: ``analysis_per_class`` per class (``per_class`` overrides the number;
+    the draw is seeded by ``analysis_seed``), or ``analysis_size`` random images
+    for regression.  For the in-memory datasets (MNIST, Fashion-MNIST, CIFAR-10)
     they come from the run's own training images (after ``train_subset``) with
     the run's ``normalization``; for the file-backed ones (CelebA, VOC crops,
     Tiny ImageNet) a classification run draws them from the full training split.
+
+    ``full_split=True`` ignores ``train_subset`` (the run's normalisation still
+    applies): every run on a dataset then gets the same images, whatever its
+    seed, e.g. to compare models across seeds on one image set, or to measure
+    more images per class than a small training subset holds.
     """
     validate_config(cfg)
+    if full_split and cfg.train_subset is not None:
+        cfg = dataclasses.replace(cfg, train_subset=None)
     info = data_mod.DATASETS[cfg.dataset]
     root = str(data_mod.resolve_data_root(data_root))
     n = cfg.analysis_per_class if per_class is None else int(per_class)

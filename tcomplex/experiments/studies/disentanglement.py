@@ -143,24 +143,25 @@ def measure_model(model: torch.nn.Module, x: torch.Tensor, layers: Sequence[int]
 
 
 def _table_name(cfg: TrainConfig, key: dict[str, Any]) -> str:
-    if cfg.train_subset is not None or cfg.normalization != "dataset":
-        # the run's own training images differ from the full split: another cache entry
-        key = {**key, "images": "run"}
+    if cfg.normalization != "dataset":  # images normalised as the run's: another cache entry
+        key = {**key, "normalization": cfg.normalization}
     digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
     return f"{CHAPTER}_layers_{digest}"
 
 
 def measure_runs(groups: Sequence[tuple[TrainConfig, Sequence[int]]], ctx: Context, *,
                  analysis_per_class: int, analysis_seed: int = 0, bandwidth: str = "dims") -> pd.DataFrame:
-    """Measure the chosen layers of every trained run on its analysis images.
+    """Measure the chosen layers of every trained run on one fixed analysis set.
 
     ``groups`` pairs each finished run's config with its layer positions.  The
     images are :func:`analysis_set_for` the run with ``analysis_per_class``
-    images per class (Appendix I: images sampled from the training set): the
-    run's own training images and normalisation, so a run on the full split of
-    a dataset shares its images with every other such run.  Results are cached
-    in each run's folder (:meth:`RunDir.cached_table`), keyed by the layers and
-    the analysis set, so re-running a notebook does not recompute them.
+    images per class and ``full_split=True`` (Appendix I: images sampled from the
+    training set): the same images for every model of a dataset, whatever its
+    seed or training subset (a subset of a few hundred images may hold fewer
+    than ``analysis_per_class`` of a class), normalised as the run's inputs.
+    Results are cached in each run's folder (:meth:`RunDir.cached_table`), keyed
+    by the layers and the analysis set, so re-running a notebook does not
+    recompute them.
     """
     frames = []
     for cfg, layers in groups:
@@ -181,8 +182,10 @@ def measure_runs(groups: Sequence[tuple[TrainConfig, Sequence[int]]], ctx: Conte
 
 
 def _analysis_images(cfg: TrainConfig, ctx: Context, per_class: int, seed: int) -> tuple[torch.Tensor, Any]:
-    """:func:`analysis_set_for` the run with ``per_class`` images per class drawn with ``seed``."""
-    return analysis_set_for(dataclasses.replace(cfg, analysis_seed=seed), ctx.data_root, per_class=per_class)
+    """:func:`analysis_set_for` the run with ``per_class`` images per class of the full training split,
+    drawn with ``seed``: the same images for every model of a dataset (see :func:`measure_runs`)."""
+    return analysis_set_for(dataclasses.replace(cfg, analysis_seed=seed), ctx.data_root, per_class=per_class,
+                            full_split=True)
 
 
 def tc_draw_noise(cfg: TrainConfig, ctx: Context, l: int, *, analysis_per_class: int, draws: int,
