@@ -208,19 +208,20 @@ def test_run_sweep_on_a_given_executor_resumes_an_interrupted_run(data_root, tmp
     from concurrent.futures import ThreadPoolExecutor
 
     from tcomplex.experiments import train as T
+    from tcomplex.experiments.runs import RunDir
 
     cfg = TrainConfig(**{**TINY, "epochs": 2, "train_subset": 500})
-    original = T._write_rows
+    original = RunDir.write_rows
 
     def killed_at_epoch_1(run, epoch, rows, config):
         if epoch == 1:
             raise KeyboardInterrupt("simulated kill")
         original(run, epoch, rows, config)
 
-    monkeypatch.setattr(T, "_write_rows", killed_at_epoch_1)
+    monkeypatch.setattr(RunDir, "write_rows", killed_at_epoch_1)
     with pytest.raises(KeyboardInterrupt):
         T.train(cfg, tmp_path, data_root=data_root, progress=False)
-    monkeypatch.setattr(T, "_write_rows", original)
+    monkeypatch.setattr(RunDir, "write_rows", original)
 
     with ThreadPoolExecutor(max_workers=1) as pool:
         report = S.run_sweep([cfg], tmp_path, data_root=data_root, executor=pool, progress=False)
