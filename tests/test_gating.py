@@ -226,8 +226,11 @@ def test_errors_for_models_without_gates_and_nan():
         def forward(self, x):
             return F.relu(self.fc(x))
 
-    with pytest.raises(ValueError, match="no gating layer"):
-        tc.record_gates(Functional(), torch.randn(4, 3))
+    # a functional F.relu is a gating layer too (issue 15): named by its call site
+    rec = tc.record_gates(Functional(), torch.randn(4, 3))
+    assert rec.names == ["relu()#0"]
+    with pytest.warns(tc.NonGatingWarning, match="Tanh '1'"), pytest.raises(ValueError, match="no gating module"):
+        tc.record_gates(nn.Sequential(nn.Linear(3, 2), nn.Tanh()), torch.randn(4, 3))
     with pytest.raises(ValueError, match="NaN"):
         tc.record_gates(HandMLP(), torch.full((4, 5), float("nan")))
     with pytest.raises(ValueError, match="unknown gating kinds"):
