@@ -90,6 +90,7 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 import warnings
 import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -585,12 +586,19 @@ def _bind(argnames: tuple[str, ...], args: tuple[Any, ...], kwargs: Mapping[str,
     return bound
 
 
-#: recorders whose model's forward pass is running (innermost last)
-_IN_FORWARD: list[GateRecorder] = []
+class _ThreadState(threading.local):
+    """Per thread (torch's mode stack is per thread too)."""
+
+    def __init__(self) -> None:
+        #: recorders whose model's forward pass is running in this thread (innermost last)
+        self.in_forward: list[GateRecorder] = []
+        #: the one TorchFunctionMode on torch's mode stack while any of them is
+        self.mode: list[TorchFunctionMode] = []
+
+
+_THREAD = _ThreadState()
 #: recorders inside their ``with`` block
 _ENTERED: list[GateRecorder] = []
-#: the one TorchFunctionMode on torch's mode stack while any recorder is in a forward pass
-_MODE: list[TorchFunctionMode] = []
 #: models already warned about (NonGatingWarning is given once per model)
 _WARNED: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 #: dropout module -> [recorders still to see this call, keep mask drawn for it]
@@ -600,21 +608,26 @@ _SHARED_DRAWS: weakref.WeakKeyDictionary[nn.Module, list[Any]] = weakref.WeakKey
 class _GatingMode(TorchFunctionMode):
     """Routes functional gating calls to every recorder in a forward pass."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        gating, other = _function_table()
+        self._lookup = {**{f: (None, op, ()) for f, op in other.items()}, **gating}.get
+
     def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
-        kwargs = kwargs or {}
+        if kwargs is None:
+            kwargs = {}
         try:
-            gating, other = _function_table()
-            entry = gating.get(func)
-            op_other = None if entry is not None else other.get(func)
+            entry = self._lookup(func)
         except TypeError:  # an unhashable callable: never a gating function
-            return func(*args, **kwargs)
-        if entry is None:
-            if op_other is not None:
-                for rec in _IN_FORWARD:
-                    rec._note_non_gating_function(op_other)
+            entry = None
+        if entry is None:  # every other torch call: straight through
             return func(*args, **kwargs)
         kind, op, argnames = entry
-        recs = [r for r in _IN_FORWARD if r._wants_function(kind)]
+        if kind is None:  # an activation that is not gating: named in the warning
+            for rec in _THREAD.in_forward:
+                rec._note_non_gating_function(op)
+            return func(*args, **kwargs)
+        recs = [r for r in _THREAD.in_forward if r._wants_function(kind)]
         if not recs:
             return func(*args, **kwargs)
         bound = _bind(argnames, args, kwargs)
@@ -642,22 +655,28 @@ class _GatingMode(TorchFunctionMode):
         else:
             result = func(*args, **kwargs)  # the user's pooling, exactly as called
             nd = int(op[-2])
-            if op.startswith("adaptive"):
-                offsets, window, shape = _adaptive_pool_winners(x, nd, bound["output_size"])
-            else:
-                k = _tuple(bound["kernel_size"], nd)
-                stride = bound.get("stride")
-                st = k if stride is None or (isinstance(stride, (tuple, list)) and not stride) else _tuple(stride, nd)
-                _, _, offsets, window, shape = _max_pool_with_winners(
-                    x, nd, k, st, _tuple(bound.get("padding", 0), nd), _tuple(bound.get("dilation", 1), nd),
-                    bool(bound.get("ceil_mode", False)),
-                )
+            with torch.no_grad():  # the winners only: no graph for this second pooling
+                offsets, window, shape = _functional_pool_winners(x, op, nd, bound)
             state = _PoolWinners(offsets, window)
             width = offsets.shape[1] * window
             after = "conv"
         for r, key in keys:
             r._record(key, state, kind, after, shape, width, window, op)
         return result
+
+
+def _functional_pool_winners(x: Tensor, op: str, nd: int, bound: Mapping[str, Any]) -> tuple[Tensor, int, tuple[int, ...]]:
+    """Winner offsets, window size and output shape of a functional (adaptive) max-pool call."""
+    if op.startswith("adaptive"):
+        return _adaptive_pool_winners(x, nd, bound["output_size"])
+    k = _tuple(bound["kernel_size"], nd)
+    stride = bound.get("stride")
+    st = k if stride is None or (isinstance(stride, (tuple, list)) and not stride) else _tuple(stride, nd)
+    _, _, offsets, window, shape = _max_pool_with_winners(
+        x, nd, k, st, _tuple(bound.get("padding", 0), nd), _tuple(bound.get("dilation", 1), nd),
+        bool(bound.get("ceil_mode", False)),
+    )
+    return offsets, window, shape
 
 
 def _check_functional_input(keys: list[tuple[GateRecorder, tuple[str, int]]], x: Tensor) -> None:
@@ -718,18 +737,20 @@ def _functional_dropout(func: Any, op: str, bound: dict[str, Any], args: Any, kw
 
 
 def _mode_push(rec: GateRecorder) -> None:
-    _IN_FORWARD.append(rec)
-    if len(_IN_FORWARD) == 1:
+    state = _THREAD
+    state.in_forward.append(rec)
+    if len(state.in_forward) == 1:
         mode = _GatingMode()
         mode.__enter__()
-        _MODE.append(mode)
+        state.mode.append(mode)
 
 
 def _mode_pop(rec: GateRecorder) -> None:
-    if rec in _IN_FORWARD:
-        _IN_FORWARD.remove(rec)
-        if not _IN_FORWARD and _MODE:
-            _MODE.pop().__exit__(None, None, None)
+    state = _THREAD
+    if rec in state.in_forward:
+        state.in_forward.remove(rec)
+        if not state.in_forward and state.mode:
+            state.mode.pop().__exit__(None, None, None)
 
 
 class GateRecorder:
@@ -742,7 +763,8 @@ class GateRecorder:
     Parameters
     ----------
     model: any ``nn.Module``; its train/eval mode is left as it is.
-    kinds: which gating kinds to record (subset of ``GATE_KINDS``).
+    kinds: which gating kinds to record (subset of ``GATE_KINDS``), as modules
+        or functional calls (see "What counts as gating" in the module docstring).
     layers: optional names or positions (see :func:`resolve_layers`) to keep;
         validated after the first forward pass.
     sampling: ``False`` removes the model's random sampling while recording
@@ -753,6 +775,18 @@ class GateRecorder:
         last batch in :attr:`last` (for use inside a training loop).
     store_device: where stored states live (default CPU).
     check_nan: raise if a gating layer's input holds NaN.
+
+    Raises
+    ------
+    RuntimeError: on entry, if a recorder with a different ``sampling`` is
+        already recording an overlapping model (nested recorders share one
+        dropout mask per call, so they must agree on whether it is drawn).
+    ValueError: after the first forward pass, if no gating operation ran.
+
+    Warns
+    -----
+    NonGatingWarning: once per model, naming the activations it ran that are
+        not gating layers (left out of Sigma).
     """
 
     def __init__(
@@ -1226,7 +1260,8 @@ def record_gates(
     model: the network; its train/eval mode is respected and left unchanged.
     inputs: a tensor ``[n, ...]`` (split into ``batch_size`` batches) or an
         iterable of batches (tensors or ``(x, y, ...)`` tuples, e.g. a DataLoader).
-    kinds: gating kinds to record (Section 3: ReLU, max-pool, dropout).
+    kinds: gating kinds to record (Section 3: ReLU, ReLU6, max-pool, dropout),
+        as modules or functional calls (see "What counts as gating" above).
     layers: names or positions of the layers to keep (:func:`resolve_layers`).
     sampling: False records with the model's random sampling removed (Eq. 3).
     device: where to run the forward passes (default: the model's device).

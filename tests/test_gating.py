@@ -842,3 +842,40 @@ def test_nested_recorders_with_different_sampling_are_refused():
             net(torch.randn(4, 3))
         assert inner.names == ["1", "2"]
     assert _no_hooks(net)
+
+
+def test_recorders_in_two_threads_see_only_their_own_functional_calls():
+    import threading
+
+    class Net(nn.Module):
+        def __init__(self, gate):
+            super().__init__()
+            self.fc = nn.Linear(3, 4)
+            self.gate = gate
+
+        def forward(self, x):
+            self.gate()
+            return F.relu(self.fc(x))
+
+    inside, release = threading.Event(), threading.Event()
+
+    def hold():  # thread A stays inside its recorded forward while thread B records
+        inside.set()
+        assert release.wait(30)
+
+    torch.manual_seed(25)
+    a, b = Net(hold), Net(lambda: None)
+    xa, xb = torch.randn(5, 3), torch.randn(7, 3)
+    out = {}
+    t = threading.Thread(target=lambda: out.setdefault("a", tc.record_gates(a, xa)))
+    t.start()
+    try:
+        assert inside.wait(30)
+        rb = tc.record_gates(b, xb)
+    finally:
+        release.set()
+        t.join(30)
+    assert rb.names == out["a"].names == ["relu()#0"]
+    assert rb.n == 7 and out["a"].n == 5
+    with torch.no_grad():
+        assert torch.equal(rb["relu()#0"], b.fc(xb) > 0) and torch.equal(out["a"]["relu()#0"], a.fc(xa) > 0)
