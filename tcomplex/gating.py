@@ -814,7 +814,7 @@ class GateRecorder:
         self._saved_sampling: list[tuple[nn.Module, Any]] = []
         self._calls: dict[str, int] = {}
         self._batch: dict[tuple[str, int], Tensor | _PoolWinners] = {}
-        self._batch_info: dict[tuple[str, int], tuple[str, str, tuple[int, ...], int, int]] = {}
+        self._batch_info: dict[tuple[str, int], tuple[str, str, tuple[int, ...], int, int, str | None]] = {}
         self._order: list[tuple[str, int]] | None = None  # keys kept, forward order
         self._layout: list[tuple[str, int]] = []  # every gating call of the first forward
         self._called: list[tuple[str, int]] = []
