@@ -753,6 +753,12 @@ def _mode_pop(rec: GateRecorder) -> None:
             state.mode.pop().__exit__(None, None, None)
 
 
+def _calls_no_gating_function(module: nn.Module) -> bool:
+    """A torch leaf module (``nn.Linear``, ``nn.Conv2d``, ``nn.BatchNorm2d``, ...): its forward
+    makes no functional gating call, so it needs no place on the module stack."""
+    return type(module).__module__.startswith("torch.nn.modules.") and next(module.children(), None) is None
+
+
 class GateRecorder:
     """Context manager that records gating states of ``model`` during forward passes.
 
@@ -871,6 +877,8 @@ class GateRecorder:
             # installed last, so the hooks above see no earlier forward hook of ours
             for name, module in self.model.named_modules():
                 act = _is_activation(module)
+                if not act and _calls_no_gating_function(module):
+                    continue  # e.g. nn.Linear, nn.Conv2d: no call site can be inside them
                 self._handles.append(
                     module.register_forward_pre_hook(self._make_push(name, act, module), prepend=True)
                 )
