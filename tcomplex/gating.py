@@ -701,9 +701,12 @@ def _feature_mask_shape(x: Tensor, op: str) -> tuple[int, ...]:
 def _functional_dropout(func: Any, op: str, bound: dict[str, Any], args: Any, kwargs: Any, recs: list[GateRecorder]) -> Any:
     """A functional dropout in training mode: one keep mask, applied and given to every recorder."""
     x: Tensor = bound["input"]
-    p = bound.get("p", 0.5)
     training = bound.get("training", True)
-    if not training or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
+    try:
+        p = float(bound.get("p", 0.5))  # also a numpy or 0-d tensor p
+    except (TypeError, ValueError):
+        p = float("nan")
+    if not training or not 0.0 <= p <= 1.0:
         return func(*args, **kwargs)  # identity, or torch's own error for a bad p
     inplace = bool(bound.get("inplace", False)) or getattr(func, "__name__", "").endswith("_")
     keys = [(r, r._function_key(op, x)) for r in recs]
