@@ -215,7 +215,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     try:
         report = run_sweep(configs, args.out, data_root=args.data_root, scheduler=args.scheduler,
                            max_workers=args.workers, threads=args.threads, progress=_tty() and not args.quiet)
-    except ImportError as exc:
+    except (ImportError, ConnectionError) as exc:  # no Dask, or a bad --scheduler address
         raise UserError(str(exc)) from None
     print(report.summary())
     return EXIT_OK if report.ok else EXIT_FAILED
