@@ -31,8 +31,8 @@ import time
 
 import torch
 
-from tcomplex.experiments import models as models_mod
 from tcomplex.experiments import train as train_mod
+from tcomplex.experiments.measure import measure_complexity
 from tcomplex.experiments.train import TrainConfig, train
 
 from _machine import cpu_model  # benchmarks/ is on sys.path when a script runs
@@ -51,18 +51,17 @@ def tracking_seconds(cfg: TrainConfig, data_root: str | None, repeats: int = 3) 
     """Median wall time of what a tracked epoch adds, timed directly: the complexity
     metrics of the analysis set plus the train/test evaluation (the steps of ``train``'s
     tracking, on a freshly initialised model of the same architecture)."""
-    d = train_mod._prepare_data(cfg, data_root)
+    d = train_mod.prepare_data(cfg, data_root)
     torch.manual_seed(cfg.seed)
-    model = models_mod.build_model(cfg.model, in_channels=d.shape[0], input_size=d.shape[-1],
-                                   num_classes=d.num_classes)
-    ex, ey = train_mod._subset(d.train_x, d.train_y, cfg.eval_train_size, 3_000_017)
+    model = train_mod.build_model_for(cfg, d.shape, d.num_classes)
     cpu = torch.device("cpu")
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        train_mod.measure_complexity(model, d.analysis_x, d.analysis_y, kinds=cfg.kinds)
-        train_mod._evaluate(cfg, model, train_mod._tensor_batches(ex, ey), cpu, None)
-        train_mod._evaluate(cfg, model, train_mod._tensor_batches(d.test_x, d.test_y), cpu, None)
+        measure_complexity(model, d.analysis_x, d.analysis_y, kinds=cfg.kinds)
+        train_batches, test_batches = train_mod.eval_batches(cfg, d)
+        train_mod.evaluate(cfg, model, train_batches, cpu)
+        train_mod.evaluate(cfg, model, test_batches, cpu)
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 

@@ -113,7 +113,7 @@ def _train_config(args: argparse.Namespace):
     from tcomplex.experiments import data as data_mod
     from tcomplex.experiments import models as models_mod
     from tcomplex.experiments.sweep import apply_overrides
-    from tcomplex.experiments.train import TrainConfig
+    from tcomplex.experiments.train import TrainConfig, validate_config
 
     base: dict[str, Any] = {"model": args.model, "dataset": args.dataset, "epochs": args.epochs}
     if args.seed is not None:
@@ -128,13 +128,17 @@ def _train_config(args: argparse.Namespace):
         raise UserError(f"unknown model {cfg.model!r}; valid models: {', '.join(models_mod.list_models())}")
     if cfg.dataset not in data_mod.DATASETS:
         raise UserError(f"unknown dataset {cfg.dataset!r}; valid datasets: {', '.join(data_mod.DATASETS)}")
+    try:
+        validate_config(cfg)  # every config error before any data is loaded
+    except (ValueError, TypeError) as exc:
+        raise UserError(str(exc)) from None
     return cfg
 
 
 def _summary_table(rows) -> str:
     import pandas as pd
 
-    from tcomplex.experiments.train import ALL
+    from tcomplex.experiments.measure import ALL
 
     if rows is None or rows.empty:
         return "(no rows)"
@@ -149,14 +153,16 @@ def _summary_table(rows) -> str:
 def cmd_train(args: argparse.Namespace) -> int:
     """``tcomplex train``: one run with complexity tracking (resumes if interrupted)."""
     cfg = _train_config(args)
-    from tcomplex.experiments.train import run_dir, train, tracked_epochs
+    from tcomplex.experiments.runs import RunDir
+    from tcomplex.experiments.train import train, tracked_epochs
 
     out = Path(args.out)
-    run = run_dir(out, cfg)
+    rd = RunDir(out, cfg)
+    run = rd.path
     epochs = tracked_epochs(cfg.epochs, cfg.track_every, cfg.track_log, cfg.track_epochs)
     log = logging.getLogger("tcomplex.cli")
     log.info("run %s -> %s (tracked epochs: %s)", cfg.run_id, run, ", ".join(map(str, epochs)))
-    already = (run / "finished.json").exists()
+    already = rd.is_finished()
     show = _tty() and not args.quiet
     result = train(cfg, out, data_root=args.data_root, progress=show)
 
@@ -166,8 +172,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     elif result.resumed_from is not None:
         print(f"resumed from the checkpoint of epoch {result.resumed_from}")
     print(_summary_table(result.rows))
-    print(f"rows:       {run / 'rows'}  (load all runs with tcomplex.experiments.train.load_results({str(out)!r}))")
-    print(f"checkpoint: {run / 'checkpoint.pt'}")
+    print(f"rows:       {rd.rows_dir}  (load all runs with tcomplex.experiments.runs.load_results({str(out)!r}))")
+    print(f"checkpoint: {rd.checkpoint_path}")
     print(f"config:     {run / 'config.json'}")
     return EXIT_OK
 
@@ -189,17 +195,27 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         if value is not None and value < 1:
             raise UserError(f"--{name} must be >= 1, got {value}")
     if args.dry_run:
-        from tcomplex.experiments.train import run_dir
+        from tcomplex.experiments.runs import RunDir
+        from tcomplex.experiments.train import validate_config
 
+        bad = 0
         for cfg in configs:
-            done = (run_dir(args.out, cfg) / "finished.json").exists()
-            print(f"{cfg.run_id}  {'finished' if done else 'to run'}")
-        print(f"{len(configs)} runs")
+            try:
+                validate_config(cfg)
+            except (ValueError, TypeError) as exc:
+                bad += 1
+                print(f"{cfg.run_id}  invalid: {exc}")
+                continue
+            print(f"{cfg.run_id}  {'finished' if RunDir(args.out, cfg).is_finished() else 'to run'}")
+        print(f"{len(configs)} runs" + (f", {bad} invalid" if bad else ""))
+        if bad:
+            raise UserError(f"{bad} of {len(configs)} runs of {args.file} have config errors (listed above); "
+                            "fix them in the sweep file")
         return EXIT_OK
     try:
         report = run_sweep(configs, args.out, data_root=args.data_root, scheduler=args.scheduler,
                            max_workers=args.workers, threads=args.threads, progress=_tty() and not args.quiet)
-    except ImportError as exc:
+    except (ImportError, ConnectionError) as exc:  # no Dask, or a bad --scheduler address
         raise UserError(str(exc)) from None
     print(report.summary())
     return EXIT_OK if report.ok else EXIT_FAILED
@@ -360,8 +376,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except Exception as exc:  # noqa: BLE001 - classified below
         from tcomplex.experiments.data import DatasetNotFoundError
+        from tcomplex.experiments.runs import RunFileError
 
-        user = isinstance(exc, (DatasetNotFoundError, ValueError, TypeError))
+        user = isinstance(exc, (DatasetNotFoundError, RunFileError, ValueError, TypeError))
         print(f"tcomplex {args.command}: error: {type(exc).__name__ + ': ' if not user else ''}{_one_line(exc)}"
               + ("" if user else " (rerun with --traceback for details)"), file=sys.stderr)
         return EXIT_USAGE if user else EXIT_FAILED

@@ -1,42 +1,98 @@
 """Reading gating states out of a PyTorch model (Section 3 and Appendix A).
 
-A *gating layer* is a call of an ``nn.ReLU``, ``nn.MaxPool1d``/``nn.MaxPool2d`` or
-(training-mode) ``nn.Dropout`` module.  For every input it produces a binary
-vector sigma_l of "which elements pass":
+What counts as gating
+---------------------
+A *gating layer* is one call of an operation whose output is its input times a
+binary, input-dependent (or random) mask -- the operations Section 3 and
+Appendix A define.  For every input it produces a binary vector sigma_l of
+"which elements pass":
 
-* ReLU: ``sigma = 1`` where the layer's *input* is > 0 (read before the module
-  runs, so ``inplace=True`` is handled).
-* Max-pool: the one-hot of the winning element of every pooling window
-  (Appendix A writes it as a d'×d matrix).  We store the winner's offset inside
-  its window (one small integer per output element) and expose it as the one-hot
-  restricted to the entries that can ever be 1, i.e. ``d' * window`` gates: every
-  pairwise Hamming distance, entropy and total correlation equals that of the
-  d'×d matrix, since the dropped entries are always 0.
-* Dropout: the keep mask, only while the module is in training mode (in eval
-  mode dropout is the identity and is not a gating layer).  While recording,
-  tcomplex draws the Bernoulli(1 - p) keep mask itself and applies it, so the mask
-  is known exactly; the layer's output distribution is unchanged.
+* ReLU (kind ``"relu"``: ``nn.ReLU`` and subclasses, ``F.relu``, ``F.relu_``,
+  ``torch.relu``, ``torch.relu_``, ``Tensor.relu``/``relu_``): ``sigma = 1``
+  where the layer's *input* is > 0 (``inplace=True`` is handled).
+* ReLU6 (kind ``"relu6"``: ``nn.ReLU6``, ``F.relu6``): relu6(x) = relu(x) -
+  relu(x - 6) is two ReLU gates per unit, so sigma_l holds ``2 d`` gates: first
+  ``x > 0`` for all d units, then ``x < 6`` for all d units.
+* Max-pool (kind ``"maxpool"``: ``nn.MaxPool1d/2d/3d``,
+  ``nn.AdaptiveMaxPool1d/2d/3d`` and the functional ``F.max_pool1d/2d/3d``,
+  ``F.adaptive_max_pool1d/2d/3d``, their ``_with_indices`` forms and
+  ``torch.max_pool1d/2d/3d``): the one-hot of the winning (first maximal)
+  element of every pooling window (Appendix A writes it as a d'×d matrix).  We
+  store the winner's offset inside its window (one small integer per output
+  element) and expose it as the one-hot restricted to the entries that can ever
+  be 1, i.e. ``d' * window`` gates: every pairwise Hamming distance, entropy and
+  total correlation equals that of the d'×d matrix, since the dropped entries
+  are always 0.  Adaptive windows differ in size; their offsets are taken in a
+  box of the largest window size per dimension (entries outside a smaller
+  window are always 0, so the same equalities hold).
+* Dropout (kind ``"dropout"``: ``nn.Dropout``, ``nn.Dropout1d/2d/3d``,
+  ``F.dropout``, ``F.dropout1d/2d/3d``, ``torch.dropout``): the keep mask, only
+  in training mode (in eval mode, or with ``training=False``, dropout is the
+  identity and not a gating layer).  While recording, tcomplex draws the
+  Bernoulli(1 - p) keep mask itself and applies it, so the mask is known
+  exactly; the layer's output distribution is unchanged.  Channel-wise dropout
+  (``Dropout1d/2d/3d``) draws one keep bit per (sample, channel), as torch does,
+  and its state is that bit *expanded to every element* of the channel: sigma
+  is the gate of every unit, as for a convolutional ReLU layer, so its width is
+  C×spatial and all elements of a channel share one value.
 
-A module called several times in one forward pass (torchvision's ``BasicBlock``
-calls ``self.relu`` twice) gives one gating layer per call, named ``name#0``,
-``name#1``, ...; a module called once keeps its plain qualified name.
+Other activations (GELU, SiLU, LeakyReLU, PReLU, ELU, SELU, CELU, Softplus,
+Tanh, Sigmoid, Hardtanh, Hardswish, Mish, ..., alpha dropout, subclasses of
+dropout with their own forward) are not gating: their output is not the input
+times a binary mask, so they have no gating state and are left out of Sigma.
+The first recorded forward pass of a model that runs any of them warns once
+(:class:`NonGatingWarning`), naming the modules and functional call sites.
 
+Names
+-----
+A module call is named by the module's qualified name.  A module called several
+times in one forward pass (torchvision's ``BasicBlock`` calls ``self.relu``
+twice) gives one gating layer per call, named ``name#0``, ``name#1``, ...; a
+module called once keeps its plain qualified name.  A *functional* call is
+named by its call site: the qualified name of the innermost module whose
+forward made the call, the operation and the call's index among the calls of
+that operation from that module in one forward pass, always written out, e.g.
+``block.relu()#0``, ``block.relu()#1`` (``relu()#0`` for a call in the root
+module's own forward).  The ``()`` keeps these names apart from module names
+(``block.relu#0`` is the first call of a *module* ``block.relu``), and the
+index does not depend on other operations or modules, so adding a layer
+elsewhere does not rename a call site.  A functional call made inside a gating
+or other activation module (``nn.ReLU.forward`` calls ``F.relu``) belongs to
+that module and is not recorded again.  A functional call whose tensor's first
+dimension is not the batch is not a per-sample gating layer: it is left out and
+named in the warning.
+
+Hooks and nesting
+-----------------
 Hooks are installed only inside :class:`GateRecorder` (a context manager) and
-are always removed on exit, also when the forward pass raises.  Inside it, a
+are always removed on exit, also when the forward pass raises; functional
+calls are seen through a ``torch.overrides.TorchFunctionMode`` that is active
+only between the start and the end of the model's forward pass.  Inside it, a
 module running torch's own ``MaxPool1d/2d.forward`` gets an instance-level
 forward that pools once with ``return_indices=True``, returns exactly what the
 module returns (same values, indices and memory layout) and turns the indices
 into window offsets, so max-pool costs no second pooling; the patch is undone on
 exit like the hooks.  A stock ``nn.ReLU`` is read from its output in a forward
 hook (``relu(x) != 0`` is ``x > 0`` and cheaper to evaluate); ReLU or max-pool
-subclasses with their own forward, and ReLUs with earlier forward hooks that
-might change the output, are read from their input in a pre-hook as before.
+subclasses with their own forward, ReLU6, MaxPool3d, adaptive max-pools, and
+ReLUs with earlier forward hooks that might change the output, are read from
+their input in a pre-hook.
+
+Recorders may be nested (an outer one around a training loop, an inner
+``record_gates`` on the same model): every recorder sees every call, and a
+training-mode dropout draws *one* keep mask per call, which is applied and
+which every active recorder stores.  Nesting recorders with different
+``sampling`` on overlapping models is refused with a RuntimeError (one of them
+would store a mask that was not applied).
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import threading
+import warnings
+import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -44,11 +100,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 
 __all__ = [
     "GATE_KINDS",
     "GateInfo",
     "GateRecorder",
+    "NonGatingWarning",
     "Recording",
     "gating_modules",
     "record_gates",
@@ -56,7 +114,7 @@ __all__ = [
     "resolve_layers",
 ]
 
-GATE_KINDS: tuple[str, ...] = ("relu", "maxpool", "dropout")
+GATE_KINDS: tuple[str, ...] = ("relu", "relu6", "maxpool", "dropout")
 
 #: alpha of Section 4.4 / Appendix H: 0.01 for gates after fully connected layers,
 #: 0.04 for gates after convolutional layers.
@@ -68,14 +126,44 @@ ALPHA_CONV = 0.04
 SAMPLING_ATTRIBUTE = "tcomplex_sampling"
 
 
+class NonGatingWarning(UserWarning):
+    """A recorded model runs activations that are not gating layers (left out of Sigma)."""
+
+
+_ADAPTIVE_POOLS = (nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
+_MAX_POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
+_DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
+
+#: activation modules that are not gating layers (warned about, never recorded)
+_NON_GATING_MODULES: tuple[type, ...] = tuple(
+    getattr(nn, n)
+    for n in (
+        "GELU", "SiLU", "LeakyReLU", "PReLU", "RReLU", "ELU", "CELU", "SELU", "Softplus", "Tanh",
+        "Sigmoid", "Hardtanh", "Hardswish", "Hardsigmoid", "Mish", "LogSigmoid", "Softsign",
+        "Tanhshrink", "Softshrink", "Hardshrink", "Threshold", "GLU", "AlphaDropout",
+        "FeatureAlphaDropout", "FractionalMaxPool2d", "FractionalMaxPool3d",
+    )
+    if hasattr(nn, n)
+)
+
+
 def _kind_of(module: nn.Module) -> str | None:
     if isinstance(module, nn.ReLU):
         return "relu"
-    if isinstance(module, (nn.MaxPool1d, nn.MaxPool2d)):
+    if type(module) is nn.ReLU6:
+        return "relu6"
+    if isinstance(module, _MAX_POOLS + _ADAPTIVE_POOLS):
         return "maxpool"
-    if type(module) is nn.Dropout:
+    if type(module) in _DROPOUTS:
         return "dropout"
     return None
+
+
+def _is_activation(module: nn.Module) -> bool:
+    """A gating module, or an activation / dropout module that is not gating."""
+    return _kind_of(module) is not None or isinstance(
+        module, _NON_GATING_MODULES + (nn.modules.dropout._DropoutNd,)
+    )
 
 
 @dataclass(frozen=True)
@@ -84,15 +172,20 @@ class GateInfo:
 
     Attributes
     ----------
-    name: unique, stable name (``module`` or ``module#call``).
-    module: qualified name of the module in the model.
-    call: index of this call among the module's calls in one forward pass.
-    kind: ``"relu"``, ``"maxpool"`` or ``"dropout"``.
+    name: unique, stable name (``module`` or ``module#call``; for a functional
+        call ``module.op()#call``).
+    module: qualified name of the module in the model (for a functional call:
+        of the module whose forward made the call, ``""`` for the root).
+    call: index of this call among the module's calls (functional: among the
+        calls of ``function`` from ``module``) in one forward pass.
+    kind: ``"relu"``, ``"relu6"``, ``"maxpool"`` or ``"dropout"``.
     after: ``"conv"`` when the gated tensor has spatial dimensions (the gate
         follows a convolution), ``"fc"`` otherwise.
-    width: number of gates per sample, d_l.
+    width: number of gates per sample, d_l (``2 * prod(shape)`` for ReLU6).
     shape: per-sample shape of the gated tensor (for max-pool: of its output).
     window: max-pool window size (1 for the other kinds).
+    function: the functional operation (``"relu"``, ``"max_pool2d"``,
+        ``"dropout2d"``, ...) for a functional call site, None for a module.
     """
 
     name: str
@@ -103,6 +196,7 @@ class GateInfo:
     width: int
     shape: tuple[int, ...]
     window: int = 1
+    function: str | None = None
 
     @property
     def default_alpha(self) -> float:
@@ -251,8 +345,8 @@ def _tuple(v: Any, n: int) -> tuple[int, ...]:
 
 
 def _pool_params(pool: nn.Module) -> tuple[int, tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
-    """(spatial dims, kernel, stride, padding, dilation) of a MaxPool1d/2d module."""
-    nd = 2 if isinstance(pool, nn.MaxPool2d) else 1
+    """(spatial dims, kernel, stride, padding, dilation) of a MaxPool1d/2d/3d module."""
+    nd = 3 if isinstance(pool, nn.MaxPool3d) else 2 if isinstance(pool, nn.MaxPool2d) else 1
     k = _tuple(pool.kernel_size, nd)
     s = _tuple(pool.stride if pool.stride is not None else pool.kernel_size, nd)
     return nd, k, s, _tuple(pool.padding, nd), _tuple(pool.dilation, nd)
@@ -270,8 +364,32 @@ def _offsets_generic(idx: Tensor, plane: tuple[int, ...], k, s, p, dil) -> Tenso
         dr = (rows - top[:, None]) // dil[0]
         dc = (cols - left[None, :]) // dil[1]
         return dr * k[1] + dc
-    left = torch.arange(out_shape[0], device=idx.device) * s[0] - p[0]
-    return (idx - left) // dil[0]
+    if nd == 1:
+        left = torch.arange(out_shape[0], device=idx.device) * s[0] - p[0]
+        return (idx - left) // dil[0]
+    starts = [torch.arange(out_shape[d], device=idx.device) * s[d] - p[d] for d in range(nd)]
+    return _offsets_in_box(idx, plane, starts, [(dd, kk) for dd, kk in zip(dil, k)])
+
+
+def _offsets_in_box(idx: Tensor, plane: Sequence[int], starts: Sequence[Tensor], steps: Sequence[tuple[int, int]]) -> Tensor:
+    """Row-major offset of a flat plane index inside its window (any number of dims).
+
+    ``starts[d]`` is the first coordinate of every output position's window along
+    dim d, ``steps[d] = (dilation, window extent)``.
+    """
+    nd = len(plane)
+    coords: list[Tensor] = []
+    rem = idx
+    for d in reversed(range(nd)):
+        coords.insert(0, rem % plane[d])
+        rem = rem // plane[d]
+    off = torch.zeros_like(idx)
+    for d in range(nd):
+        shape = [1] * nd
+        shape[d] = -1
+        dil, extent = steps[d]
+        off = off * extent + (coords[d] - starts[d].view(shape)) // dil
+    return off
 
 
 @functools.lru_cache(maxsize=128)
@@ -286,7 +404,7 @@ def _offset_plan(
     ``delta - r * (W - k1)``, with ``r = (delta * mult) >> shift`` (division by W
     as a multiply and a shift, checked here on every possible delta).
     """
-    if any(d != 1 for d in dil) or math.prod(plane) >= 2**31:
+    if len(plane) > 2 or any(d != 1 for d in dil) or math.prod(plane) >= 2**31:
         return None
     starts = [torch.arange(n, dtype=torch.int32) * st - pad for n, st, pad in zip(out_shape, s, p)]
     if len(plane) == 1:
@@ -334,19 +452,57 @@ def _pool_with_winners(x: Tensor, pool: nn.Module) -> tuple[Tensor, Tensor, Tens
     window's row-major order, as max_pool picks them.
     """
     nd, k, s, p, dil = _pool_params(pool)
-    fn = F.max_pool2d if nd == 2 else F.max_pool1d
-    out, idx = fn(x, k, s, p, dil, ceil_mode=pool.ceil_mode, return_indices=True)
+    return _max_pool_with_winners(x, nd, k, s, p, dil, pool.ceil_mode)
+
+
+def _offset_dtype(window: int) -> torch.dtype:
+    return torch.uint8 if window <= 255 else torch.int16 if window <= 2**15 - 1 else torch.int32
+
+
+def _max_pool_with_winners(
+    x: Tensor, nd: int, k: tuple[int, ...], s: tuple[int, ...], p: tuple[int, ...], dil: tuple[int, ...], ceil_mode: bool
+) -> tuple[Tensor, Tensor, Tensor, int, tuple[int, ...]]:
+    """:func:`_pool_with_winners` for explicit max-pool parameters (1, 2 or 3 spatial dims)."""
+    fn = (F.max_pool1d, F.max_pool2d, F.max_pool3d)[nd - 1]
+    out, idx = fn(x, k, s, p, dil, ceil_mode=ceil_mode, return_indices=True)
     window = math.prod(k)
-    dtype = torch.uint8 if window <= 255 else torch.int16
-    off = _window_offsets(idx, tuple(x.shape[-nd:]), k, s, p, dil, dtype)
+    off = _window_offsets(idx, tuple(x.shape[-nd:]), k, s, p, dil, _offset_dtype(window))
     return out, idx, off.flatten(1), window, tuple(idx.shape[1:])
+
+
+def _adaptive_pool_winners(x: Tensor, nd: int, output_size: Any) -> tuple[Tensor, int, tuple[int, ...]]:
+    """Winner offsets of an adaptive max-pool (1, 2 or 3 spatial dims).
+
+    Output position i along a dim of length L pooled to O covers
+    ``[floor(i L / O), ceil((i + 1) L / O))``, as torch computes it; windows differ
+    in size, so offsets are row-major in a box of the largest extent per dim.
+    """
+    fn = (F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d)[nd - 1]
+    _, idx = fn(x, output_size, return_indices=True)
+    plane = tuple(x.shape[-nd:])
+    out_shape = tuple(idx.shape[-nd:])
+    starts, steps = [], []
+    for L, O in zip(plane, out_shape):
+        i = torch.arange(O)
+        lo = (i * L) // O
+        hi = -((-(i + 1) * L) // O)
+        starts.append(lo.to(idx.device))
+        steps.append((1, int((hi - lo).max())))
+    window = math.prod(e for _, e in steps)
+    off = _offsets_in_box(idx, plane, starts, steps).to(_offset_dtype(window))
+    return off.flatten(1), window, tuple(idx.shape[1:])
 
 
 def _pool_winner_offsets(x: Tensor, pool: nn.Module) -> tuple[Tensor, int, tuple[int, ...]]:
     """Offset of the max inside its window for every pooled output element."""
+    if isinstance(pool, _ADAPTIVE_POOLS):
+        nd = 1 if isinstance(pool, nn.AdaptiveMaxPool1d) else 2 if isinstance(pool, nn.AdaptiveMaxPool2d) else 3
+        return _adaptive_pool_winners(x, nd, pool.output_size)
     _, _, off, window, shape = _pool_with_winners(x, pool)
     return off, window, shape
 
+
+_FEATURE_OPS: dict[type, str] = {nn.Dropout1d: "dropout1d", nn.Dropout2d: "dropout2d", nn.Dropout3d: "dropout3d"}
 
 _STOCK_POOL_FORWARDS = (nn.MaxPool1d.forward, nn.MaxPool2d.forward)
 
@@ -356,11 +512,254 @@ def _is_stock(module: nn.Module, forwards: tuple[Any, ...]) -> bool:
     return type(module).forward in forwards and "forward" not in module.__dict__
 
 
+#: ids of tcomplex's own forward hooks that never change a module's output
+_PASSIVE_HOOKS: set[int] = set()
+
+
 def _forward_hooks_before(module: nn.Module) -> bool:
     """Forward hooks that would run before ours (and might change the output)."""
     from torch.nn.modules import module as module_mod
 
-    return bool(module._forward_hooks) or bool(getattr(module_mod, "_global_forward_hooks", None))
+    return any(i not in _PASSIVE_HOOKS for i in module._forward_hooks) or bool(
+        getattr(module_mod, "_global_forward_hooks", None)
+    )
+
+
+# ---------------------------------------------------------------------------
+# functional gating calls, seen through one TorchFunctionMode shared by all recorders
+# ---------------------------------------------------------------------------
+_MAXPOOL_ARGS = ("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
+_ADAPTIVE_ARGS = ("input", "output_size", "return_indices")
+_DROPOUT_ARGS = ("input", "p", "training", "inplace")
+_TORCH_DROPOUT_ARGS = ("input", "p", "train")
+
+
+@functools.lru_cache(maxsize=1)
+def _function_table() -> tuple[dict[Any, tuple[str, str, tuple[str, ...]]], dict[Any, str]]:
+    """(gating functions -> (kind, op, argument names), non-gating activation functions -> op)."""
+    gating: dict[Any, tuple[str, str, tuple[str, ...]]] = {}
+
+    def add(owner: Any, names: Sequence[str], kind: str, op: str, argnames: tuple[str, ...]) -> None:
+        for n in names:
+            f = getattr(owner, n, None)
+            if f is not None:
+                gating[f] = (kind, op, argnames)
+
+    add(F, ("relu", "relu_"), "relu", "relu", ("input",))
+    add(torch, ("relu", "relu_"), "relu", "relu", ("input",))
+    add(torch.Tensor, ("relu", "relu_"), "relu", "relu", ("input",))
+    add(F, ("relu6",), "relu6", "relu6", ("input",))
+    for nd in (1, 2, 3):
+        op = f"max_pool{nd}d"
+        add(F, (op, f"{op}_with_indices"), "maxpool", op, _MAXPOOL_ARGS)
+        add(torch, (op, f"{op}_with_indices"), "maxpool", op, _MAXPOOL_ARGS)
+        op = f"adaptive_max_pool{nd}d"
+        add(F, (op, f"{op}_with_indices"), "maxpool", op, _ADAPTIVE_ARGS)
+        add(torch, (op,), "maxpool", op, _ADAPTIVE_ARGS)
+        add(F, (f"dropout{nd}d",), "dropout", f"dropout{nd}d", _DROPOUT_ARGS)
+    add(F, ("dropout",), "dropout", "dropout", _DROPOUT_ARGS)
+    add(torch, ("dropout", "dropout_"), "dropout", "dropout", _TORCH_DROPOUT_ARGS)
+    add(torch, ("feature_dropout", "feature_dropout_"), "dropout", "feature_dropout", _TORCH_DROPOUT_ARGS)
+    other: dict[Any, str] = {}
+    for owner, names in (
+        (F, ("gelu", "silu", "leaky_relu", "leaky_relu_", "prelu", "rrelu", "rrelu_", "elu", "elu_",
+             "celu", "celu_", "selu", "selu_", "softplus", "tanh", "sigmoid", "hardtanh", "hardtanh_",
+             "hardswish", "hardsigmoid", "mish", "logsigmoid", "softsign", "tanhshrink", "softshrink",
+             "hardshrink", "threshold", "threshold_", "glu", "alpha_dropout", "feature_alpha_dropout",
+             "fractional_max_pool2d", "fractional_max_pool3d")),
+        (torch, ("tanh", "tanh_", "sigmoid", "sigmoid_", "selu", "selu_", "celu", "celu_", "rrelu",
+                 "rrelu_", "prelu", "alpha_dropout", "feature_alpha_dropout")),
+        (torch.Tensor, ("tanh", "tanh_", "sigmoid", "sigmoid_")),
+    ):
+        for n in names:
+            f = getattr(owner, n, None)
+            if f is not None and f not in gating:
+                other[f] = n.rstrip("_")
+    return gating, other
+
+
+def _bind(argnames: tuple[str, ...], args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    bound = dict(zip(argnames, args))
+    bound.update(kwargs)
+    if "train" in bound:
+        bound["training"] = bound.pop("train")
+    return bound
+
+
+class _ThreadState(threading.local):
+    """Per thread (torch's mode stack is per thread too)."""
+
+    def __init__(self) -> None:
+        #: recorders whose model's forward pass is running in this thread (innermost last)
+        self.in_forward: list[GateRecorder] = []
+        #: the one TorchFunctionMode on torch's mode stack while any of them is
+        self.mode: list[TorchFunctionMode] = []
+
+
+_THREAD = _ThreadState()
+#: recorders inside their ``with`` block
+_ENTERED: list[GateRecorder] = []
+#: models already warned about (NonGatingWarning is given once per model)
+_WARNED: weakref.WeakSet[nn.Module] = weakref.WeakSet()
+#: dropout module -> [recorders still to see this call, keep mask drawn for it]
+_SHARED_DRAWS: weakref.WeakKeyDictionary[nn.Module, list[Any]] = weakref.WeakKeyDictionary()
+
+
+class _GatingMode(TorchFunctionMode):
+    """Routes functional gating calls to every recorder in a forward pass."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        gating, other = _function_table()
+        self._lookup = {**{f: (None, op, ()) for f, op in other.items()}, **gating}.get
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
+        if kwargs is None:
+            kwargs = {}
+        try:
+            entry = self._lookup(func)
+        except TypeError:  # an unhashable callable: never a gating function
+            entry = None
+        if entry is None:  # every other torch call: straight through
+            return func(*args, **kwargs)
+        kind, op, argnames = entry
+        if kind is None:  # an activation that is not gating: named in the warning
+            for rec in _THREAD.in_forward:
+                rec._note_non_gating_function(op)
+            return func(*args, **kwargs)
+        recs = [r for r in _THREAD.in_forward if r._wants_function(kind)]
+        if not recs:
+            return func(*args, **kwargs)
+        bound = _bind(argnames, args, kwargs)
+        x = bound.get("input")
+        if not isinstance(x, Tensor):
+            return func(*args, **kwargs)
+        if kind == "dropout":
+            return _functional_dropout(func, op, bound, args, kwargs, recs)
+        keys = [(r, r._function_key(op, x)) for r in recs]
+        keys = [(r, k) for r, k in keys if k is not None and r._wanted(k)]
+        if not keys:
+            return func(*args, **kwargs)
+        _check_functional_input(keys, x)
+        after = "conv" if x.dim() > 2 else "fc"
+        window = 1
+        shape = tuple(x.shape[1:])
+        if kind == "relu":
+            state: Tensor | _PoolWinners = (x > 0).flatten(1)
+            width = state.shape[1]
+            result = func(*args, **kwargs)
+        elif kind == "relu6":
+            state = torch.cat([(x > 0).flatten(1), (x < 6).flatten(1)], 1)
+            width = state.shape[1]
+            result = func(*args, **kwargs)
+        else:
+            result = func(*args, **kwargs)  # the user's pooling, exactly as called
+            nd = int(op[-2])
+            with torch.no_grad():  # the winners only: no graph for this second pooling
+                offsets, window, shape = _functional_pool_winners(x, op, nd, bound)
+            state = _PoolWinners(offsets, window)
+            width = offsets.shape[1] * window
+            after = "conv"
+        for r, key in keys:
+            r._record(key, state, kind, after, shape, width, window, op)
+        return result
+
+
+def _functional_pool_winners(x: Tensor, op: str, nd: int, bound: Mapping[str, Any]) -> tuple[Tensor, int, tuple[int, ...]]:
+    """Winner offsets, window size and output shape of a functional (adaptive) max-pool call."""
+    if op.startswith("adaptive"):
+        return _adaptive_pool_winners(x, nd, bound["output_size"])
+    k = _tuple(bound["kernel_size"], nd)
+    stride = bound.get("stride")
+    st = k if stride is None or (isinstance(stride, (tuple, list)) and not stride) else _tuple(stride, nd)
+    _, _, offsets, window, shape = _max_pool_with_winners(
+        x, nd, k, st, _tuple(bound.get("padding", 0), nd), _tuple(bound.get("dilation", 1), nd),
+        bool(bound.get("ceil_mode", False)),
+    )
+    return offsets, window, shape
+
+
+def _check_functional_input(keys: list[tuple[GateRecorder, tuple[str, int]]], x: Tensor) -> None:
+    for r, key in keys:
+        if r.check_nan:
+            r._checked_input(f"{key[0]}#{key[1]}", (x,))
+            return
+
+
+def _feature_mask_shape(x: Tensor, op: str) -> tuple[int, ...]:
+    """Shape of a channel-wise dropout's keep mask (one bit per sample and channel)."""
+    nd = 2 if op == "feature_dropout" else int(op[-2])
+    unbatched = (nd == 1 and x.dim() == 2) or (nd == 3 and x.dim() == 4)
+    if unbatched or x.dim() < 2:
+        raise ValueError(
+            f"{op} got an input of shape {tuple(x.shape)} without a batch dimension: gating states are "
+            "recorded per sample, so pass batched inputs (N, C, ...)"
+        )
+    return tuple(x.shape[:2]) + (1,) * (x.dim() - 2)
+
+
+def _functional_dropout(func: Any, op: str, bound: dict[str, Any], args: Any, kwargs: Any, recs: list[GateRecorder]) -> Any:
+    """A functional dropout in training mode: one keep mask, applied and given to every recorder."""
+    x: Tensor = bound["input"]
+    training = bound.get("training", True)
+    try:
+        p = float(bound.get("p", 0.5))  # also a numpy or 0-d tensor p
+    except (TypeError, ValueError):
+        p = float("nan")
+    if not training or not 0.0 <= p <= 1.0:
+        return func(*args, **kwargs)  # identity, or torch's own error for a bad p
+    inplace = bool(bound.get("inplace", False)) or getattr(func, "__name__", "").endswith("_")
+    keys = [(r, r._function_key(op, x)) for r in recs]
+    keys = [(r, k) for r, k in keys if k is not None]
+    if not keys:
+        return func(*args, **kwargs)
+    _check_functional_input(keys, x)
+    sampling = {r.sampling for r, _ in keys}
+    if len(sampling) > 1:
+        raise RuntimeError(
+            "nested GateRecorders with different sampling= saw the same dropout call: one of them would "
+            "store a keep mask that was not applied; record with and without sampling one after the other"
+        )
+    mask_shape = tuple(x.shape) if op == "dropout" else _feature_mask_shape(x, op)
+    if sampling.pop():
+        keep = torch.empty(mask_shape, dtype=x.dtype, device=x.device).bernoulli_(1.0 - p).bool()
+        out = x * keep / (1.0 - p) if p < 1 else torch.zeros_like(x)
+    else:
+        keep = torch.ones(mask_shape, dtype=torch.bool, device=x.device)
+        out = x
+    state = keep.expand(x.shape).flatten(1)
+    after = "conv" if x.dim() > 2 else "fc"
+    for r, key in keys:
+        if r._wanted(key):
+            r._record(key, state, "dropout", after, tuple(x.shape[1:]), state.shape[1], 1, op)
+    if inplace:
+        if out is not x:
+            x.copy_(out)
+        return x
+    return out
+
+
+def _mode_push(rec: GateRecorder) -> None:
+    state = _THREAD
+    state.in_forward.append(rec)
+    if len(state.in_forward) == 1:
+        mode = _GatingMode()
+        mode.__enter__()
+        state.mode.append(mode)
+
+
+def _mode_pop(rec: GateRecorder) -> None:
+    state = _THREAD
+    if rec in state.in_forward:
+        state.in_forward.remove(rec)
+        if not state.in_forward and state.mode:
+            state.mode.pop().__exit__(None, None, None)
+
+
+def _calls_no_gating_function(module: nn.Module) -> bool:
+    """A torch leaf module (``nn.Linear``, ``nn.Conv2d``, ``nn.BatchNorm2d``, ...): its forward
+    makes no functional gating call, so it needs no place on the module stack."""
+    return type(module).__module__.startswith("torch.nn.modules.") and next(module.children(), None) is None
 
 
 class GateRecorder:
@@ -373,7 +772,8 @@ class GateRecorder:
     Parameters
     ----------
     model: any ``nn.Module``; its train/eval mode is left as it is.
-    kinds: which gating kinds to record (subset of ``GATE_KINDS``).
+    kinds: which gating kinds to record (subset of ``GATE_KINDS``), as modules
+        or functional calls (see "What counts as gating" in the module docstring).
     layers: optional names or positions (see :func:`resolve_layers`) to keep;
         validated after the first forward pass.
     sampling: ``False`` removes the model's random sampling while recording
@@ -384,6 +784,18 @@ class GateRecorder:
         last batch in :attr:`last` (for use inside a training loop).
     store_device: where stored states live (default CPU).
     check_nan: raise if a gating layer's input holds NaN.
+
+    Raises
+    ------
+    RuntimeError: on entry, if a recorder with a different ``sampling`` is
+        already recording an overlapping model (nested recorders share one
+        dropout mask per call, so they must agree on whether it is drawn).
+    ValueError: after the first forward pass, if no gating operation ran.
+
+    Warns
+    -----
+    NonGatingWarning: once per model, naming the activations it ran that are
+        not gating layers (left out of Sigma).
     """
 
     def __init__(
@@ -406,17 +818,12 @@ class GateRecorder:
         self.store_device = None if store_device is None else torch.device(store_device)
         self.check_nan = check_nan
         self._modules = gating_modules(model, self.kinds)
-        if not self._modules:
-            raise ValueError(
-                f"the model has no gating module of kinds {self.kinds} (nn.ReLU, nn.MaxPool1d/2d, "
-                "nn.Dropout); functional calls such as F.relu cannot be hooked: use module layers"
-            )
         self._handles: list[Any] = []
         self._patched: list[tuple[nn.Module, Any]] = []  # (module, the forward set on it)
         self._saved_sampling: list[tuple[nn.Module, Any]] = []
         self._calls: dict[str, int] = {}
         self._batch: dict[tuple[str, int], Tensor | _PoolWinners] = {}
-        self._batch_info: dict[tuple[str, int], tuple[str, str, tuple[int, ...], int, int]] = {}
+        self._batch_info: dict[tuple[str, int], tuple[str, str, tuple[int, ...], int, int, str | None]] = {}
         self._order: list[tuple[str, int]] | None = None  # keys kept, forward order
         self._layout: list[tuple[str, int]] = []  # every gating call of the first forward
         self._called: list[tuple[str, int]] = []
@@ -426,12 +833,29 @@ class GateRecorder:
         self._last: dict[str, Tensor | _PoolWinners] = {}
         self._active = False
         self._pending_input: dict[str, Tensor] = {}
+        # module stack of the running forward pass: (qualified name, is an activation module)
+        self._stack: list[tuple[str, bool]] = []
+        self._act_depth = 0  # activation modules on the stack (their functional calls are theirs)
+        self._batch_n: int | None = None
+        self._sites: set[str] = set()  # call-site keys of functional calls
+        self._non_gating: dict[str, None] = {}  # non-gating activations of the first pass (ordered)
+        self._module_ids: set[int] = set()
 
     # -- context management -------------------------------------------------
     def __enter__(self) -> GateRecorder:
         if self._active:
             raise RuntimeError("this GateRecorder is already active")
+        self._module_ids = {id(m) for m in self.model.modules()}
+        for other in _ENTERED:
+            if other.sampling != self.sampling and other._module_ids & self._module_ids:
+                raise RuntimeError(
+                    f"a GateRecorder with sampling={other.sampling} is already recording this model: nested "
+                    f"recorders must agree on sampling (this one has sampling={self.sampling}), since one "
+                    "dropout keep mask is drawn per call and shared; record with and without sampling one "
+                    "after the other (record_gates_with_and_without_sampling does)"
+                )
         self._active = True
+        _ENTERED.append(self)
         try:
             self._handles.append(self.model.register_forward_pre_hook(self._on_root_start))
             self._handles.append(self.model.register_forward_hook(self._on_root_end))
@@ -448,7 +872,25 @@ class GateRecorder:
                 else:
                     self._handles.append(module.register_forward_pre_hook(self._make_pre_hook(name, module)))
                 if kind == "dropout":
-                    self._handles.append(module.register_forward_hook(self._make_dropout_hook(name, module)))
+                    self._handles.append(
+                        module.register_forward_hook(self._make_dropout_hook(name, module), always_call=True)
+                    )
+            # module stack for naming functional call sites: pushed before every other pre-hook
+            # (whose own pooling is then inside the module), popped after every forward hook;
+            # installed last, so the hooks above see no earlier forward hook of ours
+            for name, module in self.model.named_modules():
+                act = _is_activation(module)
+                if not act and _calls_no_gating_function(module):
+                    continue  # e.g. nn.Linear, nn.Conv2d: no call site can be inside them
+                self._handles.append(
+                    module.register_forward_pre_hook(self._make_push(name, act, module), prepend=True)
+                )
+                h = module.register_forward_hook(self._make_pop(act), always_call=True)
+                _PASSIVE_HOOKS.add(h.id)
+                self._handles.append(h)
+            h = self.model.register_forward_hook(self._on_root_exit, always_call=True)
+            _PASSIVE_HOOKS.add(h.id)
+            self._handles.append(h)
             if not self.sampling:
                 for m in self.model.modules():
                     if hasattr(m, SAMPLING_ATTRIBUTE):
@@ -464,8 +906,18 @@ class GateRecorder:
 
     def _remove(self) -> None:
         for h in self._handles:
+            _PASSIVE_HOOKS.discard(h.id)
             h.remove()
         self._handles.clear()
+        _mode_pop(self)
+        if self in _ENTERED:
+            _ENTERED.remove(self)
+        for m in self._modules.values():
+            entry = _SHARED_DRAWS.get(m)
+            if entry is not None and self in entry[2]:
+                entry[2].discard(self)
+                if not entry[2]:
+                    del _SHARED_DRAWS[m]
         for m, forward in self._patched:
             if m.__dict__.get("forward") is forward:
                 del m.forward
@@ -481,6 +933,63 @@ class GateRecorder:
         self._calls = {}
         self._called = []
         self._batch = {}
+        x = args[0] if args else None
+        self._batch_n = int(x.shape[0]) if isinstance(x, Tensor) and x.dim() > 0 else None
+        _mode_push(self)
+
+    def _on_root_exit(self, module: nn.Module, args: Any, output: Any) -> None:
+        """Runs last, also when the forward pass raises: leave torch's mode stack as it was."""
+        _mode_pop(self)
+        self._stack = []
+        self._act_depth = 0
+
+    def _make_push(self, name: str, act: bool, module: nn.Module):
+        first_pass_note = (
+            None if _kind_of(module) is not None or not act else f"{type(module).__name__} {name!r}"
+        )
+
+        def push(mod: nn.Module, args: Any) -> None:
+            self._stack.append((name, act))
+            if act:
+                self._act_depth += 1
+                if first_pass_note is not None and self._order is None:
+                    self._non_gating[first_pass_note] = None
+
+        return push
+
+    def _make_pop(self, act: bool):
+        def pop(mod: nn.Module, args: Any, output: Any) -> None:
+            if self._stack:
+                self._stack.pop()
+                if act:
+                    self._act_depth -= 1
+
+        return pop
+
+    def _site(self, op: str) -> tuple[str, str]:
+        path = self._stack[-1][0] if self._stack else ""
+        return path, (f"{path}.{op}()" if path else f"{op}()")
+
+    def _wants_function(self, kind: str) -> bool:
+        return kind in self.kinds and self._act_depth == 0
+
+    def _function_key(self, op: str, x: Tensor) -> tuple[str, int] | None:
+        """The key of a functional call (counted for the layout), None if it is not per sample."""
+        path, site = self._site(op)
+        if x.dim() == 0 or (self._batch_n is not None and x.shape[0] != self._batch_n):
+            if self._order is None:
+                self._non_gating[
+                    f"{op} in {path or 'the root module'!s} on a tensor of shape {tuple(x.shape)} "
+                    "(first dimension is not the batch)"
+                ] = None
+            return None
+        self._sites.add(site)
+        return self._next_key(site)
+
+    def _note_non_gating_function(self, op: str) -> None:
+        if self._order is None and self._act_depth == 0:
+            path, _ = self._site(op)
+            self._non_gating[f"F.{op} in {path or 'the root module'}"] = None
 
     def _on_root_end(self, module: nn.Module, args: Any, output: Any) -> None:
         if self._order is None:
@@ -505,16 +1014,19 @@ class GateRecorder:
     def _finalise_layout(self) -> None:
         keys = list(self._called)  # forward order
         self._layout = keys
+        self._warn_non_gating()
         if not keys:
             raise ValueError(
-                f"no gating layer of kinds {self.kinds} was called in the forward pass "
-                "(dropout gates only in training mode; functional F.relu calls cannot be hooked)"
+                f"no gating module or function of kinds {self.kinds} was called in the forward pass "
+                "(gating: ReLU, ReLU6, max-pool, dropout in training mode, as modules or functional "
+                "calls; see 'What counts as gating' in the README)"
             )
         counts: dict[str, int] = {}
         for module_name, _ in keys:
             counts[module_name] = counts.get(module_name, 0) + 1
         names = {
-            key: key[0] if counts[key[0]] == 1 else f"{key[0]}#{key[1]}" for key in keys
+            key: key[0] if counts[key[0]] == 1 and key[0] not in self._sites else f"{key[0]}#{key[1]}"
+            for key in keys
         }
         all_names = [names[k] for k in keys]
         kept = all_names if self.layers is None else resolve_layers(all_names, self.layers)
@@ -522,8 +1034,21 @@ class GateRecorder:
         self._order = order
         self._names = {k: names[k] for k in order}
         for k in order:
-            kind, after, shape, width, window = self._batch_info[k]
-            self.info[names[k]] = GateInfo(names[k], k[0], k[1], kind, after, width, shape, window)
+            kind, after, shape, width, window, function = self._batch_info[k]
+            module = k[0][: -len(function) - 3].rstrip(".") if function else k[0]
+            self.info[names[k]] = GateInfo(names[k], module, k[1], kind, after, width, shape, window, function)
+
+    def _warn_non_gating(self) -> None:
+        if not self._non_gating or self.model in _WARNED:
+            return
+        _WARNED.add(self.model)
+        warnings.warn(
+            "these activations of the model are not gating layers and are left out of the recorded "
+            f"gating states Sigma: {', '.join(self._non_gating)} (gating layers are ReLU, ReLU6, "
+            "max-pool and training-mode dropout; see 'What counts as gating' in the README)",
+            NonGatingWarning,
+            stacklevel=4,
+        )
 
     def _wanted(self, key: tuple[str, int]) -> bool:
         return self._order is None or key in self._names
@@ -554,8 +1079,17 @@ class GateRecorder:
                 if not mod.training:
                     return
                 x = self._checked_input(name, args)
+                if type(mod) is not nn.Dropout:
+                    _feature_mask_shape(x, _FEATURE_OPS[type(mod)])  # raises for unbatched input
                 # keep the input: inplace dropout overwrites it before the forward hook
                 self._pending_input[name] = x.clone() if mod.inplace else x
+                # one keep mask per call for all recorders of this module (nested recorders)
+                entry = _SHARED_DRAWS.get(mod)
+                if entry is None or entry[1] is not None:
+                    _SHARED_DRAWS[mod] = [0, None, {self}]
+                    entry = _SHARED_DRAWS[mod]
+                entry[0] += 1
+                entry[2].add(self)
                 return
             key = self._next_key(name)
             if not self._wanted(key):
@@ -564,6 +1098,9 @@ class GateRecorder:
             after = "conv" if x.dim() > 2 else "fc"
             if kind == "relu":
                 state: Tensor | _PoolWinners = (x > 0).flatten(1)
+                width, window, shape = state.shape[1], 1, tuple(x.shape[1:])
+            elif kind == "relu6":
+                state = torch.cat([(x > 0).flatten(1), (x < 6).flatten(1)], 1)
                 width, window, shape = state.shape[1], 1, tuple(x.shape[1:])
             else:
                 offsets, window, shape = _pool_winner_offsets(x, mod)
@@ -620,20 +1157,41 @@ class GateRecorder:
         return forward
 
     def _make_dropout_hook(self, name: str, module: nn.Module):
-        def hook(mod: nn.Module, args: tuple[Any, ...], output: Tensor) -> Tensor | None:
-            if not mod.training:
+        channel_wise = type(module) is not nn.Dropout
+
+        def hook(mod: nn.Module, args: tuple[Any, ...], output: Tensor | None) -> Tensor | None:
+            if not mod.training or name not in self._pending_input:
                 return None
             x = self._pending_input.pop(name)
-            key = self._next_key(name)
-            if self.sampling:
-                keep = torch.empty_like(x).bernoulli_(1.0 - mod.p).bool()
-                out = x * keep / (1.0 - mod.p) if mod.p < 1 else torch.zeros_like(x)
+            entry = _SHARED_DRAWS.get(mod)
+            if entry is not None and self in entry[2]:
+                entry[0] -= 1
+                entry[2].discard(self)
+                if entry[0] <= 0 or not entry[2]:
+                    del _SHARED_DRAWS[mod]
             else:
-                keep = torch.ones_like(x, dtype=torch.bool)
+                entry = None
+            if output is None:  # the forward pass raised (this hook is always called)
+                return None
+            keep = entry[1] if entry is not None else None
+            if keep is None:  # the first recorder to see this call draws the mask
+                if not self.sampling:
+                    keep = torch.ones_like(x, dtype=torch.bool)
+                elif channel_wise:
+                    shape = _feature_mask_shape(x, _FEATURE_OPS[type(mod)])
+                    keep = torch.empty(shape, dtype=x.dtype, device=x.device).bernoulli_(1.0 - mod.p).bool()
+                else:
+                    keep = torch.empty_like(x).bernoulli_(1.0 - mod.p).bool()
+                if entry is not None:
+                    entry[1] = keep
+            if not self.sampling:
                 out = x
+            else:
+                out = x * keep / (1.0 - mod.p) if mod.p < 1 else torch.zeros_like(x)
+            key = self._next_key(name)
             if self._wanted(key):
                 after = "conv" if x.dim() > 2 else "fc"
-                state = keep.flatten(1)
+                state = keep.expand(x.shape).flatten(1)
                 self._record(key, state, "dropout", after, tuple(x.shape[1:]), state.shape[1], 1)
             if mod.inplace:
                 output.copy_(out)
@@ -642,10 +1200,10 @@ class GateRecorder:
 
         return hook
 
-    def _record(self, key, state, kind, after, shape, width, window) -> None:
+    def _record(self, key, state, kind, after, shape, width, window, function=None) -> None:
         self._batch[key] = state
         if self._order is None:
-            self._batch_info[key] = (kind, after, shape, width, window)
+            self._batch_info[key] = (kind, after, shape, width, window, function)
 
     # -- results ----------------------------------------------------------------
     @property
@@ -713,7 +1271,8 @@ def record_gates(
     model: the network; its train/eval mode is respected and left unchanged.
     inputs: a tensor ``[n, ...]`` (split into ``batch_size`` batches) or an
         iterable of batches (tensors or ``(x, y, ...)`` tuples, e.g. a DataLoader).
-    kinds: gating kinds to record (Section 3: ReLU, max-pool, dropout).
+    kinds: gating kinds to record (Section 3: ReLU, ReLU6, max-pool, dropout),
+        as modules or functional calls (see "What counts as gating" above).
     layers: names or positions of the layers to keep (:func:`resolve_layers`).
     sampling: False records with the model's random sampling removed (Eq. 3).
     device: where to run the forward passes (default: the model's device).

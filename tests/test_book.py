@@ -144,6 +144,9 @@ def test_only_code_and_parameters_make_an_executed_notebook_stale(tmp_path):
     assert ran[-1]["outputs"] == [c for c in executed["cells"] if c["cell_type"] == "code"][-1]["outputs"]
     params_at = next(i for i, c in enumerate(page["cells"]) if "parameters" in c["metadata"].get("tags", []))
     assert "injected-parameters" in page["cells"][params_at + 1]["metadata"]["tags"]
+    src["cells"][code]["source"] = "# a comment\n\n" + "".join(src["cells"][code]["source"]) + "  # another"
+    src_path.write_text(json.dumps(src))
+    assert state() == "current"  # comments and blank lines are not code
     src["cells"][code]["source"] = "print('changed')"
     src_path.write_text(json.dumps(src))
     assert state() == "stale"

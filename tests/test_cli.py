@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from tcomplex import cli
-from tcomplex.experiments.train import load_results
+from tcomplex.experiments.runs import RunDir, load_results
+from tcomplex.experiments.train import TrainConfig
 
 TINY_SET = ["--set", "train_subset=1000", "--set", "test_subset=500", "--set", "analysis_per_class=10",
             "--set", "eval_train_size=1000", "--set", "device=cpu"]
@@ -205,3 +206,104 @@ def test_sweep_bad_file_exits_2(content, message, tmp_path, capsys):
     assert re.search(message, _one_error_line(capsys.readouterr().err))
     assert cli.main(["sweep", str(tmp_path / "missing.json")]) == 2
     assert "sweep file not found" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- #
+# the reproducers of issue 11: clear errors
+# --------------------------------------------------------------------------- #
+def test_sweep_dry_run_finds_config_errors(tmp_path, capsys):
+    f = _sweep_file(tmp_path, {"optimizer": ["sgd", "adamw"], "model": ["mlp_mnist", "no_such_model"]})
+    assert cli.main(["sweep", str(f), "--out", str(tmp_path / "runs"), "--dry-run"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out.count("to run") == 1 and captured.out.count("invalid:") == 3
+    assert "optimizer must be one of ['sgd', 'adam'], got 'adamw'" in captured.out
+    assert "unknown model 'no_such_model'" in captured.out
+    assert "3 of 4 runs" in _one_error_line(captured.err)
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("optimizer=adamw", "optimizer must be one of"),
+    ("schedule=linear", "schedule must be one of"),
+])
+def test_train_config_errors_come_before_the_data(setting, message, tmp_path, capsys):
+    empty = tmp_path / "no_data"
+    empty.mkdir()  # would give a dataset-not-found error if the data were loaded first
+    assert cli.main(_train_args(tmp_path / "r", "--set", setting, data_root=empty)) == 2
+    assert message in _one_error_line(capsys.readouterr().err)
+
+
+def test_train_with_a_truncated_checkpoint_names_the_file_and_the_fix(data_root, tmp_path, capsys):
+    out = tmp_path / "r"
+    cfg = TrainConfig(model="mlp_mnist", dataset="mnist", epochs=1, train_subset=1000, test_subset=500,
+                      analysis_per_class=10, eval_train_size=1000, device="cpu")
+    run = RunDir(out, cfg)
+    run.prepare()
+    run.save_checkpoint({"epoch": 0, "model": {}})
+    run.checkpoint_path.write_bytes(run.checkpoint_path.read_bytes()[:100])
+    assert cli.main(_train_args(out, data_root=data_root)) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert f"checkpoint {run.checkpoint_path} is corrupt or truncated" in line and "delete it" in line
+    assert "EOFError" not in line.split("(")[0]
+
+
+# --------------------------------------------------------------------------- #
+# issue 15: a killed sweep leaves no process behind
+# --------------------------------------------------------------------------- #
+def test_kill_9_of_a_sweep_with_two_workers_leaves_no_process(data_root, tmp_path):
+    """``kill -9`` of ``tcomplex sweep --workers 2``: its fork server, workers and resource
+    tracker are all gone within a few seconds (they used to train on for minutes)."""
+    import os
+    import signal
+    import time
+
+    psutil = pytest.importorskip("psutil")
+    f = _sweep_file(tmp_path, {"seed": [0, 1], "epochs": [20]})  # long enough to be killed mid-run
+    repo = str(Path(cli.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "tcomplex.cli", "sweep", str(f), "--out", str(tmp_path / "runs"),
+           "--workers", "2", "--threads", "1", "--data-root", data_root, "-q"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, start_new_session=True)
+    descendants = []
+    try:
+        me = psutil.Process(proc.pid)
+        deadline = time.monotonic() + 240
+        # the resource tracker, the fork server and its two workers
+        while time.monotonic() < deadline and proc.poll() is None:
+            descendants = me.children(recursive=True)
+            workers = [p for p in descendants if p.ppid() != proc.pid]
+            if len(workers) >= 2:
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, f"the sweep ended before it could be killed: {proc.stderr.read().decode()}"
+        assert len(workers) >= 2, [p.cmdline() for p in descendants]
+        time.sleep(1.0)  # the workers are training
+        descendants = me.children(recursive=True)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        gone_by = time.monotonic() + 10
+        alive = descendants
+        while alive and time.monotonic() < gone_by:
+            alive = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+            time.sleep(0.1)
+        assert not alive, f"still alive 10 s after kill -9: {[' '.join(p.cmdline())[:80] for p in alive]}"
+        # nothing of the session is left either (its process group is empty)
+        group = [p for p in psutil.process_iter(["pid"]) if _pgid(p.pid) == proc.pid]
+        assert not [p for p in group if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    finally:
+        for p in descendants:
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
+        if proc.poll() is None:
+            proc.kill()
+        proc.stderr.close()
+
+
+def _pgid(pid: int) -> int | None:
+    import os
+
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None

@@ -195,17 +195,17 @@ def test_penalty_state_resumes_with_the_substrate_checkpoints(tmp_path, monkeypa
                                 analysis_per_class=10, track_every=1, track_log=False, rates=False,
                                 complexity_lambda=1e-3)
     whole = train_mod.train(cfg, tmp_path / "a", data_root=DATA, progress=False).rows
-    real = train_mod._epoch_batches
+    real = train_mod.epoch_batches
 
     def interrupted(c, d, epoch):
         if epoch == 2:
             raise KeyboardInterrupt
         return real(c, d, epoch)
 
-    monkeypatch.setattr(train_mod, "_epoch_batches", interrupted)
+    monkeypatch.setattr(train_mod, "epoch_batches", interrupted)
     with pytest.raises(KeyboardInterrupt):
         train_mod.train(cfg, tmp_path / "b", data_root=DATA, progress=False)
-    monkeypatch.setattr(train_mod, "_epoch_batches", real)
+    monkeypatch.setattr(train_mod, "epoch_batches", real)
     resumed = train_mod.train(cfg, tmp_path / "b", data_root=DATA, progress=False)
     assert resumed.resumed_from == 1
     keep = lambda df: df[df.metric != "epoch_seconds"].reset_index(drop=True)  # noqa: E731

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
+import math
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -226,8 +230,11 @@ def test_errors_for_models_without_gates_and_nan():
         def forward(self, x):
             return F.relu(self.fc(x))
 
-    with pytest.raises(ValueError, match="no gating layer"):
-        tc.record_gates(Functional(), torch.randn(4, 3))
+    # a functional F.relu is a gating layer too (issue 15): named by its call site
+    rec = tc.record_gates(Functional(), torch.randn(4, 3))
+    assert rec.names == ["relu()#0"]
+    with pytest.warns(tc.NonGatingWarning, match="Tanh '1'"), pytest.raises(ValueError, match="no gating module"):
+        tc.record_gates(nn.Sequential(nn.Linear(3, 2), nn.Tanh()), torch.randn(4, 3))
     with pytest.raises(ValueError, match="NaN"):
         tc.record_gates(HandMLP(), torch.full((4, 5), float("nan")))
     with pytest.raises(ValueError, match="unknown gating kinds"):
@@ -477,3 +484,398 @@ def test_nested_recorders_see_the_same_states():
     for k in alone:
         assert torch.equal(inner[k], alone[k])
         assert torch.equal(both[k], torch.cat([alone[k], alone[k]]))
+
+
+# ---------------------------------------------------------------------------
+# issue 15: every gating operation is recorded wherever it runs; the others are named
+# ---------------------------------------------------------------------------
+class MixedNet(nn.Module):
+    """nn.ReLU, F.relu, ReLU6, LeakyReLU, GELU, AdaptiveMaxPool2d and Dropout2d (the issue's model)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.act = nn.ReLU()
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.six = nn.ReLU6()
+        self.leaky = nn.LeakyReLU()
+        self.gelu = nn.GELU()
+        self.pool = nn.AdaptiveMaxPool2d((3, 2))
+        self.drop = nn.Dropout2d(0.4)
+        self.fc = nn.Linear(4 * 3 * 2, 5)
+
+    def stages(self, x):
+        h1 = self.conv(x)
+        h2 = self.conv2(self.act(h1))
+        h3 = 4 * F.relu(h2)  # functional: recorded as "relu()#0"
+        h4 = self.leaky(self.six(h3))
+        return h1, h2, h3, self.gelu(h4)
+
+    def forward(self, x):
+        h = self.stages(x)[-1]
+        return self.fc(self.drop(self.pool(h)).flatten(1))
+
+
+def _adaptive_windows(L, O):
+    return [(i * L // O, -(-(i + 1) * L // O)) for i in range(O)]
+
+
+def _adaptive_winner_onehot(h, out_hw):
+    """Brute force: one-hot of each adaptive window's first maximum, in a box of the largest window."""
+    n, c, H, W = h.shape
+    rows, cols = _adaptive_windows(H, out_hw[0]), _adaptive_windows(W, out_hw[1])
+    kh, kw = max(b - a for a, b in rows), max(b - a for a, b in cols)
+    ref = torch.zeros(n, c, out_hw[0], out_hw[1], kh * kw, dtype=torch.bool)
+    for i, (r0, r1) in enumerate(rows):
+        for j, (c0, c1) in enumerate(cols):
+            win = h[:, :, r0:r1, c0:c1].reshape(n, c, -1)
+            a = win.argmax(-1)  # the first maximum
+            off = (a // (c1 - c0)) * kw + a % (c1 - c0)
+            ref[:, :, i, j].scatter_(-1, off.unsqueeze(-1), True)
+    return ref.reshape(n, -1), kh * kw
+
+
+def test_every_gating_operation_is_recorded_and_non_gating_ones_are_named():
+    torch.manual_seed(20)
+    net = MixedNet().train()
+    x = torch.randn(6, 1, 7, 5)
+    with pytest.warns(tc.NonGatingWarning, match=r"LeakyReLU 'leaky'.*GELU 'gelu'"):
+        with GateRecorder(net) as rec, torch.no_grad():
+            y = net(x)
+    r = rec.recording()
+    assert r.names == ["act", "relu()#0", "six", "pool", "drop"]
+    assert [r.info[k].kind for k in r.names] == ["relu", "relu", "relu6", "maxpool", "dropout"]
+    assert r.info["relu()#0"].module == "" and r.info["relu()#0"].function == "relu"
+    with torch.no_grad():
+        h1, h2, h3, h = net.stages(x)
+        pooled = F.adaptive_max_pool2d(h, (3, 2))
+    assert torch.equal(r["act"], (h1 > 0).flatten(1))
+    assert torch.equal(r["relu()#0"], (h2 > 0).flatten(1))
+    # ReLU6: two gates per unit, first x > 0 for every unit, then x < 6
+    assert r.info["six"].width == 2 * h3[0].numel()
+    assert torch.equal(r["six"], torch.cat([(h3 > 0).flatten(1), (h3 < 6).flatten(1)], 1))
+    onehot, window = _adaptive_winner_onehot(h, (3, 2))
+    assert r.info["pool"].window == window == 3 * 3 and torch.equal(r["pool"], onehot)
+    # Dropout2d: one keep bit per (sample, channel), expanded to the channel's elements, and applied
+    keep = r["drop"].view(6, 4, 3 * 2)
+    assert torch.equal(keep, keep[:, :, :1].expand_as(keep))
+    assert torch.allclose(y, net.fc((pooled * keep.view(6, 4, 3, 2) / 0.6).flatten(1)), atol=1e-6)
+    assert _no_hooks(net) and net.training
+    with warnings.catch_warnings():  # once per model
+        warnings.simplefilter("error")
+        assert tc.record_gates(net, x).names == r.names
+
+
+class FunctionalBlock(nn.Module):
+    """Gating done by functions only; called twice by its parent."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(6, 6)
+        self.act = nn.ReLU()  # a module ReLU: recorded once, not again through its F.relu
+
+    def forward(self, x):
+        h = self.fc(x)
+        a = torch.relu(h)
+        b = self.act(h + 1)
+        c = (h - 1).relu()
+        d = F.relu_(h.clone() * 2)
+        return a + b + c + d
+
+
+def test_functional_relus_are_named_by_call_site_and_module_relus_not_twice():
+    torch.manual_seed(21)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.block = FunctionalBlock()
+            self.out = nn.Linear(6, 2)
+
+        def forward(self, x):
+            return self.out(F.relu(self.block(self.block(x))))
+
+    net = Net()
+    x = torch.randn(9, 6)
+    rec = tc.record_gates(net, x)
+    assert rec.names == [
+        "block.relu()#0", "block.act#0", "block.relu()#1", "block.relu()#2",
+        "block.relu()#3", "block.act#1", "block.relu()#4", "block.relu()#5",
+        "relu()#0",
+    ]
+    with torch.no_grad():
+        h = net.block.fc(x)
+        first = net.block(x)
+        h2 = net.block.fc(first)
+        second = net.block(first)
+    assert torch.equal(rec["block.relu()#0"], h > 0)
+    assert torch.equal(rec["block.act#0"], h + 1 > 0)
+    assert torch.equal(rec["block.relu()#1"], h - 1 > 0)
+    assert torch.equal(rec["block.relu()#2"], h * 2 > 0)
+    assert torch.equal(rec["block.relu()#4"], h2 - 1 > 0)
+    assert torch.equal(rec["relu()#0"], second > 0)
+    assert rec.info["block.relu()#4"].module == "block" and rec.info["block.relu()#4"].call == 4
+    # layers can be selected by these names, and the names are the same on every run
+    assert tc.record_gates(net, x, layers=["block.relu()#4"]).names == ["block.relu()#4"]
+    assert tc.record_gates(net, x).names == rec.names
+    # only ReLUs, only max-pools: kinds filter functional calls too
+    with pytest.raises(ValueError, match="no gating module"):
+        tc.record_gates(net, x, kinds=("maxpool",))
+    assert _no_hooks(net)
+
+
+@pytest.mark.parametrize("nd", [1, 2, 3])
+def test_functional_and_module_max_pools_in_1_2_3_dims(nd):
+    g = torch.Generator().manual_seed(22 + nd)
+    shape = (4, 2) + (7, 6, 5)[:nd]
+    x = torch.randint(-2, 3, shape, generator=g).float()  # many ties: the first maximum wins
+    mod = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)[nd - 1](3, stride=2, padding=1)
+    fn = (F.max_pool1d, F.max_pool2d, F.max_pool3d)[nd - 1]
+    tfn = (torch.max_pool1d, torch.max_pool2d, torch.max_pool3d)[nd - 1]
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.pool = mod
+
+        def forward(self, x):
+            a = self.pool(x)
+            b, _ = fn(x, 3, 2, 1, return_indices=True)
+            c = tfn(x, kernel_size=3, stride=2, padding=1)
+            return a + b + c
+
+    net = Net()
+    rec = tc.record_gates(net, x)
+    op = f"max_pool{nd}d"
+    assert rec.names == ["pool", f"{op}()#0", f"{op}()#1"]
+    _, idx = fn(x, 3, 2, 1, return_indices=True)
+    # brute force: the winner's coordinates minus its window's start, row-major in the 3^nd window
+    coords, rem = [], idx
+    for d in reversed(range(nd)):
+        coords.insert(0, rem % shape[2 + d])
+        rem = rem // shape[2 + d]
+    off = torch.zeros_like(idx)
+    for d in range(nd):
+        start = torch.arange(idx.shape[2 + d]) * 2 - 1
+        off = off * 3 + coords[d] - start.view([-1] + [1] * (nd - 1 - d))
+    ref = F.one_hot(off.flatten(1), 3**nd).flatten(1).bool()
+    for name in rec.names:
+        assert rec.info[name].window == 3**nd
+        assert torch.equal(rec[name], ref)
+    # the winners are maxima of their windows
+    vals = x.flatten(2).gather(2, idx.flatten(2))
+    assert torch.equal(vals, fn(x, 3, 2, 1).flatten(2))
+
+
+@pytest.mark.parametrize("nd", [1, 2, 3])
+def test_adaptive_max_pools_module_and_functional(nd):
+    g = torch.Generator().manual_seed(30 + nd)
+    shape = (3, 2) + (7, 5, 6)[:nd]
+    out = (3, 2, 4)[:nd]
+    x = torch.randn(shape, generator=g)
+    mod = (nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)[nd - 1](out)
+    fn = (F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d)[nd - 1]
+    net = nn.Sequential(mod)
+    rec = tc.record_gates(net, x)
+    windows = [_adaptive_windows(L, O) for L, O in zip(shape[2:], out)]
+    box = [max(b - a for a, b in w) for w in windows]
+    assert rec.info["0"].window == math.prod(box)
+    # brute force over every output position
+    ref = torch.zeros(3, 2, *out, math.prod(box), dtype=torch.bool)
+    for pos in itertools.product(*[range(o) for o in out]):
+        sl = [slice(*windows[d][pos[d]]) for d in range(nd)]
+        win = x[(slice(None), slice(None), *sl)]
+        ext = win.shape[2:]
+        a = win.reshape(3, 2, -1).argmax(-1)
+        local, rem = [], a
+        for d in reversed(range(nd)):
+            local.insert(0, rem % ext[d])
+            rem = rem // ext[d]
+        off = torch.zeros_like(a)
+        for d in range(nd):
+            off = off * box[d] + local[d]
+        ref[(slice(None), slice(None), *pos)] = F.one_hot(off, math.prod(box)).bool()
+    assert torch.equal(rec["0"], ref.reshape(3, -1))
+
+    class Functional(nn.Module):
+        def forward(self, x):
+            return fn(x, out)
+
+    frec = tc.record_gates(Functional(), x)
+    assert frec.names == [f"adaptive_max_pool{nd}d()#0"]
+    assert torch.equal(frec[frec.names[0]], rec["0"])
+
+
+@pytest.mark.parametrize("nd", [1, 2, 3])
+def test_channel_dropout_modules_and_functions_draw_one_applied_mask_per_channel(nd):
+    torch.manual_seed(40 + nd)
+    shape = (50, 8) + (3, 4, 2)[:nd]
+    x = torch.randn(shape)
+    mod = (nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)[nd - 1](0.3)
+    fn = (F.dropout1d, F.dropout2d, F.dropout3d)[nd - 1]
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.drop = mod
+
+        def forward(self, x):
+            return self.drop(x), fn(x, 0.5, training=self.training), F.dropout(x, 0.2, self.training)
+
+    net = Net().train()
+    with GateRecorder(net) as rec:
+        outs = net(x)
+    r = rec.recording()
+    assert r.names == ["drop", f"dropout{nd}d()#0", "dropout()#0"]
+    spatial = math.prod(shape[2:])
+    for name, p, out in zip(r.names, (0.3, 0.5, 0.2), outs):
+        keep = r[name]
+        assert r.info[name].kind == "dropout" and keep.shape == (50, 8 * spatial)
+        assert torch.allclose(out, x * keep.view(shape) / (1 - p))  # the recorded mask is the applied one
+        per_channel = keep.view(50, 8, spatial)
+        if name != "dropout()#0":
+            assert torch.equal(per_channel, per_channel[:, :, :1].expand_as(per_channel))
+        assert abs(per_channel[:, :, 0].float().mean().item() - (1 - p)) < 0.12
+    # Eq. 3: with sampling off, every dropout is the identity with an all-ones mask
+    without = tc.record_gates(net, x, sampling=False)
+    assert without.names == r.names and all(without[k].all() for k in without)
+    net.eval()  # eval mode: not gating
+    with pytest.raises(ValueError, match="no gating module"):
+        tc.record_gates(net, x)
+
+
+def test_functional_gating_on_a_non_batch_tensor_is_left_out_with_a_warning():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 3)
+            self.scale = nn.Parameter(torch.randn(3))
+
+        def forward(self, x):
+            return F.relu(self.fc(x)) * torch.relu(self.scale)  # the second is not per sample
+
+    torch.manual_seed(23)
+    net = Net()
+    with pytest.warns(tc.NonGatingWarning, match=r"relu in the root module on a tensor of shape \(3,\)"):
+        rec = tc.record_gates(net, torch.randn(5, 4))
+    assert rec.names == ["relu()#0"]
+
+
+def test_relu6_module_inplace_and_functional():
+    x = torch.tensor([[-1.0, 0.0, 3.0, 6.0, 7.0, float("inf")]])
+    for net in (nn.Sequential(nn.Identity(), nn.ReLU6(inplace=True)), nn.Sequential(nn.Identity(), nn.ReLU6())):
+        rec = tc.record_gates(net, x.clone())
+        assert torch.equal(rec["1"], torch.cat([x > 0, x < 6], 1))
+
+    class Functional(nn.Module):
+        def forward(self, x):
+            return F.relu6(x)
+
+    rec = tc.record_gates(Functional(), x.clone())
+    assert rec.names == ["relu6()#0"] and torch.equal(rec["relu6()#0"], torch.cat([x > 0, x < 6], 1))
+    assert tc.record_gates(Functional(), x, kinds=("relu6",)).names == ["relu6()#0"]
+    with pytest.raises(ValueError, match="NaN"):
+        tc.record_gates(Functional(), torch.tensor([[float("nan")]]))
+
+
+def test_function_mode_is_active_only_during_the_recorded_forward():
+    from torch.overrides import _get_current_function_mode_stack
+
+    seen = []
+
+    class Net(nn.Module):
+        def forward(self, x):
+            seen.append(len(_get_current_function_mode_stack()))
+            return F.relu(x)
+
+    net = Net()
+    before = len(_get_current_function_mode_stack())
+    with GateRecorder(net) as rec:
+        assert len(_get_current_function_mode_stack()) == before
+        net(torch.randn(3, 2))
+        assert len(_get_current_function_mode_stack()) == before
+        with pytest.raises(ValueError, match="NaN"):
+            net(torch.full((3, 2), float("nan")))  # raises in the recorder: the mode is gone after it
+    assert seen[0] == before + 1
+    assert len(_get_current_function_mode_stack()) == before
+    assert rec.names == ["relu()#0"]
+
+
+# ---------------------------------------------------------------------------
+# issue 15: nested recorders on a training-mode model share one applied dropout mask
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("functional", [False, True])
+def test_nested_recorders_store_the_one_applied_dropout_mask(functional):
+    torch.manual_seed(24)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 200)
+            self.drop = nn.Dropout(0.5)
+
+        def forward(self, x):
+            h = self.fc(x)
+            return F.dropout(h, 0.5, self.training) if functional else self.drop(h)
+
+    net = Net().train()
+    x = torch.randn(64, 4)
+    with GateRecorder(net, store=False) as outer, torch.no_grad():
+        with GateRecorder(net, store=False) as inner:
+            y = net(x)
+        name = inner.names[0]
+        assert outer.names == inner.names == [("dropout()#0" if functional else "drop")]
+        mask = inner.last[name]
+        assert torch.equal(outer.last[name], mask)  # one mask, stored by both
+        assert torch.allclose(y, net.fc(x) * mask / 0.5)  # and it is the applied one
+        z = net(x)  # the outer recorder alone after the inner one left
+        assert torch.allclose(z, net.fc(x) * outer.last[name] / 0.5)
+    assert _no_hooks(net)
+
+
+def test_nested_recorders_with_different_sampling_are_refused():
+    net = nn.Sequential(nn.Linear(3, 5), nn.ReLU(), nn.Dropout(0.5)).train()
+    with GateRecorder(net):
+        with pytest.raises(RuntimeError, match="must agree on sampling"):
+            tc.record_gates(net, torch.randn(4, 3), sampling=False)
+        with GateRecorder(net) as inner:  # the same sampling is fine
+            net(torch.randn(4, 3))
+        assert inner.names == ["1", "2"]
+    assert _no_hooks(net)
+
+
+def test_recorders_in_two_threads_see_only_their_own_functional_calls():
+    import threading
+
+    class Net(nn.Module):
+        def __init__(self, gate):
+            super().__init__()
+            self.fc = nn.Linear(3, 4)
+            self.gate = gate
+
+        def forward(self, x):
+            self.gate()
+            return F.relu(self.fc(x))
+
+    inside, release = threading.Event(), threading.Event()
+
+    def hold():  # thread A stays inside its recorded forward while thread B records
+        inside.set()
+        assert release.wait(30)
+
+    torch.manual_seed(25)
+    a, b = Net(hold), Net(lambda: None)
+    xa, xb = torch.randn(5, 3), torch.randn(7, 3)
+    out = {}
+    t = threading.Thread(target=lambda: out.setdefault("a", tc.record_gates(a, xa)))
+    t.start()
+    try:
+        assert inside.wait(30)
+        rb = tc.record_gates(b, xb)
+    finally:
+        release.set()
+        t.join(30)
+    assert rb.names == out["a"].names == ["relu()#0"]
+    assert rb.n == 7 and out["a"].n == 5
+    with torch.no_grad():
+        assert torch.equal(rb["relu()#0"], b.fc(xb) > 0) and torch.equal(out["a"]["relu()#0"], a.fc(xa) > 0)

@@ -243,3 +243,37 @@ def test_state_recording_loop_trains_like_train(tmp_path):
     pd.testing.assert_frame_equal(more[more.alpha == 0.01].reset_index(drop=True),
                                   metrics[metrics.alpha == 0.01].reset_index(drop=True))
     assert (metrics.n == 60).all() and math.isclose(metrics.ceiling[metrics.metric == "H"].iloc[0], math.log2(60))
+
+
+@pytest.mark.skipif(not (_data_root() / "MNIST" / "raw").is_dir(), reason="MNIST not available")
+def test_interrupted_state_recording_resumes_with_the_states_of_an_uninterrupted_run(tmp_path, monkeypatch):
+    """The states are stored by a callback of train(): an interrupted run resumes from its last epoch."""
+    import torch
+
+    from tcomplex.experiments import train as T
+
+    cfg = A.alpha_config("mlp_mnist", "mnist", epochs=3, seed=2, train_subset=300, analysis_per_class=6,
+                         track_every=1)
+    cfg.test_subset, cfg.eval_train_size = 400, 300
+    whole = Context.create("test", str(tmp_path / "a"), str(tmp_path / "ra"), str(_data_root()))
+    cut = Context.create("test", str(tmp_path / "b"), str(tmp_path / "rb"), str(_data_root()))
+    reference = A.record_training_states(cfg, whole)
+    real = T.epoch_batches
+
+    def interrupted(c, d, epoch):
+        if epoch == 3:
+            raise KeyboardInterrupt("simulated kill")
+        return real(c, d, epoch)
+
+    monkeypatch.setattr(T, "epoch_batches", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        A.record_training_states(cfg, cut)
+    monkeypatch.setattr(T, "epoch_batches", real)
+    folder = cut.runs / "alpha_states" / cfg.run_id
+    assert torch.load(folder / "checkpoint.pt", weights_only=False)["epoch"] == 2
+    assert not (folder / "epoch_00003.npz").exists()
+    assert A.record_training_states(cfg, cut) == folder
+    ref_states, ref_y = A.load_states(reference)
+    states, y = A.load_states(folder)
+    assert sorted(states) == [0, 1, 2, 3] and torch.equal(y, ref_y)
+    assert all(torch.equal(states[e], ref_states[e]) for e in states)

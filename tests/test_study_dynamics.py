@@ -239,7 +239,7 @@ def test_authors_comparison_matches_their_curve():
     assert table.loc[("H", "minimum"), "our_epoch"] == 55
     assert table.loc[("H", "minimum"), "difference"] == pytest.approx(0.0)
     assert table.loc[("H", "epoch 500"), "our_value"] == pytest.approx(10.65)
-    f = D._authors_finding(table.reset_index(), cur, rows)
+    f = D.authors_finding(table.reset_index(), cur, rows)
     assert f.verdict == REPRODUCED and "7.35 @ 55" in f.measured
     assert f.setting.startswith("input normalised with mean 0.1307")  # the only difference left
 
@@ -252,10 +252,10 @@ def test_authors_comparison_prefers_runs_with_their_input_normalisation():
     rows = pd.concat([ours, theirs])
     cur = D.curves(rows)
     table = D.authors_table(cur)
-    f = D._authors_finding(table, cur, rows)
+    f = D.authors_finding(table, cur, rows)
     assert f.verdict == REPRODUCED and f.setting == ""  # no difference of setting left
     # without the "half" run the comparison falls back to the other one (stuck at the ceiling)
-    f = D._authors_finding(D.authors_table(D.curves(ours)), D.curves(ours), ours)
+    f = D.authors_finding(D.authors_table(D.curves(ours)), D.curves(ours), ours)
     assert f.verdict == NOT_REPRODUCED and "input normalised" in f.setting
 
 
@@ -270,7 +270,7 @@ def test_run_lines_may_name_the_input_normalisation():
 def test_authors_comparison_needs_their_n_and_reports_a_wrong_dip():
     rows = _mlp_rows(20, _dip(7.6, 6.0, 7.6), _dip(3.3, 2.0, 3.3))
     cur = D.curves(rows)
-    f = D._authors_finding(D.authors_table(cur), cur, rows)
+    f = D.authors_finding(D.authors_table(cur), cur, rows)
     assert f.verdict == NOT_MEASURED and "n = 200" in f.measured
     # their n, but the minimum comes at epoch 3 and is 2 bits too low: epoch 0 agrees, the dip does not
     short = EPOCHS[:12]
@@ -278,7 +278,7 @@ def test_authors_comparison_needs_their_n_and_reports_a_wrong_dip():
     rows = _mlp_rows(200, h, [3.28] + [2.5] * 10 + [3.2], epochs=short)
     cur = D.curves(rows)
     table = D.authors_table(cur)
-    f = D._authors_finding(table, cur, rows)
+    f = D.authors_finding(table, cur, rows)
     assert f.verdict == NOT_REPRODUCED and "dip of H does not match" in f.measured
     assert "144 epochs (theirs 500)" in f.setting
     assert not table.set_index(["metric", "point"]).loc[("H", "minimum"), "agrees"]
@@ -300,7 +300,7 @@ def test_init_normalisation_table_on_real_mnist():
     assert len(table) == 2 and set(table.n) == {100}
     assert (table.H <= math.log2(100) + 1e-9).all() and (table.I_XSY <= math.log2(10) + 1e-9).all()
     assert table.input.iloc[1].endswith("(authors')")
-    note = D._init_note(table)
+    note = D.init_note(table)
     assert "n = 100" in note and "(authors')" in note
 
 
@@ -308,7 +308,7 @@ def test_authors_comparison_partly_when_only_the_dip_matches():
     h = _dip(9.5, 7.6, 9.0, at=34)  # epoch 0 and the end 1.35 / 1.65 bits off, the dip within 0.5 bits at epoch 34
     rows = _mlp_rows(200, h, _dip(2.5, 1.4, 2.4, at=34))
     cur = D.curves(rows)
-    f = D._authors_finding(D.authors_table(cur), cur, rows)
+    f = D.authors_finding(D.authors_table(cur), cur, rows)
     assert f.verdict == PARTLY and "dip of H matches" in f.measured
 
 
@@ -317,5 +317,5 @@ def test_authors_comparison_of_a_curve_stuck_at_the_ceiling():
     rows = _rows("m", "plain", "mlp_mnist", {"H": [10.96] * k, "I_XSY": [3.322] * k, **_common(k)},
                  saturated=[1.0] * k)
     cur = D.curves(rows)
-    f = D._authors_finding(D.authors_table(cur), cur, rows)
+    f = D.authors_finding(D.authors_table(cur), cur, rows)
     assert f.verdict == NOT_REPRODUCED and "stays at the log2 n ceiling" in f.measured

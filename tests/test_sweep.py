@@ -208,19 +208,20 @@ def test_run_sweep_on_a_given_executor_resumes_an_interrupted_run(data_root, tmp
     from concurrent.futures import ThreadPoolExecutor
 
     from tcomplex.experiments import train as T
+    from tcomplex.experiments.runs import RunDir
 
     cfg = TrainConfig(**{**TINY, "epochs": 2, "train_subset": 500})
-    original = T._write_rows
+    original = RunDir.write_rows
 
     def killed_at_epoch_1(run, epoch, rows, config):
         if epoch == 1:
             raise KeyboardInterrupt("simulated kill")
         original(run, epoch, rows, config)
 
-    monkeypatch.setattr(T, "_write_rows", killed_at_epoch_1)
+    monkeypatch.setattr(RunDir, "write_rows", killed_at_epoch_1)
     with pytest.raises(KeyboardInterrupt):
         T.train(cfg, tmp_path, data_root=data_root, progress=False)
-    monkeypatch.setattr(T, "_write_rows", original)
+    monkeypatch.setattr(RunDir, "write_rows", original)
 
     with ThreadPoolExecutor(max_workers=1) as pool:
         report = S.run_sweep([cfg], tmp_path, data_root=data_root, executor=pool, progress=False)
@@ -246,3 +247,87 @@ def test_run_sweep_reports_a_lost_task(tmp_path):
     assert not report.ok and report.finished == []
     assert [(e.run_id, e.type) for e in report.failed] == [(c.run_id, "BrokenProcessPool") for c in cfgs]
     assert "a worker died abruptly" in report.summary()
+
+
+# --------------------------------------------------------------------------- #
+# issue 15: a bad Dask address is named, with what was expected, within the timeout
+# --------------------------------------------------------------------------- #
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _sweep_on(address, tmp_path):
+    import time
+
+    t0 = time.monotonic()
+    with pytest.raises(ConnectionError) as info:
+        S.run_sweep([TrainConfig(**TINY)], tmp_path, scheduler=address, progress=False)
+    return str(info.value), time.monotonic() - t0
+
+
+@pytest.fixture
+def short_connect_timeout(monkeypatch):
+    pytest.importorskip("distributed")
+    monkeypatch.setattr(S, "DASK_CONNECT_TIMEOUT_S", 2.0)
+
+
+def test_dask_refused_port_and_unknown_host_are_named_at_once(tmp_path, short_connect_timeout):
+    port = _free_port()
+    message, seconds = _sweep_on(f"tcp://127.0.0.1:{port}", tmp_path)
+    assert f"'tcp://127.0.0.1:{port}'" in message and "connection refused" in message
+    assert "expected the address of a running Dask scheduler" in message
+    assert seconds < 2.0 + 3.0  # was ~45 s, then "Timed out trying to connect"
+    message, seconds = _sweep_on("tcp://no-such-host.invalid:8786", tmp_path)
+    assert "unknown host 'no-such-host.invalid'" in message and "Dask scheduler" in message
+    assert seconds < 2.0 + 3.0
+    message, _ = _sweep_on("tcp://127.0.0.1:notaport", tmp_path)
+    assert "port 'notaport' is not a number" in message
+
+
+def test_dask_address_of_another_service_is_named_within_the_timeout(tmp_path, short_connect_timeout):
+    import http.server
+    import socket
+    import threading
+
+    # an HTTP server (e.g. the scheduler's dashboard) waits for a request: no handshake
+    srv = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    # a service that speaks first (ssh-like banner) sends no Dask frame header
+    banner = socket.socket()
+    banner.bind(("127.0.0.1", 0))
+    banner.listen(1)
+
+    def greet():
+        conn, _ = banner.accept()
+        conn.sendall(b"SSH-2.0-OpenSSH_9.6\r\n")
+        conn.close()
+
+    threading.Thread(target=greet, daemon=True).start()
+    try:
+        address = f"tcp://127.0.0.1:{srv.server_address[1]}"
+        message, seconds = _sweep_on(address, tmp_path)  # was: MemoryError: Unable to allocate 3.07 EiB
+        assert f"127.0.0.1:{srv.server_address[1]} accepts connections but is not a Dask scheduler" in message
+        assert "no Dask handshake within 2 s" in message and 1.5 < seconds < 2.0 + 3.0
+        message, seconds = _sweep_on(f"tcp://127.0.0.1:{banner.getsockname()[1]}", tmp_path)
+        assert "is not a Dask scheduler" in message and "SSH-2.0" in message and seconds < 2.0 + 3.0
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        banner.close()
+
+
+def test_cli_sweep_with_a_bad_scheduler_is_one_line(tmp_path, short_connect_timeout, capsys):
+    from tcomplex import cli
+
+    f = tmp_path / "s.json"
+    f.write_text(json.dumps({"base": TINY, "grid": {}}))
+    port = _free_port()
+    code = cli.main(["sweep", str(f), "--out", str(tmp_path / "runs"), "--scheduler", f"tcp://127.0.0.1:{port}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert len([line for line in err.splitlines() if "error:" in line]) == 1
+    assert f"tcomplex sweep: error: cannot reach the Dask scheduler 'tcp://127.0.0.1:{port}'" in err

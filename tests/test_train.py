@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,8 +21,11 @@ import pandas as pd
 import pytest
 import torch
 
+from tcomplex.experiments import data as data_mod
+from tcomplex.experiments import measure as measure_mod
 from tcomplex.experiments import train as T
 from tcomplex.experiments.data import DatasetNotFoundError
+from tcomplex.experiments.runs import RunDir, RunFileError
 from tcomplex.experiments.train import TrainConfig, tracked_epochs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,7 +115,7 @@ def test_run_ids_of_runs_made_before_data_seed_and_normalization_existed_are_kep
 
 def test_data_seed_fixes_the_training_subset_across_seeds(data_root):
     def subset(**kw):
-        return T._prepare_data(_tiny(**kw), data_root).train_y
+        return T.prepare_data(_tiny(**kw), data_root).train_y
     base = subset(seed=0)
     assert torch.equal(subset(seed=5, data_seed=0), base)  # same images, other init
     assert not torch.equal(subset(seed=5), base)  # default: the subset follows the seed
@@ -119,8 +123,8 @@ def test_data_seed_fixes_the_training_subset_across_seeds(data_root):
 
 
 def test_half_normalization_maps_pixels_to_minus_one_one(data_root):
-    x_half = T._prepare_data(_tiny(normalization="half"), data_root).train_x
-    x_std = T._prepare_data(_tiny(), data_root).train_x
+    x_half = T.prepare_data(_tiny(normalization="half"), data_root).train_x
+    x_std = T.prepare_data(_tiny(), data_root).train_x
     assert float(x_half.min()) == -1.0 and float(x_half.max()) == 1.0
     assert float(x_std.min()) == pytest.approx(-0.1307 / 0.3081, rel=1e-6)
 
@@ -173,13 +177,38 @@ import json, sys, time
 import torch
 torch.set_num_threads(1)  # as in the test process: the same arithmetic
 from tcomplex.experiments import train as T
-original = T._epoch_batches
+original = T.epoch_batches
 def slow(cfg, d, epoch):
-    time.sleep(0.25)
+    time.sleep(float(sys.argv[4]))
     return original(cfg, d, epoch)
-T._epoch_batches = slow
+T.epoch_batches = slow
 T.train(T.TrainConfig.from_dict(json.loads(sys.argv[1])), sys.argv[2], data_root=sys.argv[3], progress=False)
 """
+
+def _killable(cfg: TrainConfig, root: Path, data_root: str, sleep: float) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", _KILLABLE, json.dumps(cfg.to_dict()), str(root), data_root,
+                             str(sleep)], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _kill_when(proc: subprocess.Popen, condition, timeout: float = 120) -> None:
+    """kill -9 the training subprocess as soon as ``condition()`` holds."""
+    try:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if proc.poll() is not None:
+                pytest.fail(f"the training subprocess ended early (rc {proc.returncode}):\n{proc.stderr.read().decode()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"the kill condition did not hold after {timeout} s")
+            time.sleep(0.01)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+
 
 RESUME = dict(epochs=8, track_every=3, track_log=False)  # tracked: 0, 3, 6, 8
 
@@ -192,25 +221,8 @@ def resume_reference(data_root, tmp_path_factory):
 def test_resume_after_kill_gives_the_rows_of_an_uninterrupted_run(resume_reference, data_root, tmp_path):
     cfg = _tiny(**RESUME)
     run = T.run_dir(tmp_path, cfg)
-    proc = subprocess.Popen([sys.executable, "-c", _KILLABLE, json.dumps(cfg.to_dict()), str(tmp_path), data_root],
-                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 120
-        # the checkpoint of epoch 3 is written before the rows of epoch 3
-        while not (run / "rows" / "epoch_00003.csv").exists():
-            if proc.poll() is not None:
-                pytest.fail(f"the training subprocess ended early (rc {proc.returncode}):\n{proc.stderr.read().decode()}")
-            if time.monotonic() > deadline:
-                pytest.fail("no checkpoint of epoch >= 1 after 120 s")
-            time.sleep(0.01)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stderr.close()
-    assert proc.returncode == -signal.SIGKILL
+    # the checkpoint of epoch 3 is written before the rows of epoch 3
+    _kill_when(_killable(cfg, tmp_path, data_root, 0.25), lambda: (run / "rows" / "epoch_00003.csv").exists())
     assert not (run / "finished.json").exists()
     killed_at = torch.load(run / "checkpoint.pt", weights_only=False)["epoch"]
     assert 3 <= killed_at < 8
@@ -232,17 +244,17 @@ def test_resume_after_kill_gives_the_rows_of_an_uninterrupted_run(resume_referen
 def test_kill_between_checkpoint_and_rows_loses_no_row(resume_reference, data_root, tmp_path, monkeypatch):
     """The checkpoint of an epoch is written before its rows: a kill in between must not lose them."""
     cfg = _tiny(**RESUME)
-    original = T._write_rows
+    original = RunDir.write_rows
 
     def killed_at_epoch_6(run, epoch, rows, config):
         if epoch == 6:
             raise KeyboardInterrupt("simulated kill")
         original(run, epoch, rows, config)
 
-    monkeypatch.setattr(T, "_write_rows", killed_at_epoch_6)
+    monkeypatch.setattr(RunDir, "write_rows", killed_at_epoch_6)
     with pytest.raises(KeyboardInterrupt):
         T.train(cfg, tmp_path, data_root=data_root, progress=False)
-    monkeypatch.setattr(T, "_write_rows", original)
+    monkeypatch.setattr(RunDir, "write_rows", original)
     run = T.run_dir(tmp_path, cfg)
     assert not (run / "rows" / "epoch_00006.csv").exists()
 
@@ -283,7 +295,7 @@ def test_measure_complexity_shares_layer_distances_without_changing_numbers(monk
     x, y = torch.randn(120, 1, 28, 28), torch.arange(120) % 10
     kw = dict(kinds=("relu", "maxpool"), tc=True)
     dense = pd.DataFrame(T.measure_complexity(model, x, y, **kw))
-    monkeypatch.setattr(T, "DENSE_MAX_SAMPLES", 0)
+    monkeypatch.setattr(measure_mod, "DENSE_MAX_SAMPLES", 0)
     direct = pd.DataFrame(T.measure_complexity(model, x, y, **kw))
     assert dense[["layer", "metric", "bin"]].equals(direct[["layer", "metric", "bin"]])
     assert set(dense.metric) >= {"H", "I_XSY", "C", "TC", "rate_hist"} and dense.layer.nunique() == 7
@@ -293,7 +305,7 @@ def test_measure_complexity_shares_layer_distances_without_changing_numbers(monk
 def test_training_subset_too_small_for_the_analysis_set_names_the_fix(data_root):
     with pytest.raises(ValueError, match=r"train_subset of 600 images of mnist is too small for "
                                          r"analysis_per_class=100 .*raise train_subset or lower analysis_per_class"):
-        T._prepare_data(_tiny(analysis_per_class=100), data_root)
+        T.prepare_data(_tiny(analysis_per_class=100), data_root)
 
 
 def test_check_data_fails_fast_like_train(data_root, tmp_path):
@@ -312,3 +324,230 @@ def test_train_many_checks_every_config_before_training(data_root, tmp_path):
     with pytest.raises(ValueError, match="too small for analysis_per_class=100"):
         train_many([good, bad], ctx)
     assert not (tmp_path / "runs" / good.run_id).exists()  # nothing trained before the check
+
+
+# --------------------------------------------------------------------------- #
+# checkpoint every epoch, corrupt files, temporary files, config errors first
+# --------------------------------------------------------------------------- #
+ONE_TRACKED = dict(epochs=4, track_epochs=[4], train_subset=600)
+
+
+@pytest.fixture(scope="module")
+def one_tracked_reference(data_root, tmp_path_factory):
+    return T.train(_tiny(**ONE_TRACKED), tmp_path_factory.mktemp("ref1"), data_root=data_root, progress=False)
+
+
+def test_kill_with_only_the_last_epoch_tracked_resumes_from_the_last_finished_epoch(
+        one_tracked_reference, data_root, tmp_path):
+    """track_epochs=[4]: a kill -9 after epoch 1 has finished loses at most the epoch in progress."""
+    cfg = _tiny(**ONE_TRACKED)
+    run = RunDir(tmp_path, cfg)
+    # 1 s before each epoch: time to kill during epoch 2; the checkpoint is written atomically after epoch 1
+    _kill_when(_killable(cfg, tmp_path, data_root, 1.0), run.checkpoint_path.exists)
+    killed_at = torch.load(run.checkpoint_path, weights_only=False)["epoch"]
+    assert 1 <= killed_at < 4
+    assert not run.is_finished() and not run.has_rows(4)
+
+    resumed = T.train(cfg, tmp_path, data_root=data_root, progress=False)
+    assert resumed.resumed_from == killed_at  # not 0: the epochs before the kill were kept
+    assert sorted(resumed.rows["epoch"].unique()) == [4]
+    _assert_same_rows(resumed.rows, one_tracked_reference.rows)
+    assert not list(run.path.rglob("*.tmp*"))
+
+
+def test_truncated_checkpoint_names_the_file_and_the_fix(data_root, tmp_path):
+    cfg = _tiny(epochs=2, track_epochs=[2])
+    run = RunDir(tmp_path, cfg)
+    run.prepare()
+    run.write_config(cfg)
+    run.save_checkpoint({"epoch": 1, "model": {}})
+    data = run.checkpoint_path.read_bytes()
+    run.checkpoint_path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(RunFileError, match=rf"checkpoint {re.escape(str(run.checkpoint_path))} is corrupt or "
+                                           r"truncated .*delete it to train the run again from epoch 0"):
+        T.train(cfg, tmp_path, data_root=data_root, progress=False)
+
+
+def test_truncated_rows_file_of_a_finished_run_names_the_file(mnist_run, tmp_path):
+    import shutil
+    run = tmp_path / mnist_run.path.name
+    shutil.copytree(mnist_run.path, run)
+    f = run / "rows" / "epoch_00002.csv"
+    text = f.read_text()
+    f.write_text(text[: len(text) - 40])  # cut in the middle of the last row
+    with pytest.raises(RunFileError, match=rf"rows file {re.escape(str(f))} is truncated.*train the run again"):
+        T.train(_tiny(**MNIST_2EP), tmp_path, progress=False)
+    with pytest.raises(RunFileError, match="epoch_00002.csv"):
+        T.load_results(tmp_path)
+
+
+def test_temporary_files_are_removed_on_errors_and_after_kills(tmp_path, monkeypatch):
+    cfg = _tiny()
+    run = RunDir(tmp_path, cfg)
+    run.prepare()
+
+    def broken_save(obj, path):
+        Path(path).write_bytes(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        run.save_checkpoint({"epoch": 1, "model": {}})
+    assert not list(run.path.iterdir())  # neither checkpoint nor temporary file
+    # a temporary file of a killed process (its pid no longer runs) is removed when the run is opened
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = run.path / f"checkpoint.pt.tmp{dead.pid}"
+    stale.write_bytes(b"x")
+    run.prepare()
+    assert not stale.exists()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(optimizer="adamw"), "optimizer must be one of"),
+    (dict(model="lenet6"), "unknown model 'lenet6'"),
+    (dict(dataset="mnist2"), "unknown dataset 'mnist2'"),
+    (dict(schedule="linear"), "schedule must be one of"),
+    (dict(bandwidth="silverman"), "bandwidth must be one of"),
+    (dict(kinds=("relu", "gelu")), r"kinds \['gelu'\] unknown"),
+    (dict(model_kwargs={"widht": 3}), "cannot be built with model_kwargs"),
+])
+def test_config_errors_are_found_before_any_data_is_loaded(kwargs, message, tmp_path, monkeypatch):
+    def no_data(*a, **k):
+        raise AssertionError("data were loaded before the config was checked")
+
+    monkeypatch.setattr(data_mod, "load_tensors", no_data)
+    monkeypatch.setattr(data_mod, "load_dataset", no_data)
+    with pytest.raises((ValueError, TypeError), match=message):
+        T.train(_tiny(**kwargs), tmp_path, data_root=tmp_path, progress=False)
+    assert not (tmp_path / _tiny(**kwargs).run_id).exists()
+
+
+# --------------------------------------------------------------------------- #
+# the public substrate API: analysis set, callbacks
+# --------------------------------------------------------------------------- #
+def test_analysis_set_for_is_the_set_train_measures(data_root):
+    cfg = _tiny(normalization="half", analysis_per_class=5)
+    x, y = T.analysis_set_for(cfg, data_root)
+    d = T.prepare_data(cfg, data_root)
+    assert torch.equal(x, d.analysis_x) and torch.equal(y, d.analysis_y)
+    assert float(x.min()) == -1.0  # the run's normalisation
+    full_x, _ = data_mod.analysis_set("mnist", per_class=5, data_root=data_root)
+    assert not torch.equal(x, full_x)  # images of the run's training subset, not of the full split
+    more, _ = T.analysis_set_for(cfg, data_root, per_class=8)
+    assert len(more) == 80
+
+
+def test_callbacks_see_every_epoch_and_every_tracked_epoch(data_root, tmp_path):
+    cfg = _tiny(epochs=3, track_epochs=[0, 2], train_subset=300)
+    seen: list[tuple[str, int, bool]] = []
+
+    def on_tracked(st: T.TrainState) -> None:
+        seen.append(("tracked", st.epoch, any(r["metric"] == "H" for r in st.rows)))
+        st.rows.append({"layer": T.ALL, "metric": "from_callback", "value": float(st.epoch), "bin": None})
+
+    def on_epoch(st: T.TrainState) -> None:
+        assert st.epoch_loss is not None and st.seconds is not None
+        seen.append(("epoch", st.epoch, st.rows is not None))
+
+    res = T.train(cfg, tmp_path, data_root=data_root, progress=False,
+                  callbacks={"on_tracked_epoch": on_tracked, "on_epoch_end": [on_epoch]})
+    assert seen == [("tracked", 0, True), ("epoch", 1, False), ("tracked", 2, True), ("epoch", 2, True),
+                    ("epoch", 3, False)]
+    extra = res.rows[res.rows.metric == "from_callback"]
+    assert extra.value.tolist() == [0.0, 2.0]  # rows a callback adds are written with the others
+    assert torch.load(RunDir(tmp_path, cfg).checkpoint_path, weights_only=False)["epoch"] == 3
+    with pytest.raises(ValueError, match="unknown callback event 'on_batch_end'"):
+        T.train(_tiny(seed=9), tmp_path, data_root=data_root, callbacks={"on_batch_end": on_epoch})
+
+
+def test_no_module_imports_a_private_name_of_another_module():
+    import ast
+
+    pending = {"benchmarks/bench_record_gates.py", "benchmarks/bench_estimators.py"}  # gating/estimators internals
+    hits = []
+    for folder in ("tcomplex", "tests", "benchmarks"):
+        for f in sorted((REPO / folder).rglob("*.py")):
+            rel = f.relative_to(REPO).as_posix()
+            tree = ast.parse(f.read_text())
+            modules = set()
+            for node in ast.walk(tree):
+                if isinstance(node, ast.ImportFrom):
+                    modules.update(a.asname or a.name for a in node.names)
+                    hits += [f"{rel}:{node.lineno} from {node.module} import {a.name}" for a in node.names
+                             if a.name.startswith("_") and not a.name.startswith("__")]
+                elif isinstance(node, ast.Import):
+                    modules.update((a.asname or a.name).split(".")[0] for a in node.names)
+            for node in ast.walk(tree):
+                if (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
+                        and isinstance(node.value, ast.Name) and node.value.id in modules):
+                    hits.append(f"{rel}:{node.lineno} {node.value.id}.{node.attr}")
+    assert not [h for h in hits if h.split(":")[0] not in pending], hits
+
+
+class _FakePenalty:
+    """A complexity penalty that adds nothing: records how train() scoped it."""
+
+    def __init__(self, log: list[str], context_manager: bool):
+        self.log = log
+        if context_manager:
+            self.__class__ = _FakePenaltyCM
+
+    def step_energy_model(self) -> float:
+        return 0.0
+
+    def loss(self) -> torch.Tensor:
+        return torch.zeros(())
+
+    def diagnostics(self) -> dict[str, float]:
+        return {}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    def remove(self) -> None:
+        self.log.append("remove")
+
+
+class _FakePenaltyCM(_FakePenalty):
+    def __enter__(self):
+        self.log.append("enter")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.log.append("exit")
+
+
+@pytest.mark.parametrize("context_manager, expected", [(True, ["enter", "exit"]), (False, ["remove"])])
+def test_train_scopes_the_penalty_and_always_releases_it(context_manager, expected, data_root, tmp_path):
+    log: list[str] = []
+    cfg = _tiny(complexity_lambda=1e-3, train_subset=200, track_epochs=[1])
+    T.train(cfg, tmp_path, data_root=data_root, progress=False,
+            penalty_factory=lambda *a, **k: _FakePenalty(log, context_manager))
+    assert log == expected
+    log.clear()  # also when training fails
+    with pytest.raises(ValueError, match="unknown callback"):
+        T.train(_tiny(complexity_lambda=1e-3, train_subset=200, seed=4), tmp_path, data_root=data_root,
+                progress=False, penalty_factory=lambda *a, **k: _FakePenalty(log, context_manager),
+                callbacks={"bad": []})
+    boom = _tiny(complexity_lambda=1e-3, train_subset=200, seed=5)
+
+    def fail(st: T.TrainState) -> None:
+        raise RuntimeError("callback failed")
+
+    with pytest.raises(RuntimeError, match="callback failed"):
+        T.train(boom, tmp_path, data_root=data_root, progress=False,
+                penalty_factory=lambda *a, **k: _FakePenalty(log, context_manager), callbacks={"on_epoch_end": fail})
+    assert log == expected
+
+
+def test_analysis_set_for_the_full_split_is_shared_by_every_seed(data_root):
+    a, _ = T.analysis_set_for(_tiny(seed=0, analysis_per_class=30), data_root, full_split=True)
+    b, _ = T.analysis_set_for(_tiny(seed=1, analysis_per_class=30), data_root, full_split=True)
+    full, _ = data_mod.analysis_set("mnist", per_class=30, data_root=data_root)
+    assert torch.equal(a, b) and torch.equal(a, full)  # 30 per class: more than 600 images may hold
+    half, _ = T.analysis_set_for(_tiny(normalization="half", analysis_per_class=30), data_root, full_split=True)
+    assert float(half.min()) == -1.0

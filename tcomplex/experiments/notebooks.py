@@ -10,8 +10,8 @@
   executed notebook is *current* when its code cells are the source's code cells
   and its parameters are the profile's (:func:`profile_status`; file times are
   useless in a fresh clone).  As in jupyter-cache, only code decides: prose
-  (markdown cells) and cell tags do not change results, so editing them leaves
-  the executed notebooks current.
+  (markdown cells), cell tags and code comments do not change results, so editing
+  them leaves the executed notebooks current.
 * :func:`build_book` renders each page from the *source* notebook's markdown and
   cell tags with the code cells and outputs of the executed copy
   (:func:`render_notebook`), in a staging folder, with ``jupyter-book build``
@@ -148,10 +148,32 @@ def executed_path(name: str, profile: str, root: Path | None = None) -> Path:
 INJECTED = "injected-parameters"
 
 
-def _code_sources(cells: list[Any]) -> list[str]:
-    """The sources of the code cells that decide results (papermill's injected-parameters cell excluded)."""
-    return [_text(c["source"]) for c in cells
+def _code_sources(cells: list[Any]) -> list[Any]:
+    """What decides the results of a notebook: its code cells (papermill's injected-parameters cell
+    excluded) as Python tokens, without comments and blank lines (:func:`code_tokens`)."""
+    return [code_tokens(_text(c["source"])) for c in cells
             if c["cell_type"] == "code" and INJECTED not in c.get("metadata", {}).get("tags", [])]
+
+
+def code_tokens(source: str) -> tuple[tuple[int, str], ...] | str:
+    """A code cell as its Python tokens, comments and blank lines dropped.
+
+    Comments and line layout never change what a cell computes, so an executed
+    notebook stays current when only they change (for example a test marker moved
+    from a ``# NBVAL_...`` comment into a cell tag).  Every other token counts,
+    indentation included.  A cell that Python's tokenizer cannot read (an IPython
+    magic) is compared as text.
+    """
+    import io
+    import tokenize
+
+    skip = {tokenize.COMMENT, tokenize.NL, tokenize.ENCODING, tokenize.ENDMARKER}
+    try:
+        toks = tokenize.generate_tokens(io.StringIO(source).readline)
+        return tuple((t.type, t.string) for t in toks if t.type not in skip and not (
+            t.type == tokenize.NEWLINE and t.string == ""))
+    except (tokenize.TokenError, IndentationError, SyntaxError):
+        return source
 
 
 def _text(source: str | list[str]) -> str:

@@ -39,6 +39,10 @@ import json
 import logging
 import multiprocessing
 import os
+import select
+import signal
+import socket
+import struct
 import sys
 import threading
 import time
@@ -55,6 +59,7 @@ import pandas as pd
 from tcomplex.experiments.train import TrainConfig, load_results, run_dir
 
 __all__ = [
+    "DASK_CONNECT_TIMEOUT_S",
     "RunError",
     "SweepReport",
     "apply_overrides",
@@ -420,6 +425,68 @@ def _run_one(config: dict[str, Any], root: str, data_root: str | None, num_threa
         }
 
 
+def _set_parent_death_signal() -> None:
+    """Linux: SIGKILL this process when its parent process ends (prctl PR_SET_PDEATHSIG)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # no prctl: the watchdog below still works
+        pass
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _die_with(sweep_pid: int) -> None:
+    """Worker initializer: end this worker as soon as the sweep's process ends, even by SIGKILL.
+
+    A pool worker is a child of the fork server, not of the sweep, and holds the
+    fork server's and the resource tracker's pipes open: if the sweep is killed
+    (``kill -9``), the worker would train on for minutes and keep them, and the
+    caller's stdout, alive.  A daemon thread waits on a pidfd of the sweep's
+    process (polls its pid where pidfds do not exist) and then SIGKILLs the fork
+    server (the sweep's own, idle without it; alive while this worker holds its
+    pipe, so its pid cannot have been reused) and the worker; the resource
+    tracker sees its pipe close and exits too.  The direct parent's death also
+    kills the worker (PR_SET_PDEATHSIG on Linux).
+    """
+    _set_parent_death_signal()
+    server_pid = os.getppid()  # the fork server (or the sweep itself under spawn)
+    try:
+        fd: int | None = os.pidfd_open(sweep_pid)
+    except ProcessLookupError:
+        os.kill(os.getpid(), signal.SIGKILL)
+        return
+    except (AttributeError, OSError):
+        fd = None
+
+    def watch() -> None:
+        if fd is not None:
+            select.select([fd], [], [])  # readable once the process has exited
+        else:
+            while _pid_alive(sweep_pid) and os.getppid() == server_pid:
+                time.sleep(0.5)
+        if server_pid not in (sweep_pid, 1) and os.getppid() == server_pid:
+            try:
+                os.kill(server_pid, signal.SIGKILL)
+            except OSError:
+                pass
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="tcomplex-sweep-watchdog", daemon=True).start()
+
+
 def _mp_context() -> multiprocessing.context.BaseContext:
     """``forkserver`` where available, else ``spawn``: never a plain fork of a process using torch.
 
@@ -434,12 +501,121 @@ def _mp_context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("spawn")
 
 
-def _dask_executor(scheduler: str):
+#: seconds to reach a Dask scheduler and get its handshake before the sweep gives up
+DASK_CONNECT_TIMEOUT_S = 10.0
+_DASK_DEFAULT_PORT = 8786
+_EXPECTED = "expected the address of a running Dask scheduler, e.g. tcp://HOST:8786 (start one with `dask scheduler`)"
+
+
+def _scheduler_host_port(address: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) of a ``tcp://`` or ``tls://`` address (scheme optional), else None."""
+    scheme, sep, rest = address.partition("://")
+    if not sep:
+        scheme, rest = "tcp", address
+    if scheme not in ("tcp", "tls"):
+        return None  # inproc://, ucx://, ...: left to distributed
+    rest = rest.split("/", 1)[0]
+    if rest.startswith("["):  # [ipv6]:port
+        host, _, tail = rest[1:].partition("]")
+        port_text = tail[1:] if tail.startswith(":") else ""
+    else:
+        host, _, port_text = rest.rpartition(":") if ":" in rest else (rest, "", "")
+    if not host:
+        raise ConnectionError(f"Dask scheduler address {address!r} has no host; {_EXPECTED}")
+    try:
+        port = int(port_text) if port_text else _DASK_DEFAULT_PORT
+    except ValueError:
+        raise ConnectionError(f"Dask scheduler address {address!r}: port {port_text!r} is not a number; {_EXPECTED}") from None
+    return scheme, host, port
+
+
+def _probe_scheduler(address: str, timeout: float) -> None:
+    """Check within ``timeout`` s that a Dask scheduler answers at ``address``; ConnectionError if not.
+
+    distributed itself retries a refused port or an unknown host until its own
+    timeout and then says only "Timed out trying to connect", and it reads the
+    first bytes a non-Dask service sends as a frame length (a MemoryError of
+    exbibytes).  Here: resolve the host, open a TCP connection, and (for tcp://)
+    read the 8-byte frame length a Dask scheduler sends first on every new
+    connection (its handshake), which must be a plausible size.
+    """
+    parsed = _scheduler_host_port(address)
+    if parsed is None:
+        return
+    scheme, host, port = parsed
+    where = f"Dask scheduler {address!r}"
+    deadline = time.monotonic() + timeout
+    resolved: list[Any] = []
+
+    def resolve() -> None:
+        try:
+            resolved.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+        except OSError as exc:
+            resolved.append(exc)
+
+    t = threading.Thread(target=resolve, daemon=True)
+    t.start()
+    t.join(timeout)
+    if not resolved:
+        raise ConnectionError(f"cannot reach the {where}: host {host!r} did not resolve within {timeout:g} s; {_EXPECTED}")
+    if isinstance(resolved[0], OSError):
+        reason = getattr(resolved[0], "strerror", None) or resolved[0]
+        raise ConnectionError(f"cannot reach the {where}: unknown host {host!r} ({reason}); {_EXPECTED}")
+    try:
+        sock = socket.create_connection((host, port), timeout=max(deadline - time.monotonic(), 0.1))
+    except ConnectionRefusedError:
+        raise ConnectionError(
+            f"cannot reach the {where}: connection refused at {host}:{port}, nothing listens on that port; {_EXPECTED}"
+        ) from None
+    except TimeoutError:
+        raise ConnectionError(
+            f"cannot reach the {where}: no answer from {host}:{port} within {timeout:g} s (host down or port "
+            f"filtered); {_EXPECTED}"
+        ) from None
+    except OSError as exc:
+        raise ConnectionError(f"cannot reach the {where}: {host}:{port}: {exc.strerror or exc}; {_EXPECTED}") from None
+    if scheme != "tcp":
+        sock.close()  # tls:// starts with a TLS handshake: leave the rest to distributed
+        return
+    not_dask = f"{host}:{port} accepts connections but is not a Dask scheduler"
+    try:
+        head = b""
+        while len(head) < 8:
+            sock.settimeout(max(deadline - time.monotonic(), 0.01))
+            chunk = sock.recv(8 - len(head))
+            if not chunk:
+                raise ConnectionError(f"{not_dask} (it closed the connection without a handshake); {_EXPECTED}")
+            head += chunk
+    except TimeoutError:
+        raise ConnectionError(
+            f"{not_dask} (it sent no Dask handshake within {timeout:g} s; is this the scheduler's port, not its "
+            f"dashboard's?); {_EXPECTED}"
+        ) from None
+    except OSError as exc:
+        if isinstance(exc, ConnectionError) and str(exc).startswith(not_dask):
+            raise
+        raise ConnectionError(f"{not_dask} ({exc.strerror or exc}); {_EXPECTED}") from None
+    finally:
+        sock.close()
+    (nbytes,) = struct.unpack("<Q", head)
+    if not 0 < nbytes < 2**26:
+        raise ConnectionError(f"{not_dask} (its first bytes {head!r} are no Dask frame header); {_EXPECTED}")
+
+
+def _dask_executor(scheduler: str, timeout: float | None = None):
     try:
         from distributed import Client
     except ImportError:
         raise ImportError(f"running a sweep on a Dask scheduler needs dask.distributed; {_INSTALL_HINT}") from None
-    client = Client(scheduler)
+    timeout = DASK_CONNECT_TIMEOUT_S if timeout is None else timeout
+    _probe_scheduler(scheduler, timeout)
+    try:
+        client = Client(scheduler, timeout=timeout)
+    except Exception as exc:  # noqa: BLE001 - translated: distributed's own message names neither
+        raise ConnectionError(
+            f"could not connect to the Dask scheduler {scheduler!r} within {timeout:g} s: "
+            f"{type(exc).__name__}: {_first_line(str(exc))}; {_EXPECTED}"
+        ) from exc
     # pure=False: a retried run is a new task, never a cached (failed) result
     return client, client.get_executor(pure=False)
 
@@ -538,6 +714,7 @@ def run_sweep(
             workers = max_workers or 1
             executor = own_executor = cf.ProcessPoolExecutor(
                 max_workers=min(workers, len(todo)), mp_context=_mp_context(),
+                initializer=_die_with, initargs=(os.getpid(),),  # workers die with this process
             )
             num_threads = 1 if workers > 1 else None
             from tcomplex.experiments.data import resolve_data_root

@@ -10,9 +10,15 @@ A run lives in ``<root>/<run_id>/``:
 * ``config.json``: the full :class:`TrainConfig` (``run_id`` is its hash);
 * ``rows/epoch_XXXXX.csv``: the rows of one tracked epoch, written atomically
   (temporary file + rename), so a killed run never leaves half a row;
-* ``checkpoint.pt``: model, optimiser and scheduler state of the last tracked
-  epoch, written atomically before that epoch's rows;
+* ``checkpoint.pt``: model, optimiser and scheduler state after every epoch,
+  written atomically (before a tracked epoch's rows, which it also holds);
 * ``finished.json``: written last; a finished run is not redone.
+
+:class:`tcomplex.experiments.runs.RunDir` owns these files.  The public pieces
+of the loop (:func:`prepare_data`, :func:`analysis_set_for`,
+:func:`build_model_for`, :func:`make_optimizer`, :func:`evaluate`, ...) and the
+callbacks of :func:`train` let a study record what it needs per epoch without a
+second training loop.
 
 Randomness is a function of (seed, epoch): the batch order and augmentation of
 epoch e are seeded from them and the global torch RNG is reseeded at the start
@@ -22,6 +28,7 @@ uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -30,42 +37,54 @@ import math
 import os
 import sys
 import time
-import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from tcomplex import estimators as est
-from tcomplex.gating import GateRecorder, Recording, record_gates
 from tcomplex.experiments import data as data_mod
 from tcomplex.experiments import models as models_mod
+from tcomplex.experiments.measure import ALL, RATE_BINS, measure_complexity
+from tcomplex.experiments.runs import RunDir, load_results
 
 __all__ = [
     "TrainConfig",
     "RunResult",
+    "TrainState",
+    "Data",
     "train",
     "tracked_epochs",
+    "validate_config",
+    "check_data",
+    "prepare_data",
+    "analysis_set_for",
+    "build_model_for",
+    "build_task_net",
+    "device_for",
+    "forward_loss",
+    "evaluate",
+    "eval_batches",
+    "tensor_batches",
+    "epoch_batches",
+    "make_optimizer",
+    "make_scheduler",
+    "subset",
     "load_results",
     "run_dir",
     "measure_complexity",
+    "ALL",
     "RATE_BINS",
+    "CALLBACK_EVENTS",
 ]
 
 log = logging.getLogger("tcomplex.train")
 
-#: bins of the activation-rate histograms (Figure 3c)
-RATE_BINS = 20
-#: measure_complexity keeps n x n float32 distance matrices up to this many samples
-DENSE_MAX_SAMPLES = 4096
-ALL = "__all__"  # layer label of the whole network's Sigma
 
 
 @dataclass
@@ -194,14 +213,60 @@ def tracked_epochs(epochs: int, every: int = 5, log_spaced: bool = True, explici
 
 
 def run_dir(root: str | os.PathLike[str], config: TrainConfig) -> Path:
+    """``<root>/<run_id>``: the folder of ``config``'s run (see :class:`RunDir`)."""
     return Path(root) / config.run_id
+
+
+# ---------------------------------------------------------------------------
+# configuration checks (no data loaded)
+# ---------------------------------------------------------------------------
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("none", "cosine", "step")
+BANDWIDTHS = ("dims", "variance")
+CALLBACK_EVENTS = ("on_tracked_epoch", "on_epoch_end")
+
+
+def validate_config(cfg: TrainConfig) -> None:
+    """Raise ValueError (TypeError for model options the model does not take) for every problem of ``cfg`` that needs no data: unknown model, dataset,
+    optimizer, schedule, bandwidth, gating kind, bad alpha or tracked epochs, model options the
+    model does not take.  :func:`train` calls it before loading any data; ``tcomplex sweep --dry-run``
+    calls it for every run of a grid.
+    """
+    if cfg.model not in models_mod.list_models():
+        raise ValueError(f"unknown model {cfg.model!r}; valid models: {', '.join(models_mod.list_models())}")
+    if cfg.dataset not in data_mod.DATASETS:
+        raise ValueError(f"unknown dataset {cfg.dataset!r}; valid datasets: {', '.join(data_mod.DATASETS)}")
+    if cfg.optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {list(OPTIMIZERS)}, got {cfg.optimizer!r}")
+    if cfg.schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {list(SCHEDULES)}, got {cfg.schedule!r}")
+    if cfg.bandwidth not in BANDWIDTHS:
+        raise ValueError(f"bandwidth must be one of {list(BANDWIDTHS)}, got {cfg.bandwidth!r}")
+    if cfg.alpha is not None and not cfg.alpha > 0:
+        raise ValueError(f"alpha must be > 0 (or None for the per-layer default), got {cfg.alpha}")
+    bad_kinds = [k for k in cfg.kinds if k not in ("relu", "maxpool", "dropout")]
+    if bad_kinds:
+        raise ValueError(f"kinds {bad_kinds} unknown; valid gating kinds: relu, maxpool, dropout")
+    for name in ("batch_size", "analysis_per_class", "analysis_size", "eval_train_size"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+    if cfg.lr <= 0:
+        raise ValueError(f"lr must be > 0, got {cfg.lr}")
+    tracked_epochs(cfg.epochs, cfg.track_every, cfg.track_log, cfg.track_epochs)
+    try:
+        with torch.random.fork_rng(devices=[]):  # building draws initial weights: leave the global RNG as it was
+            build_model_for(cfg)
+    except (TypeError, ValueError) as exc:  # same type, so callers that sort errors by type still can
+        raise type(exc)(f"model {cfg.model!r} cannot be built with model_kwargs={cfg.model_kwargs}: {exc}") from exc
 
 
 # ---------------------------------------------------------------------------
 # data and model
 # ---------------------------------------------------------------------------
 @dataclass
-class _Data:
+class Data:
+    """The tensors (in-memory datasets) or Datasets of one run, and its analysis set (Appendix I)."""
+
     train_x: Tensor | None
     train_y: Tensor | None
     test_x: Tensor | None
@@ -214,55 +279,120 @@ class _Data:
     shape: tuple[int, ...]
 
 
-def _subset(x: Tensor, y: Tensor, k: int | None, seed: int) -> tuple[Tensor, Tensor]:
+def subset(x: Tensor, y: Tensor, k: int | None, seed: int) -> tuple[Tensor, Tensor]:
+    """The first ``k`` of a permutation of (x, y) seeded with ``seed`` (all when k is None or >= n)."""
     if k is None or k >= len(x):
         return x, y
     idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:k]
     return x[idx], y[idx]
 
 
-def _prepare_data(cfg: TrainConfig, data_root: str | None) -> _Data:
-    info = data_mod.DATASETS.get(cfg.dataset)
-    if info is None:
-        raise ValueError(f"unknown dataset {cfg.dataset!r}; valid: {sorted(data_mod.DATASETS)}")
-    data_seed = cfg.seed if cfg.data_seed is None else cfg.data_seed
-    if info.in_memory:
-        tx, ty = data_mod.load_tensors(cfg.dataset, "train", data_root=data_root, normalization=cfg.normalization)
-        vx, vy = data_mod.load_tensors(cfg.dataset, "test", data_root=data_root, normalization=cfg.normalization)
-        tx, ty = _subset(tx, ty, cfg.train_subset, 1_000_003 + data_seed)
-        vx, vy = _subset(vx, vy, cfg.test_subset, 2_000_003)
-        train_ds = test_ds = None
-    else:
-        tx = ty = vx = vy = None
-        train_ds = data_mod.load_dataset(cfg.dataset, "train", data_root=data_root, augment=cfg.augment)
-        test_ds = data_mod.load_dataset(cfg.dataset, "test", data_root=data_root)
-        if cfg.train_subset is not None:
-            idx = torch.randperm(len(train_ds), generator=torch.Generator().manual_seed(1_000_003 + data_seed))
-            train_ds = torch.utils.data.Subset(train_ds, idx[: cfg.train_subset].tolist())
-        if cfg.test_subset is not None:
-            test_ds = torch.utils.data.Subset(test_ds, list(range(min(cfg.test_subset, len(test_ds)))))
+def _data_seed(cfg: TrainConfig) -> int:
+    return cfg.seed if cfg.data_seed is None else cfg.data_seed
+
+
+def _train_tensors(cfg: TrainConfig, data_root: str) -> tuple[Tensor, Tensor]:
+    tx, ty = data_mod.load_tensors(cfg.dataset, "train", data_root=data_root, normalization=cfg.normalization)
+    return subset(tx, ty, cfg.train_subset, 1_000_003 + _data_seed(cfg))
+
+
+def _train_dataset(cfg: TrainConfig, data_root: str, augment: bool) -> Any:
+    ds = data_mod.load_dataset(cfg.dataset, "train", data_root=data_root, augment=augment)
+    if cfg.train_subset is not None:
+        idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(1_000_003 + _data_seed(cfg)))
+        ds = torch.utils.data.Subset(ds, idx[: cfg.train_subset].tolist())
+    return ds
+
+
+def _draw_analysis(cfg: TrainConfig, tx: Tensor | None, ty: Tensor | None, train_ds: Any, data_root: str,
+                   per_class: int) -> tuple[Tensor, Tensor | None]:
     if cfg.task == "regress":
         # no classes: a seeded random subset of the training images
         src = tx if tx is not None else torch.stack([train_ds[i][0] for i in range(min(len(train_ds), cfg.analysis_size))])
-        ax, _ = _subset(src, torch.zeros(len(src)), cfg.analysis_size, cfg.analysis_seed)
-        ay = None
+        ax, _ = subset(src, torch.zeros(len(src)), cfg.analysis_size, cfg.analysis_seed)
+        return ax, None
+    source = (tx, ty) if tx is not None else cfg.dataset
+    try:
+        return data_mod.analysis_set(source, per_class=per_class, seed=cfg.analysis_seed, data_root=data_root)
+    except ValueError as exc:
+        if cfg.train_subset is None:
+            raise
+        raise ValueError(
+            f"the analysis set is drawn from the training images, and the train_subset of "
+            f"{cfg.train_subset} images of {cfg.dataset} is too small for analysis_per_class="
+            f"{per_class} ({exc}): raise train_subset or lower analysis_per_class"
+        ) from None
+
+
+def prepare_data(cfg: TrainConfig, data_root: str | os.PathLike[str] | None = None) -> Data:
+    """Load the run's train/test data (subsets, normalisation) and draw its analysis set.
+
+    The analysis set is :func:`analysis_set_for` ``(cfg)``: ``analysis_per_class``
+    training images per class of the run's own training images (after
+    ``train_subset``, with the run's ``normalization``), Appendix I.
+    """
+    validate_config(cfg)
+    info = data_mod.DATASETS[cfg.dataset]
+    root = str(data_mod.resolve_data_root(data_root))
+    if info.in_memory:
+        tx, ty = _train_tensors(cfg, root)
+        vx, vy = data_mod.load_tensors(cfg.dataset, "test", data_root=root, normalization=cfg.normalization)
+        vx, vy = subset(vx, vy, cfg.test_subset, 2_000_003)
+        train_ds = test_ds = None
     else:
-        source = (tx, ty) if tx is not None else cfg.dataset
-        try:
-            ax, ay = data_mod.analysis_set(source, per_class=cfg.analysis_per_class, seed=cfg.analysis_seed,
-                                           data_root=data_root)
-        except ValueError as exc:
-            if cfg.train_subset is None:
-                raise
-            raise ValueError(
-                f"the analysis set is drawn from the training images, and the train_subset of "
-                f"{cfg.train_subset} images of {cfg.dataset} is too small for analysis_per_class="
-                f"{cfg.analysis_per_class} ({exc}): raise train_subset or lower analysis_per_class"
-            ) from None
-    return _Data(tx, ty, vx, vy, train_ds, test_ds, ax, ay, info.num_classes, tuple(info.shape))
+        tx = ty = vx = vy = None
+        train_ds = _train_dataset(cfg, root, cfg.augment)
+        test_ds = data_mod.load_dataset(cfg.dataset, "test", data_root=root)
+        if cfg.test_subset is not None:
+            test_ds = torch.utils.data.Subset(test_ds, list(range(min(cfg.test_subset, len(test_ds)))))
+    ax, ay = _draw_analysis(cfg, tx, ty, train_ds, root, cfg.analysis_per_class)
+    return Data(tx, ty, vx, vy, train_ds, test_ds, ax, ay, info.num_classes, tuple(info.shape))
 
 
-def _build(cfg: TrainConfig, shape: tuple[int, ...], num_classes: int) -> nn.Module:
+def analysis_set_for(cfg: TrainConfig, data_root: str | os.PathLike[str] | None = None, *,
+                     per_class: int | None = None, full_split: bool = False) -> tuple[Tensor, Tensor | None]:
+    """The analysis images (and labels; None for regression) of ``cfg``'s run: the one way they are chosen.
+
+    Appendix I: complexity is computed on images sampled from the training set.
+    By default these are the images :func:`train` measures at every tracked
+    epoch: ``analysis_per_class`` per class (``per_class`` overrides the number;
+    the draw is seeded by ``analysis_seed``), or ``analysis_size`` random images
+    for regression.  For the in-memory datasets (MNIST, Fashion-MNIST, CIFAR-10)
+    they come from the run's own training images (after ``train_subset``) with
+    the run's ``normalization``; for the file-backed ones (CelebA, VOC crops,
+    Tiny ImageNet) a classification run draws them from the full training split.
+
+    ``full_split=True`` ignores ``train_subset`` (the run's normalisation still
+    applies): every run on a dataset then gets the same images, whatever its
+    seed, e.g. to compare models across seeds on one image set, or to measure
+    more images per class than a small training subset holds.
+    """
+    validate_config(cfg)
+    if full_split and cfg.train_subset is not None:
+        cfg = dataclasses.replace(cfg, train_subset=None)
+    info = data_mod.DATASETS[cfg.dataset]
+    root = str(data_mod.resolve_data_root(data_root))
+    n = cfg.analysis_per_class if per_class is None else int(per_class)
+    if info.in_memory:
+        tx, ty = _train_tensors(cfg, root)
+        return _draw_analysis(cfg, tx, ty, None, root, n)
+    # classification draws from the dataset by name; only regression reads the run's training Dataset
+    train_ds = _train_dataset(cfg, root, cfg.augment) if cfg.task == "regress" else None
+    return _draw_analysis(cfg, None, None, train_ds, root, n)
+
+
+def build_model_for(cfg: TrainConfig, shape: tuple[int, ...] | None = None,
+                    num_classes: int | None = None) -> nn.Module:
+    """The registry model of ``cfg`` for its dataset's input shape and classes (not seeded here).
+
+    :func:`train` seeds torch with ``cfg.seed`` right before calling it, so
+    ``torch.manual_seed(cfg.seed); build_model_for(cfg)`` is the run's initial model.
+    """
+    if shape is None or num_classes is None:
+        info = data_mod.DATASETS.get(cfg.dataset)
+        if info is None:
+            raise ValueError(f"unknown dataset {cfg.dataset!r}; valid datasets: {', '.join(data_mod.DATASETS)}")
+        shape, num_classes = tuple(info.shape), info.num_classes
     kwargs = dict(cfg.model_kwargs)
     kwargs.setdefault("in_channels", shape[0])
     kwargs.setdefault("input_size", shape[-1])
@@ -270,17 +400,34 @@ def _build(cfg: TrainConfig, shape: tuple[int, ...], num_classes: int) -> nn.Mod
     return models_mod.build_model(cfg.model, **kwargs)
 
 
-def _device(name: str) -> torch.device:
+def build_task_net(cfg: TrainConfig) -> nn.Module | None:
+    """The frozen task MLP a ``task="regress"`` run regresses onto (Section 4.2); None for other tasks."""
+    if cfg.task != "regress":
+        return None
+    info = data_mod.DATASETS[cfg.dataset]
+    return models_mod.build_model(
+        "task_mlp", in_channels=info.shape[0], input_size=info.shape[-1], n_relu=cfg.task_n,
+        seed=cfg.task_seed, num_classes=cfg.model_kwargs.get("num_classes", 10),
+    )
+
+
+def device_for(name: str) -> torch.device:
+    """``"auto"``: CUDA when available, else the CPU; otherwise ``torch.device(name)``."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
 
 
 # ---------------------------------------------------------------------------
-# losses
+# losses, evaluation, batches
 # ---------------------------------------------------------------------------
-def _forward_loss(cfg: TrainConfig, model: nn.Module, x: Tensor, y: Tensor, task_net: nn.Module | None) -> tuple[Tensor, Tensor, int]:
-    """Returns (loss, number correct, batch size)."""
+def forward_loss(cfg: TrainConfig, model: nn.Module, x: Tensor, y: Tensor,
+                 task_net: nn.Module | None = None) -> tuple[Tensor, Tensor, int]:
+    """The task loss of one batch: (loss, number correct, batch size).
+
+    classify: cross-entropy; regress: MSE onto the task MLP's output (Section
+    4.2); vae: Bernoulli reconstruction + KL + cross-entropy of the classifier head.
+    """
     if cfg.task == "classify":
         out = model(x)
         return F.cross_entropy(out, y), (out.argmax(1) == y).sum(), len(y)
@@ -301,181 +448,39 @@ def _forward_loss(cfg: TrainConfig, model: nn.Module, x: Tensor, y: Tensor, task
 
 
 @torch.no_grad()
-def _evaluate(cfg, model, batches: Iterable[tuple[Tensor, Tensor]], device, task_net) -> tuple[float, float]:
+def evaluate(cfg: TrainConfig, model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]],
+             device: torch.device | str = "cpu", task_net: nn.Module | None = None) -> tuple[float, float]:
+    """Mean task loss and accuracy of ``model`` over ``batches`` (eval mode; accuracy 0 for regression)."""
     model.eval()
     total, correct, count = 0.0, 0.0, 0
     for x, y in batches:
         x, y = x.to(device), y.to(device)
-        loss, c, b = _forward_loss(cfg, model, x, y, task_net)
+        loss, c, b = forward_loss(cfg, model, x, y, task_net)
         total += float(loss) * b
         correct += float(c)
         count += b
     return total / max(count, 1), correct / max(count, 1)
 
 
-def _tensor_batches(x: Tensor, y: Tensor, bs: int = 256) -> Iterable[tuple[Tensor, Tensor]]:
+def tensor_batches(x: Tensor, y: Tensor, batch_size: int = 256) -> Iterable[tuple[Tensor, Tensor]]:
+    """(x, y) in consecutive batches (no shuffling), for :func:`evaluate`."""
     # 256: LeNet-5 evaluates 1.7x faster than with 1000-image batches on the CPU (cache)
-    for i in range(0, len(x), bs):
-        yield x[i : i + bs], y[i : i + bs]
+    for i in range(0, len(x), batch_size):
+        yield x[i : i + batch_size], y[i : i + batch_size]
 
 
-# ---------------------------------------------------------------------------
-# complexity metrics
-# ---------------------------------------------------------------------------
-def measure_complexity(
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor | None,
-    *,
-    kinds: Sequence[str] = ("relu",),
-    bandwidth: str = "dims",
-    alpha: float | None = None,
-    per_layer: bool = True,
-    suffix: bool = False,
-    tc: bool = False,
-    rates: bool = True,
-    mutual_information: bool | None = None,
-) -> list[dict[str, Any]]:
-    """Complexity metrics of ``model`` on the analysis set as tidy rows.
-
-    Rows have keys ``layer`` (a gating-layer name, or ``"__all__"`` for the
-    concatenated Sigma, or ``"suffix:l"`` for (Sigma_l..Sigma_L)), ``metric``,
-    ``value`` and ``bin`` (histogram bin, else None).  Metrics: ``H`` (Eq. 2),
-    ``I_XSY`` (Eq. 4, when labels are given), ``I_XS`` (Eq. 3, for models with
-    sampling), ``TC`` (Eq. 28), ``C`` (Eq. 6), ``H_plugin``, ``width``, ``alpha``,
-    ``saturated_H`` and ``rate_hist``.  The model is put in eval mode for the
-    recording (so dropout does not gate) and restored afterwards.
-    """
-    was_training = model.training
-    model.eval()
-    try:
-        has_sampling = any(hasattr(m, "tcomplex_sampling") for m in model.modules())
-        if mutual_information is None:
-            mutual_information = has_sampling
-        rec = record_gates(model, x, kinds=kinds)
-        rec_det = record_gates(model, x, kinds=kinds, sampling=False) if mutual_information else None
-    finally:
-        model.train(was_training)
-
-    def metrics_for(layer: str, states: Tensor, det: Tensor | None, a: float, with_tc: bool,
-                    sq_dists: Tensor | None) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-
-        def add(metric: str, value: float, bin_: int | None = None) -> None:
-            out.append({"layer": layer, "metric": metric, "value": float(value), "bin": bin_})
-
-        if sq_dists is not None:  # H and the class terms of Eq. 4 from one distance matrix
-            h, ixsy = est.kde_entropy_from_distances(
-                sq_dists, sigma2=est.kde_bandwidth(states, alpha=a, bandwidth=bandwidth), labels=y)
-        elif y is not None:  # H(Sigma) is a term of Eq. 4: computed once for both
-            h, ixsy = est.kde_entropy_and_interaction(states, y, alpha=a, bandwidth=bandwidth)
-        else:
-            h, ixsy = est.kde_entropy(states, alpha=a, bandwidth=bandwidth), None
-        add("H", h)
-        add("saturated_H", float(h.saturated))
-        add("alpha", a)
-        add("width", states.shape[1])
-        if ixsy is not None:
-            add("I_XSY", ixsy)
-        if det is not None:
-            add("I_XS", est.kde_mutual_information(det, alpha=a, bandwidth=bandwidth))
-        add("C", est.marginal_entropy_sum(states))
-        if with_tc:
-            add("TC", est.kde_total_correlation(states, alpha=a, bandwidth=bandwidth))
-        if rates:
-            r = est.activation_rates(states).numpy()
-            counts, _ = np.histogram(r, bins=RATE_BINS, range=(0.0, 1.0))
-            for b, c in enumerate(counts):
-                add("rate_hist", c, b)
-            add("rate_mean", r.mean())
-        return out
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", est.SaturationWarning)
-        # with per-layer metrics and a moderate n, the whole network's squared distances are the
-        # sum of the layers': one GEMM per layer serves both (and the class terms of Eq. 4)
-        dense = per_layer and len(x) <= DENSE_MAX_SAMPLES
-        total: Tensor | None = None
-        layer_rows: list[dict[str, Any]] = []
-        if per_layer:
-            for name in rec.names:
-                a = alpha if alpha is not None else rec.info[name].default_alpha
-                d2 = est.squared_distances(rec[name]) if dense else None
-                layer_rows += metrics_for(name, rec[name], rec_det[name] if rec_det is not None else None, a, tc, d2)
-                if d2 is not None:
-                    total = d2 if total is None else total.add_(d2)
-        a_all = alpha if alpha is not None else rec.default_alpha()
-        rows = metrics_for(ALL, rec.concat(), rec_det.concat() if rec_det is not None else None, a_all, False, total)
-        rows += layer_rows
-        if suffix:
-            kde = est.layerwise_entropies(rec, alpha=alpha, bandwidth=bandwidth)
-            plug = est.layerwise_entropies(rec, estimator="plugin")
-            for l, (hk, hp) in enumerate(zip(kde, plug), start=1):
-                rows.append({"layer": f"suffix:{l}", "metric": "H", "value": float(hk), "bin": None})
-                rows.append({"layer": f"suffix:{l}", "metric": "H_plugin", "value": float(hp), "bin": None})
-    return rows
+def eval_batches(cfg: TrainConfig, d: Data) -> tuple[Iterable[tuple[Tensor, Tensor]], Iterable[tuple[Tensor, Tensor]]]:
+    """Batches of the ``eval_train_size`` training images and of the test images where loss/accuracy are measured."""
+    if d.train_x is not None:
+        ex, ey = subset(d.train_x, d.train_y, cfg.eval_train_size, 3_000_017)
+        return tensor_batches(ex, ey), tensor_batches(d.test_x, d.test_y)
+    sub = torch.utils.data.Subset(d.train_ds, list(range(min(cfg.eval_train_size, len(d.train_ds)))))
+    return (data_mod.make_loader(sub, batch_size=256, shuffle=False),
+            data_mod.make_loader(d.test_ds, batch_size=256, shuffle=False))
 
 
-# ---------------------------------------------------------------------------
-# files
-# ---------------------------------------------------------------------------
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def _config_columns(cfg: TrainConfig) -> dict[str, Any]:
-    cols: dict[str, Any] = {"run_id": cfg.run_id}
-    for k, v in cfg.to_dict().items():
-        if isinstance(v, (dict, list, tuple)):
-            v = json.dumps(v, sort_keys=True)
-        cols[k] = v
-    return cols
-
-
-def _write_rows(run: Path, epoch: int, rows: list[dict[str, Any]], cfg: TrainConfig) -> None:
-    df = pd.DataFrame(rows)
-    df.insert(0, "epoch", epoch)
-    for k, v in reversed(list(_config_columns(cfg).items())):
-        if k not in df.columns:
-            df.insert(0, k, v)
-    (run / "rows").mkdir(exist_ok=True)
-    _atomic_write_bytes(run / "rows" / f"epoch_{epoch:05d}.csv", df.to_csv(index=False).encode())
-
-
-def load_results(root: str | os.PathLike[str], *, finished_only: bool = False) -> pd.DataFrame:
-    """All rows of all runs under ``root`` as one tidy DataFrame (empty if none)."""
-    frames = []
-    for run in sorted(Path(root).glob("*/config.json")):
-        d = run.parent
-        if finished_only and not (d / "finished.json").exists():
-            continue
-        for f in sorted((d / "rows").glob("epoch_*.csv")):
-            frames.append(pd.read_csv(f))
-    if not frames:
-        return pd.DataFrame()
-    return pd.concat(frames, ignore_index=True)
-
-
-def _read_rows(run: Path) -> pd.DataFrame:
-    files = sorted((run / "rows").glob("epoch_*.csv"))
-    return pd.concat([pd.read_csv(f) for f in files], ignore_index=True) if files else pd.DataFrame()
-
-
-# ---------------------------------------------------------------------------
-# the training loop
-# ---------------------------------------------------------------------------
-def _make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
+def make_optimizer(cfg: TrainConfig, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
+    """SGD (lr, momentum, weight decay; the authors' defaults) or Adam, as ``cfg`` says."""
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adam":
@@ -483,7 +488,8 @@ def _make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
     raise ValueError(f"optimizer must be 'sgd' or 'adam', got {cfg.optimizer!r}")
 
 
-def _make_scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer):
+def make_scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer) -> Any:
+    """None, cosine annealing over the epochs, or x0.1 steps at 50% and 75% of them."""
     if cfg.schedule == "none":
         return None
     if cfg.schedule == "cosine":
@@ -494,7 +500,8 @@ def _make_scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer):
     raise ValueError(f"schedule must be none, cosine or step, got {cfg.schedule!r}")
 
 
-def _epoch_batches(cfg: TrainConfig, d: _Data, epoch: int):
+def epoch_batches(cfg: TrainConfig, d: Data, epoch: int) -> Iterable[tuple[Tensor, Tensor]]:
+    """The shuffled (and, with ``augment``, augmented) training batches of ``epoch``, seeded by (seed, epoch)."""
     seed = cfg.seed * 1_000_003 + epoch
     if d.train_x is not None:
         augment = cfg.dataset if cfg.augment else None
@@ -507,20 +514,66 @@ def _show_progress() -> bool:
 
 
 def check_data(cfg: TrainConfig, data_root: str | os.PathLike[str] | None = None) -> None:
-    """Raise the error :func:`train` would raise about ``cfg``'s data, before any training.
+    """Raise the error :func:`train` would raise about ``cfg`` (config, then data), before any training.
 
-    Loads the dataset files and draws the training subset and the analysis set
-    (cheap for the in-memory datasets; for the others only the files are checked),
-    so a grid of runs fails at once instead of after hours of other runs.
+    Checks the config (:func:`validate_config`), loads the dataset files and
+    draws the training subset and the analysis set (cheap for the in-memory
+    datasets; for the others only the files are checked), so a grid of runs
+    fails at once instead of after hours of other runs.
     """
-    info = data_mod.DATASETS.get(cfg.dataset)
-    if info is None:
-        raise ValueError(f"unknown dataset {cfg.dataset!r}; valid: {sorted(data_mod.DATASETS)}")
+    validate_config(cfg)
+    info = data_mod.DATASETS[cfg.dataset]
     root = data_mod.resolve_data_root(data_root)
     if not info.in_memory:
         data_mod.load_dataset(cfg.dataset, "train", data_root=root)
         return
-    _prepare_data(cfg, str(root))
+    prepare_data(cfg, str(root))
+
+
+# ---------------------------------------------------------------------------
+# the training loop
+# ---------------------------------------------------------------------------
+@dataclass
+class TrainState:
+    """What a callback of :func:`train` sees after an epoch.
+
+    ``rows``: the tidy rows of a tracked epoch (a callback may append rows;
+    they are written with the others), None at an untracked epoch.
+    ``epoch_loss`` / ``seconds``: mean training loss and wall time of the epoch
+    (None at epoch 0 and for an epoch recomputed after a resume).
+    """
+
+    cfg: TrainConfig
+    run: RunDir
+    epoch: int
+    model: nn.Module
+    data: Data
+    device: torch.device
+    rows: list[dict[str, Any]] | None
+    epoch_loss: float | None
+    seconds: float | None
+    task_net: nn.Module | None = None
+
+
+Callback = Callable[[TrainState], None]
+
+
+def _callbacks(callbacks: Mapping[str, Callback | Sequence[Callback]] | None) -> dict[str, list[Callback]]:
+    out: dict[str, list[Callback]] = {e: [] for e in CALLBACK_EVENTS}
+    for event, fns in (callbacks or {}).items():
+        if event not in out:
+            raise ValueError(f"unknown callback event {event!r}; valid events: {list(CALLBACK_EVENTS)}")
+        out[event] += [fns] if callable(fns) else list(fns)
+    return out
+
+
+def _penalty_scope(stack: contextlib.ExitStack, penalty: Any) -> Any:
+    """Enter the penalty as a context manager when it is one, else remove it on exit; returns the penalty."""
+    if hasattr(penalty, "__enter__") and hasattr(penalty, "__exit__"):
+        return stack.enter_context(penalty) or penalty
+    if hasattr(penalty, "remove"):
+        stack.callback(penalty.remove)
+    return penalty
 
 
 def train(
@@ -530,61 +583,82 @@ def train(
     data_root: str | os.PathLike[str] | None = None,
     progress: bool | None = None,
     penalty_factory: Callable[..., Any] | None = None,
+    callbacks: Mapping[str, Callback | Sequence[Callback]] | None = None,
 ) -> RunResult:
     """Train one run with complexity tracking; resume it if it was interrupted.
 
     Parameters
     ----------
     config: a :class:`TrainConfig` (or a dict of its fields).
-    root: directory holding one sub-directory per run.
+    root: directory holding one sub-directory per run (see :class:`RunDir`).
     data_root: the data root (see :func:`tcomplex.experiments.data.resolve_data_root`).
     progress: show tqdm bars (default: only when a person watches a terminal).
     penalty_factory: builds the complexity penalty when ``complexity_lambda > 0``
-        (default: :func:`tcomplex.ebm.ComplexityPenalty.for_model`).
+        (default: :func:`tcomplex.ebm.ComplexityPenalty.for_model`); used as a
+        context manager when it is one, else its ``remove()`` runs on exit.
+    callbacks: ``{event: fn or [fn, ...]}`` called with a :class:`TrainState`,
+        in the spirit of minGPT's ``register_callback``: ``"on_tracked_epoch"``
+        after the rows of a tracked epoch (epoch 0 included) are measured,
+        ``"on_epoch_end"`` after every training epoch.  Both run before that
+        epoch's checkpoint is written, so what they store is never behind the
+        checkpoint a rerun resumes from.  A finished run is not retrained and
+        calls nothing.
+
+    Every epoch ends with an atomic checkpoint, so a killed run resumes from the
+    last finished epoch (whatever ``track_epochs`` says) and gives the rows of an
+    uninterrupted run (randomness is a function of (seed, epoch)).
 
     Returns
     -------
     RunResult with the run's rows (all tracked epochs) as a DataFrame.
     """
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(dict(config))
-    root = Path(root)
-    run = run_dir(root, cfg)
-    run.mkdir(parents=True, exist_ok=True)
+    validate_config(cfg)  # every config error before any data is loaded
+    hooks = _callbacks(callbacks)
+    run = RunDir(root, cfg)
     t0 = time.perf_counter()
-    if (run / "finished.json").exists():
+    if run.is_finished():
         log.info("run %s is finished; not redone", cfg.run_id)
-        return RunResult(cfg.run_id, run, _read_rows(run), None, 0.0)
-    _atomic_write_bytes(run / "config.json", json.dumps(cfg.to_dict(), indent=2, sort_keys=True).encode())
+        return RunResult(cfg.run_id, run.path, run.read_rows(), None, 0.0)
+    run.prepare()
+    run.write_config(cfg)
     show = _show_progress() if progress is None else progress
-    device = _device(cfg.device)
+    device = device_for(cfg.device)
     resolved_root = str(data_mod.resolve_data_root(data_root))
+    state = run.load_checkpoint(device)  # a corrupt checkpoint is reported before the data are loaded
 
     torch.manual_seed(cfg.seed)
-    task_net = None
-    if cfg.task == "regress":
-        info = data_mod.DATASETS[cfg.dataset]
-        task_net = models_mod.build_model(
-            "task_mlp", in_channels=info.shape[0], input_size=info.shape[-1], n_relu=cfg.task_n,
-            seed=cfg.task_seed, num_classes=cfg.model_kwargs.get("num_classes", 10),
-        ).to(device)
-    d = _prepare_data(cfg, resolved_root)
+    task_net = build_task_net(cfg)
+    if task_net is not None:
+        task_net = task_net.to(device)
+    d = prepare_data(cfg, resolved_root)
     torch.manual_seed(cfg.seed)
-    model = _build(cfg, d.shape, d.num_classes).to(device)
-    opt = _make_optimizer(cfg, model.parameters())
-    sched = _make_scheduler(cfg, opt)
-    penalty = None
-    if cfg.complexity_lambda > 0:
-        if penalty_factory is None:
-            from tcomplex.ebm import ComplexityPenalty
+    model = build_model_for(cfg, d.shape, d.num_classes).to(device)
+    opt = make_optimizer(cfg, model.parameters())
+    sched = make_scheduler(cfg, opt)
+    with contextlib.ExitStack() as stack:
+        penalty = None
+        if cfg.complexity_lambda > 0:
+            if penalty_factory is None:
+                from tcomplex.ebm import ComplexityPenalty
 
-            penalty_factory = ComplexityPenalty.for_model
-        penalty = penalty_factory(model, d.analysis_x[: cfg.batch_size].to(device), lam=cfg.complexity_lambda,
-                                  layers=cfg.complexity_layers, **cfg.complexity_options)
+                penalty_factory = ComplexityPenalty.for_model
+            penalty = _penalty_scope(stack, penalty_factory(
+                model, d.analysis_x[: cfg.batch_size].to(device), lam=cfg.complexity_lambda,
+                layers=cfg.complexity_layers, **cfg.complexity_options))
+        result = _train_loop(cfg, run, state, d, model, opt, sched, penalty, task_net, device, hooks, show)
+    rows = run.read_rows()
+    elapsed = time.perf_counter() - t0
+    run.mark_finished(elapsed, cfg.epochs)
+    return RunResult(cfg.run_id, run.path, rows, result, elapsed)
 
+
+def _train_loop(cfg: TrainConfig, run: RunDir, state: dict[str, Any] | None, d: Data, model: nn.Module,
+                opt: torch.optim.Optimizer, sched: Any, penalty: Any, task_net: nn.Module | None, device: torch.device,
+                hooks: dict[str, list[Callback]], show: bool) -> int | None:
+    """Resume from the checkpoint, then train the remaining epochs; returns the epoch resumed from (or None)."""
     start_epoch, resumed = 0, None
-    ckpt_path = run / "checkpoint.pt"
-    if ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+    if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         if sched is not None and state.get("scheduler") is not None:
@@ -597,26 +671,15 @@ def train(
     epochs_to_track = set(tracked_epochs(cfg.epochs, cfg.track_every, cfg.track_log, cfg.track_epochs))
     ax = d.analysis_x.to(device)
     ay = d.analysis_y.to(device) if d.analysis_y is not None else None
-    if d.train_x is not None:
-        ex, ey = _subset(d.train_x, d.train_y, cfg.eval_train_size, 3_000_017)
-    else:
-        ex = ey = None
 
-    def eval_sets():
-        if ex is not None:
-            return _tensor_batches(ex, ey), _tensor_batches(d.test_x, d.test_y)
-        sub = torch.utils.data.Subset(d.train_ds, list(range(min(cfg.eval_train_size, len(d.train_ds)))))
-        return (data_mod.make_loader(sub, batch_size=256, shuffle=False),
-                data_mod.make_loader(d.test_ds, batch_size=256, shuffle=False))
-
-    def track(epoch: int, epoch_loss: float | None, seconds: float | None) -> None:
+    def track(epoch: int, epoch_loss: float | None, seconds: float | None) -> list[dict[str, Any]]:
         rows = measure_complexity(
             model, ax, ay if cfg.task != "regress" else None, kinds=cfg.kinds, bandwidth=cfg.bandwidth,
             alpha=cfg.alpha, per_layer=cfg.per_layer, suffix=cfg.suffix, tc=cfg.tc, rates=cfg.rates,
         )
-        tr, te = eval_sets()
-        train_loss, train_acc = _evaluate(cfg, model, tr, device, task_net)
-        test_loss, test_acc = _evaluate(cfg, model, te, device, task_net)
+        tr, te = eval_batches(cfg, d)
+        train_loss, train_acc = evaluate(cfg, model, tr, device, task_net)
+        test_loss, test_acc = evaluate(cfg, model, te, device, task_net)
         for metric, value in (("train_loss", train_loss), ("test_loss", test_loss),
                               ("train_acc", train_acc), ("test_acc", test_acc),
                               ("loss_gap", test_loss - train_loss)):
@@ -628,25 +691,39 @@ def train(
         if penalty is not None:
             for k, v in penalty.diagnostics().items():
                 rows.append({"layer": ALL, "metric": k, "value": v, "bin": None})
-        _save_checkpoint(ckpt_path, {
-            "epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict() if sched is not None else None,
-            "penalty": penalty.state_dict() if penalty is not None else None,
-            "config": cfg.to_dict(),
-            "rows": rows,  # so a kill before the rows file is written loses none of them
-        })
-        _write_rows(run, epoch, rows, cfg)
         h = next(r["value"] for r in rows if r["layer"] == ALL and r["metric"] == "H")
         log.info("%s epoch %d: H=%.3f bits, test_loss=%.4f, test_acc=%.4f", cfg.run_id, epoch, h, test_loss, test_acc)
+        return rows
 
-    # a checkpoint whose rows were not written yet (killed in between): write them now
-    if resumed is not None and not (run / "rows" / f"epoch_{resumed:05d}.csv").exists():
+    def finish_epoch(epoch: int, epoch_loss: float | None, seconds: float | None, *, tracked: bool,
+                     checkpoint: bool) -> None:
+        rows = track(epoch, epoch_loss, seconds) if tracked else None
+        st = TrainState(cfg, run, epoch, model, d, device, rows, epoch_loss, seconds, task_net)
+        if tracked:
+            for fn in hooks["on_tracked_epoch"]:
+                fn(st)
+        if epoch > 0:
+            for fn in hooks["on_epoch_end"]:
+                fn(st)
+        if checkpoint:
+            run.save_checkpoint({
+                "epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict() if sched is not None else None,
+                "penalty": penalty.state_dict() if penalty is not None else None,
+                "config": cfg.to_dict(),
+                "rows": rows,  # so a kill before the rows file is written loses none of them
+            })
+        if rows is not None:
+            run.write_rows(epoch, rows, cfg)
+
+    # a tracked checkpoint whose rows were not written yet (killed in between): write them now
+    if resumed is not None and resumed in epochs_to_track and not run.has_rows(resumed):
         if state.get("rows") is not None:
-            _write_rows(run, resumed, state["rows"], cfg)
+            run.write_rows(resumed, state["rows"], cfg)
         else:  # checkpoint of an older version: recompute (loses epoch_train_loss/seconds)
-            track(resumed, None, None)
-    if start_epoch == 0 and 0 in epochs_to_track and not (run / "rows" / "epoch_00000.csv").exists():
-        track(0, None, None)
+            finish_epoch(resumed, None, None, tracked=True, checkpoint=False)
+    if start_epoch == 0 and 0 in epochs_to_track and not run.has_rows(0):
+        finish_epoch(0, None, None, tracked=True, checkpoint=False)
 
     bar = tqdm(range(start_epoch + 1, cfg.epochs + 1), desc=cfg.run_id, disable=not show, unit="epoch")
     for epoch in bar:
@@ -654,9 +731,9 @@ def train(
         model.train()
         t_ep = time.perf_counter()
         total, count = 0.0, 0
-        for x, y in _epoch_batches(cfg, d, epoch):
+        for x, y in epoch_batches(cfg, d, epoch):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            loss, _, b = _forward_loss(cfg, model, x, y, task_net)
+            loss, _, b = forward_loss(cfg, model, x, y, task_net)
             if penalty is not None:
                 # Section 4.3: per batch, first fit the EBM to this batch's (detached) gates,
                 # then penalise the gates with the EBM held fixed
@@ -676,10 +753,5 @@ def train(
             sched.step()
         seconds = time.perf_counter() - t_ep
         bar.set_postfix(loss=f"{total / max(count, 1):.4f}")
-        if epoch in epochs_to_track:
-            track(epoch, total / max(count, 1), seconds)
-
-    rows = _read_rows(run)
-    elapsed = time.perf_counter() - t0
-    _atomic_write_bytes(run / "finished.json", json.dumps({"seconds": elapsed, "epochs": cfg.epochs}).encode())
-    return RunResult(cfg.run_id, run, rows, resumed, elapsed)
+        finish_epoch(epoch, total / max(count, 1), seconds, tracked=epoch in epochs_to_track, checkpoint=True)
+    return resumed

@@ -8,16 +8,14 @@ during the training process".  For a deterministic network I(X;Sigma) = H(Sigma)
 (Eq. 3 with H(Sigma|X) = 0) and the label term is I(X;Sigma;Y) of Eq. 4.
 
 How it is run, and why: the metrics for every alpha are functions of the *same*
-gating states, so one training run per seed suffices.  :func:`train` keeps only
-the last checkpoint and measures one alpha, so :func:`record_training_states`
-trains the run itself and stores the analysis set's gating states (packed bits)
-at every tracked epoch; :func:`alpha_metrics` then evaluates any list of alpha on
-the stored states without retraining.  The loop reuses the training substrate's
-data preparation, model builder, optimiser, scheduler, batches and per-epoch
-reseeding, so its weights are those :func:`train` would produce for the same
-:class:`TrainConfig` (a test checks the accuracies agree).  The alternatives
-cost more: one run per alpha trains ``len(alphas)`` times, and one ``train`` per
-tracked epoch trains sum(tracked epochs) epochs.
+gating states, so one training run per seed suffices.  A run measures one alpha
+and keeps only its last checkpoint, so :func:`record_training_states` trains it
+with :func:`~tcomplex.experiments.train.train` and a callback that stores the
+analysis set's gating states (packed bits) at every tracked epoch;
+:func:`alpha_metrics` then evaluates any list of alpha on the stored states
+without retraining.  The alternatives cost more: one run per alpha trains
+``len(alphas)`` times, and one ``train`` per tracked epoch trains sum(tracked
+epochs) epochs.
 
 The verdict (:func:`trend_consistency`): curves of different alpha agree when
 every pair of *unsaturated* curves is strongly rank-correlated over the tracked
@@ -36,9 +34,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import shutil
-import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,8 +43,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tcomplex import estimators as est
-from tcomplex.experiments import train as train_mod
+from tcomplex.experiments.measure import ALL, measure
 from tcomplex.experiments.report import (
     NOT_MEASURED,
     NOT_REPRODUCED,
@@ -64,7 +58,8 @@ from tcomplex.experiments.report import (
     learned,
 )
 from tcomplex.experiments.studies.common import Context, fmt_value, train_many
-from tcomplex.experiments.train import TrainConfig, tracked_epochs
+from tcomplex.experiments.runs import RunDir
+from tcomplex.experiments.train import TrainConfig, TrainState, train
 from tcomplex.gating import ALPHA_FC, record_gates
 
 __all__ = [
@@ -144,66 +139,44 @@ def alpha_config(model: str, dataset: str, epochs: int, seed: int, train_subset:
                        per_layer=False, rates=False)
 
 
-def _states_dir(cfg: TrainConfig, ctx: Context) -> Path:
-    return ctx.runs / "alpha_states" / cfg.run_id
+def _states_root(ctx: Context) -> Path:
+    return ctx.runs / "alpha_states"
 
 
 def record_training_states(cfg: TrainConfig, ctx: Context) -> Path:
     """Train ``cfg`` and store Sigma of the analysis set at every tracked epoch.
 
-    The folder ``<runs>/alpha_states/<run_id>/`` holds ``labels.npy``,
-    ``epoch_XXXXX.npz`` (the concatenated bool states of all gating layers, packed
-    bits) and ``epoch_XXXXX.json`` (test loss and accuracy, epoch seconds);
-    ``finished.json`` is written last.  A finished folder is reused as is; an
-    unfinished one (an interrupted run) is trained again from the start.
-    Training follows :func:`tcomplex.experiments.train.train` step for step
-    (same data subset, initialisation, batches, per-epoch reseeding), which keeps
-    only its last checkpoint and hence cannot give the states of earlier epochs.
+    The run is an ordinary :func:`~tcomplex.experiments.train.train` run under
+    ``<runs>/alpha_states/`` (checkpoint every epoch, resumed after an
+    interruption) with a callback that, at every tracked epoch, adds to the run's
+    folder ``epoch_XXXXX.npz`` (the concatenated bool states of all gating layers
+    of the analysis set, packed bits) and ``epoch_XXXXX.json`` (test loss and
+    accuracy, epoch seconds, from the tracked rows); ``labels.npy`` holds the
+    labels.  A finished run is reused as is.
     """
-    out = _states_dir(cfg, ctx)
-    if (out / "finished.json").exists():
-        return out
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    (out / "sweep_config.json").write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
-    device = train_mod._device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    d = train_mod._prepare_data(cfg, str(ctx.data_root))
-    if d.train_x is None or d.analysis_y is None:
-        raise ValueError(f"the alpha sweep needs an in-memory classification dataset, got {cfg.dataset!r}")
-    torch.manual_seed(cfg.seed)
-    model = train_mod._build(cfg, d.shape, d.num_classes).to(device)
-    opt = train_mod._make_optimizer(cfg, model.parameters())
-    sched = train_mod._make_scheduler(cfg, opt)
-    np.save(out / "labels.npy", d.analysis_y.numpy())
-    todo = set(tracked_epochs(cfg.epochs, cfg.track_every, cfg.track_log, cfg.track_epochs))
+    run = RunDir(_states_root(ctx), cfg)
 
-    def store(epoch: int, seconds: float | None) -> None:
-        states = record_gates(model, d.analysis_x, kinds=cfg.kinds).concat().numpy()
-        np.savez_compressed(out / f"epoch_{epoch:05d}.npz", bits=np.packbits(states, axis=1),
+    def store(st: TrainState) -> None:
+        if st.data.analysis_y is None:
+            raise ValueError(f"the alpha sweep needs a classification dataset, got task {cfg.task!r}")
+        if st.epoch == 0 or not (run.path / "labels.npy").exists():
+            np.save(run.path / "labels.npy", st.data.analysis_y.numpy())
+        model = st.model
+        was_training = model.training
+        model.eval()
+        try:
+            states = record_gates(model, st.data.analysis_x.to(st.device), kinds=cfg.kinds).concat().cpu().numpy()
+        finally:
+            model.train(was_training)
+        np.savez_compressed(run.path / f"epoch_{st.epoch:05d}.npz", bits=np.packbits(states, axis=1),
                             width=states.shape[1])
-        loss, acc = train_mod._evaluate(cfg, model, train_mod._tensor_batches(d.test_x, d.test_y), device, None)
-        (out / f"epoch_{epoch:05d}.json").write_text(json.dumps(
-            {"epoch": epoch, "test_loss": loss, "test_acc": acc, "epoch_seconds": seconds}))
+        got = {r["metric"]: r["value"] for r in st.rows if r["layer"] == ALL}
+        (run.path / f"epoch_{st.epoch:05d}.json").write_text(json.dumps(
+            {"epoch": st.epoch, "test_loss": got["test_loss"], "test_acc": got["test_acc"],
+             "epoch_seconds": st.seconds}))
 
-    if 0 in todo:
-        store(0, None)
-    for epoch in range(1, cfg.epochs + 1):
-        torch.manual_seed(cfg.seed * 7919 + epoch)  # as train(): randomness is a function of (seed, epoch)
-        model.train()
-        t0 = time.perf_counter()
-        for x, y in train_mod._epoch_batches(cfg, d, epoch):
-            loss, _, _ = train_mod._forward_loss(cfg, model, x.to(device), y.to(device), None)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        if sched is not None:
-            sched.step()
-        if epoch in todo:
-            store(epoch, time.perf_counter() - t0)
-    (out / "finished.json").write_text(json.dumps({"epochs": cfg.epochs}))
-    return out
+    train(cfg, run.root, data_root=ctx.data_root, progress=False, callbacks={"on_tracked_epoch": store})
+    return run.path
 
 
 def load_states(folder: Path) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
@@ -221,31 +194,25 @@ def alpha_metrics(cfgs: Sequence[TrainConfig], ctx: Context, alphas: Sequence[fl
 
     Trains (or reuses) one run per config; rows: seed, epoch, alpha, metric
     (``H`` or ``I_XSY``), value, ceiling and saturated (the :class:`Estimate`
-    flags), n and width.  Estimates are cached next to the states
-    (``metrics.csv``), so only alphas not computed before cost anything.
+    flags), n and width.  Estimates are cached in the run's folder
+    (``metrics.csv``, :meth:`RunDir.cached_rows`), so only alphas not computed
+    before cost anything.
     """
     frames = []
     for cfg in cfgs:
         folder = record_training_states(cfg, ctx)
-        cache = folder / "metrics.csv"
-        old = pd.read_csv(cache) if cache.exists() else pd.DataFrame(columns=["alpha"])
-        todo = [float(a) for a in alphas if not np.isclose(old.alpha.to_numpy(float), a).any()]
-        if todo:
+
+        def compute(todo: list[float], cfg: TrainConfig = cfg, folder: Path = folder) -> pd.DataFrame:
             states, y = load_states(folder)
             rows = []
-            with warnings.catch_warnings():  # saturation is a column of the result
-                warnings.simplefilter("ignore", est.SaturationWarning)
-                for epoch, s in states.items():
-                    for a in todo:
-                        for metric, e in (("H", est.kde_entropy(s, alpha=a)),
-                                          ("I_XSY", est.kde_interaction_information(s, y, alpha=a))):
-                            rows.append({"seed": cfg.seed, "epoch": epoch, "alpha": a, "metric": metric,
-                                         "value": float(e), "ceiling": e.ceiling, "saturated": e.saturated,
-                                         "n": s.shape[0], "width": s.shape[1]})
-            old = pd.concat([old, pd.DataFrame(rows)], ignore_index=True) if len(old) else pd.DataFrame(rows)
-            old.to_csv(cache, index=False)
-        keep = np.isclose(old.alpha.to_numpy(float)[:, None], np.asarray(alphas, float)[None, :]).any(1)
-        frames.append(old[keep])
+            for epoch, s in states.items():
+                for r in measure(s, y, alphas=todo):
+                    rows.append({"seed": cfg.seed, "epoch": epoch, "alpha": r["alpha"], "metric": r["metric"],
+                                 "value": r["value"], "ceiling": r["ceiling"], "saturated": r["saturated"],
+                                 "n": r["n"], "width": r["width"]})
+            return pd.DataFrame(rows)
+
+        frames.append(RunDir(_states_root(ctx), cfg).cached_rows("metrics", "alpha", alphas, compute))
     out = pd.concat(frames, ignore_index=True)
     out["saturated"] = out.saturated.astype(bool)
     return out.sort_values(["seed", "epoch", "alpha", "metric"], ignore_index=True)

@@ -17,7 +17,8 @@ from tqdm import tqdm
 
 from tcomplex.experiments import data as data_mod
 from tcomplex.experiments.notebooks import output_root
-from tcomplex.experiments.train import TrainConfig, _build, check_data, train
+from tcomplex.experiments.runs import RunDir
+from tcomplex.experiments.train import TrainConfig, check_data, train
 
 __all__ = ["Context", "train_many", "load_trained_model", "final_epoch", "setting_note", "fmt_value"]
 
@@ -46,6 +47,10 @@ class Context:
         results.mkdir(parents=True, exist_ok=True)
         return cls(profile, runs, results, data_mod.resolve_data_root(data_root))
 
+    def run(self, cfg: TrainConfig) -> RunDir:
+        """The run directory of ``cfg`` in this context's run cache."""
+        return RunDir(self.runs, cfg)
+
     def save(self, frame: pd.DataFrame, name: str) -> Path:
         """Save a compact result table as ``<results>/<name>.csv``."""
         path = self.results / f"{name}.csv"
@@ -62,7 +67,7 @@ def train_many(configs: Sequence[TrainConfig], ctx: Context, *, desc: str = "run
     config fails before the others have trained.
     """
     for cfg in configs:
-        if not (ctx.runs / cfg.run_id / "finished.json").is_file():
+        if not ctx.run(cfg).is_finished():
             check_data(cfg, ctx.data_root)
     frames = []
     show = sys.stderr.isatty()
@@ -73,21 +78,8 @@ def train_many(configs: Sequence[TrainConfig], ctx: Context, *, desc: str = "run
 
 
 def load_trained_model(cfg: TrainConfig, ctx: Context) -> torch.nn.Module:
-    """The model of a finished run at its last tracked epoch (eval mode, CPU)."""
-    run = ctx.runs / cfg.run_id
-    ckpt = run / "checkpoint.pt"
-    if not ckpt.exists():
-        raise FileNotFoundError(f"run {cfg.run_id} has no checkpoint in {run}: train it first")
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
-    info = data_mod.DATASETS[cfg.dataset]
-    model = _build(cfg, tuple(info.shape), info.num_classes)
-    if cfg.complexity_lambda > 0:
-        from tcomplex.ebm import relax_relus
-
-        names = [k[0] for k in state["penalty"]["targets"]] if state.get("penalty") else []
-        relax_relus(model, sorted(set(names)), float(cfg.complexity_options.get("beta", 100.0)))
-    model.load_state_dict(state["model"])
-    return model.eval()
+    """The model of a finished run at its final epoch (eval mode, CPU): :meth:`RunDir.load_model`."""
+    return ctx.run(cfg).load_model(cfg)
 
 
 def final_epoch(rows: pd.DataFrame) -> int:

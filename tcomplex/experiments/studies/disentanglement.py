@@ -33,10 +33,10 @@ Two facts about the estimators shape the reading of the results:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -46,7 +46,7 @@ import pandas as pd
 import torch
 
 from tcomplex import estimators as est
-from tcomplex.experiments import data as data_mod
+from tcomplex.experiments.measure import measure_complexity
 from tcomplex.experiments.report import (
     INCONCLUSIVE,
     NOT_REPRODUCED,
@@ -64,7 +64,7 @@ from tcomplex.experiments.report import (
     run_accuracies,
 )
 from tcomplex.experiments.studies.common import Context, load_trained_model
-from tcomplex.experiments.train import TrainConfig
+from tcomplex.experiments.train import TrainConfig, analysis_set_for
 from tcomplex.gating import record_gates
 
 __all__ = [
@@ -134,40 +134,29 @@ def measure_model(model: torch.nn.Module, x: torch.Tensor, layers: Sequence[int]
     paper's l).  alpha is 0.01 after an FC layer and 0.04 after a convolution
     (Section 4.4).  TC's synthesized independent states are drawn with seed 0.
     """
-    was_training = model.training
-    model.eval()
-    try:
-        rec = record_gates(model, x, kinds=kinds, layers=list(layers))
-    finally:
-        model.train(was_training)
+    rows = measure_complexity(model, x, None, kinds=kinds, layers=list(layers), bandwidth=bandwidth,
+                              whole_network=False, per_layer=True, tc=True, rates=False, rate_stats=True,
+                              plugin=plugin, mutual_information=False)
+    values: dict[str, dict[str, float]] = {}
+    for r in rows:
+        values.setdefault(r["layer"], {})[r["metric"]] = r["value"]
     out = []
-    with warnings.catch_warnings():  # saturation is recorded in the rows themselves
-        warnings.simplefilter("ignore", est.SaturationWarning)
-        for l, name in zip(layers, rec.names):
-            s = rec[name]
-            a = rec.info[name].default_alpha
-            h = est.kde_entropy(s, alpha=a, bandwidth=bandwidth)
-            tc = est.kde_total_correlation(s, alpha=a, bandwidth=bandwidth)
-            rates = est.activation_rates(s)
-            row = {
-                "l": int(l), "layer": name, "d": int(s.shape[1]), "alpha": a, "n": int(s.shape[0]),
-                "H": float(h), "TC": float(tc), "C": est.marginal_entropy_sum(s),
-                "H_plus_TC": float(h) + float(tc),
-                "rate_mean": float(rates.mean()), "rate_sd": float(rates.std()),
-                "H_saturated": bool(h.saturated),
-                "H_plugin": math.nan, "TC_plugin": math.nan, "H_plugin_saturated": False,
-            }
-            if plugin:
-                hp = est.plugin_entropy(s)
-                row.update(H_plugin=float(hp), TC_plugin=est.plugin_total_correlation(s),
-                           H_plugin_saturated=bool(hp.saturated))
-            out.append(row)
+    for l, (name, v) in zip(layers, values.items()):
+        out.append({
+            "l": int(l), "layer": name, "d": int(v["width"]), "alpha": v["alpha"], "n": int(len(x)),
+            "H": v["H"], "TC": v["TC"], "C": v["C"], "H_plus_TC": v["H"] + v["TC"],
+            "rate_mean": v["rate_mean"], "rate_sd": v["rate_sd"], "H_saturated": bool(v["saturated_H"]),
+            "H_plugin": v.get("H_plugin", math.nan), "TC_plugin": v.get("TC_plugin", math.nan),
+            "H_plugin_saturated": bool(v.get("saturated_H_plugin", False)),
+        })
     return out
 
 
-def _cache_path(ctx: Context, cfg: TrainConfig, key: dict[str, Any]) -> Path:
+def _table_name(cfg: TrainConfig, key: dict[str, Any]) -> str:
+    if cfg.normalization != "dataset":  # images normalised as the run's: another cache entry
+        key = {**key, "normalization": cfg.normalization}
     digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
-    return ctx.runs / cfg.run_id / f"{CHAPTER}_layers_{digest}.csv"
+    return f"{CHAPTER}_layers_{digest}"
 
 
 def measure_runs(groups: Sequence[tuple[TrainConfig, Sequence[int]]], ctx: Context, *,
@@ -175,35 +164,38 @@ def measure_runs(groups: Sequence[tuple[TrainConfig, Sequence[int]]], ctx: Conte
     """Measure the chosen layers of every trained run on one fixed analysis set.
 
     ``groups`` pairs each finished run's config with its layer positions.  The
-    analysis set is ``analysis_per_class`` images per class of the dataset's full
-    training split (Appendix I: images sampled from the training set), the same
-    images for every model.  Results are cached next to each run, keyed by the
-    layers and the analysis set, so re-running a notebook does not recompute them.
+    images are :func:`analysis_set_for` the run with ``analysis_per_class``
+    images per class and ``full_split=True`` (Appendix I: images sampled from the
+    training set): the same images for every model of a dataset, whatever its
+    seed or training subset (a subset of a few hundred images may hold fewer
+    than ``analysis_per_class`` of a class), normalised as the run's inputs.
+    Results are cached in each run's folder (:meth:`RunDir.cached_table`), keyed
+    by the layers and the analysis set, so re-running a notebook does not
+    recompute them.
     """
     frames = []
-    sets: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for cfg, layers in groups:
         key = {"v": _CACHE_VERSION, "layers": list(layers), "per_class": analysis_per_class,
                "seed": analysis_seed, "bandwidth": bandwidth, "kinds": list(cfg.kinds)}
-        path = _cache_path(ctx, cfg, key)
-        if path.is_file():
-            frames.append(pd.read_csv(path))
-            continue
-        if cfg.dataset not in sets:
-            sets[cfg.dataset] = data_mod.analysis_set(cfg.dataset, per_class=analysis_per_class,
-                                                      seed=analysis_seed, data_root=ctx.data_root)
-        x, _ = sets[cfg.dataset]
-        rows = measure_model(load_trained_model(cfg, ctx), x, layers, kinds=cfg.kinds, bandwidth=bandwidth)
-        frame = pd.DataFrame(rows)
-        frame.insert(0, "run_id", cfg.run_id)
-        frame.insert(0, "seed", cfg.seed)
-        frame.insert(0, "model", cfg.model)
-        frame = frame[MEASURE_COLUMNS]
-        tmp = path.with_name(path.name + ".tmp")
-        frame.to_csv(tmp, index=False)
-        tmp.replace(path)
-        frames.append(frame)
+
+        def compute(cfg: TrainConfig = cfg, layers: Sequence[int] = layers) -> pd.DataFrame:
+            x, _ = _analysis_images(cfg, ctx, analysis_per_class, analysis_seed)
+            frame = pd.DataFrame(measure_model(load_trained_model(cfg, ctx), x, layers, kinds=cfg.kinds,
+                                               bandwidth=bandwidth))
+            frame.insert(0, "run_id", cfg.run_id)
+            frame.insert(0, "seed", cfg.seed)
+            frame.insert(0, "model", cfg.model)
+            return frame[MEASURE_COLUMNS]
+
+        frames.append(ctx.run(cfg).cached_table(_table_name(cfg, key), compute))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=MEASURE_COLUMNS)
+
+
+def _analysis_images(cfg: TrainConfig, ctx: Context, per_class: int, seed: int) -> tuple[torch.Tensor, Any]:
+    """:func:`analysis_set_for` the run with ``per_class`` images per class of the full training split,
+    drawn with ``seed``: the same images for every model of a dataset (see :func:`measure_runs`)."""
+    return analysis_set_for(dataclasses.replace(cfg, analysis_seed=seed), ctx.data_root, per_class=per_class,
+                            full_split=True)
 
 
 def tc_draw_noise(cfg: TrainConfig, ctx: Context, l: int, *, analysis_per_class: int, draws: int,
@@ -214,8 +206,7 @@ def tc_draw_noise(cfg: TrainConfig, ctx: Context, l: int, *, analysis_per_class:
     different draw gives a different TC.  Comparing this spread with the spread
     of TC across models tells whether the model-to-model differences are real.
     """
-    x, _ = data_mod.analysis_set(cfg.dataset, per_class=analysis_per_class, seed=analysis_seed,
-                                 data_root=ctx.data_root)
+    x, _ = _analysis_images(cfg, ctx, analysis_per_class, analysis_seed)
     model = load_trained_model(cfg, ctx)
     rec = record_gates(model, x, kinds=cfg.kinds, layers=[l])
     s = rec[rec.names[0]]

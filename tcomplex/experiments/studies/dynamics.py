@@ -65,10 +65,13 @@ from tcomplex.experiments.report import (
     mean_ci,
     rise_then_saturate,
 )
-from tcomplex.experiments.train import TrainConfig, measure_complexity
+from tcomplex.experiments.measure import measure_complexity
+from tcomplex.experiments.train import TrainConfig, analysis_set_for
 
 __all__ = [
     "CHAPTER",
+    "authors_finding",
+    "init_note",
     "GROUPS",
     "AUTHORS_MLP_MNIST",
     "AUTHORS_MLP_MNIST_SOURCE",
@@ -502,8 +505,9 @@ def init_normalisation_table(seeds: Sequence[int], analysis_images: int,
     normalisation: a run line ending in ``"half"``).
     """
     info = data_mod.DATASETS["mnist"]
-    x, y = data_mod.analysis_set("mnist", per_class=analysis_images // info.num_classes, seed=0,
-                                 data_root=data_root)
+    # the analysis images of an MLP-MNIST run on the full training split (the images its epoch 0 measures)
+    x, y = analysis_set_for(TrainConfig(model="mlp_mnist", dataset="mnist", analysis_seed=0,
+                                        analysis_per_class=analysis_images // info.num_classes), data_root)
     raw = x * info.std[0] + info.mean[0]
     inputs = {f"mean {info.mean[0]}, std {info.std[0]} (ours)": x,
               f"mean {AUTHORS_INPUT_MEAN}, std {AUTHORS_INPUT_STD} (authors')":
@@ -737,11 +741,11 @@ def findings(shapes: pd.DataFrame, rates: pd.DataFrame, gaps: pd.DataFrame, auth
     else:
         found.append(Finding("vae_gap", CHAPTER, claim_vae, "no VAE runs", NOT_MEASURED, setting))
 
-    found.append(_authors_finding(authors, curves_, rows, init_table))
+    found.append(authors_finding(authors, curves_, rows, init_table))
     return found
 
 
-def _init_note(init_table: pd.DataFrame | None) -> str:
+def init_note(init_table: pd.DataFrame | None) -> str:
     """One sentence on H and I(X;Sigma;Y) at initialisation under both input normalisations."""
     if init_table is None or init_table.empty:
         return ""
@@ -751,7 +755,7 @@ def _init_note(init_table: pd.DataFrame | None) -> str:
     return f" The untrained network (n = {n}) with input normalised by " + "; by ".join(parts) + "."
 
 
-def _authors_finding(authors: pd.DataFrame, curves_: pd.DataFrame, rows: pd.DataFrame,
+def authors_finding(authors: pd.DataFrame, curves_: pd.DataFrame, rows: pd.DataFrame,
                      init_table: pd.DataFrame | None = None) -> Finding:
     claim = ("Authors' published MLP-MNIST curve (σ0² = α·d, α = 0.01, n = 2000, bits): H(Σ) 10.85 → 7.35 "
              "(epoch 55) → 10.65 (epoch 500); I(X;Σ;Y) 3.28 → 1.5 → 3.25.")
@@ -767,7 +771,7 @@ def _authors_finding(authors: pd.DataFrame, curves_: pd.DataFrame, rows: pd.Data
     measured = (f"ours: H {show('H', 'epoch 0')} (theirs 10.85 @ 0), min {show('H', 'minimum')} (theirs 7.35 @ 55), "
                 f"last {show('H', 'our last epoch')} (theirs 10.65 @ 500); I(X;Σ;Y) {show('I_XSY', 'epoch 0')}, min "
                 f"{show('I_XSY', 'minimum')}, last {show('I_XSY', 'our last epoch')} (theirs 3.28, 1.5, 3.25)."
-                + _init_note(init_table))
+                + init_note(init_table))
     n_diff = [d for d in diffs if d.startswith("n =")]
     if n_diff:
         return Finding("authors_curve", CHAPTER, claim,

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -43,7 +42,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tcomplex import estimators as est
 from tcomplex.experiments import data as data_mod
 from tcomplex.experiments import models as models_mod
 from tcomplex.experiments.report import (
@@ -62,7 +60,8 @@ from tcomplex.experiments.report import (
     spearman_ci,
 )
 from tcomplex.experiments.studies.common import Context, load_trained_model
-from tcomplex.experiments.train import ALL, TrainConfig, _build, _prepare_data
+from tcomplex.experiments.measure import ALL, measure
+from tcomplex.experiments.train import TrainConfig, analysis_set_for, build_model_for, prepare_data
 from tcomplex.gating import record_gates
 
 __all__ = [
@@ -194,7 +193,7 @@ def task_variance(cfgs: Sequence[TrainConfig], ctx: Context) -> pd.DataFrame:
         if key in seen:
             continue
         seen.add(key)
-        d = _prepare_data(cfg, str(ctx.data_root))
+        d = prepare_data(cfg, ctx.data_root)
         info = data_mod.DATASETS[cfg.dataset]
         task = models_mod.build_model("task_mlp", in_channels=info.shape[0], input_size=info.shape[-1],
                                       n_relu=cfg.task_n, seed=cfg.task_seed).to(_DEVICE)
@@ -221,11 +220,11 @@ def init_output_scale(cfgs: Sequence[TrainConfig], ctx: Context) -> pd.DataFrame
         if key in seen:
             continue
         seen.add(key)
-        d = _prepare_data(cfg, str(ctx.data_root))
+        ax, _ = analysis_set_for(cfg, ctx.data_root)
         torch.manual_seed(cfg.seed)
-        model = _build(cfg, d.shape, d.num_classes).eval()
+        model = build_model_for(cfg).eval()
         with torch.no_grad():
-            y = torch.cat([model(x) for x in d.analysis_x.split(500)])
+            y = torch.cat([model(x) for x in ax.split(500)])
         out.append({"arch": arch, "depth": depth, "seed": cfg.seed,
                     "rms_output_at_init": float(y.pow(2).mean().sqrt())})
     return pd.DataFrame(out).sort_values(["arch", "depth", "seed"]).reset_index(drop=True)
@@ -233,37 +232,28 @@ def init_output_scale(cfgs: Sequence[TrainConfig], ctx: Context) -> pd.DataFrame
 
 def _alpha_rows(cfg: TrainConfig, ctx: Context, alphas: Sequence[float]) -> pd.DataFrame:
     model = load_trained_model(cfg, ctx).to(_DEVICE)
-    d = _prepare_data(cfg, str(ctx.data_root))  # the analysis set train() measured on
-    states = record_gates(model, d.analysis_x, kinds=cfg.kinds).concat().to(_DEVICE)
-    out = []
-    with warnings.catch_warnings():  # saturation is a column of the table
-        warnings.simplefilter("ignore", est.SaturationWarning)
-        for a in alphas:
-            h = est.kde_entropy(states, alpha=a, bandwidth=cfg.bandwidth)
-            out.append({"alpha": float(a), "H": float(h), "ceiling": float(h.ceiling), "saturated": bool(h.saturated)})
-    return pd.DataFrame(out)
+    x, _ = analysis_set_for(cfg, ctx.data_root)  # the analysis set train() measured on
+    rec = record_gates(model, x.to(_DEVICE), kinds=cfg.kinds)
+    sweep = pd.DataFrame(measure(rec, None, alphas=alphas, bandwidth=cfg.bandwidth, per_layer=False))
+    return pd.DataFrame({"alpha": sweep.alpha.astype(float), "H": sweep.value.astype(float),
+                         "ceiling": sweep.ceiling.astype(float), "saturated": sweep.saturated.astype(bool)})
 
 
 def alpha_table(cfgs: Sequence[TrainConfig], ctx: Context, alphas: Sequence[float]) -> pd.DataFrame:
     """H(Sigma) of each trained target MLP at every alpha of ``alphas`` (Appendix H, Figure 9).
 
     The gating states of the final model on the run's own analysis set, one KDE
-    estimate (Eq. 2, sigma0^2 = alpha * d) per alpha.  Cached per run under
-    ``<runs>/_04_maximum_complexity/`` (only missing alphas are computed).
+    estimate (Eq. 2, sigma0^2 = alpha * d) per alpha.  Cached in each run's folder
+    (``04_maximum_complexity_alphas.csv``, :meth:`RunDir.cached_rows`; a cache of an
+    older version under ``<runs>/_04_maximum_complexity/`` is taken over), so only
+    missing alphas are computed.
     """
-    cache_dir = ctx.runs / f"_{CHAPTER}"
-    cache_dir.mkdir(parents=True, exist_ok=True)
     frames = []
     for cfg in cfgs:
-        path = cache_dir / f"{cfg.run_id}.csv"
-        cached = pd.read_csv(path) if path.exists() else pd.DataFrame(columns=["alpha", "H", "ceiling", "saturated"])
-        missing = [a for a in alphas if not np.isclose(cached.alpha.astype(float), a).any()]
-        if missing:
-            cached = pd.concat([cached, _alpha_rows(cfg, ctx, missing)], ignore_index=True)
-            tmp = path.with_suffix(".tmp")
-            cached.to_csv(tmp, index=False)
-            tmp.replace(path)
-        sel = cached[cached.alpha.astype(float).map(lambda v: any(np.isclose(v, a) for a in alphas))].copy()
+        cached = ctx.run(cfg).cached_rows(
+            f"{CHAPTER}_alphas", "alpha", alphas, lambda missing, cfg=cfg: _alpha_rows(cfg, ctx, missing),
+            columns=["H", "ceiling", "saturated"], legacy=ctx.runs / f"_{CHAPTER}" / f"{cfg.run_id}.csv")
+        sel = cached.copy()
         arch, depth = architecture_of(cfg.model_kwargs)
         sel.insert(0, "run_id", cfg.run_id)
         sel.insert(1, "arch", arch)

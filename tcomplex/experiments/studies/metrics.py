@@ -11,13 +11,12 @@
 from __future__ import annotations
 
 import math
-import warnings
 
 import pandas as pd
 import torch
 
-from tcomplex import estimators as est
 from tcomplex.experiments import data as data_mod
+from tcomplex.experiments.measure import ALL, measure
 from tcomplex.experiments.report import (
     THRESHOLDS,
     Finding,
@@ -28,8 +27,8 @@ from tcomplex.experiments.report import (
     learned_from_rows,
 )
 from tcomplex.experiments.studies.common import Context, load_trained_model
-from tcomplex.experiments.train import TrainConfig
-from tcomplex.gating import record_gates
+from tcomplex.experiments.train import TrainConfig, analysis_set_for
+from tcomplex.gating import Recording, record_gates
 
 __all__ = ["configs", "suffix_table", "prop1", "prop2", "eq6_table", "bandwidth_table", "findings"]
 
@@ -79,48 +78,45 @@ def prop2(table: pd.DataFrame, tol: float = 1e-9) -> dict[str, object]:
     return {"checks": checks, "plugin": plug, "kde": kde}
 
 
-def _final_states(cfg: TrainConfig, ctx: Context) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+def _final_recording(cfg: TrainConfig, ctx: Context) -> tuple[Recording, torch.Tensor]:
+    """The trained model's gating states on the run's own analysis set (:func:`analysis_set_for`)."""
     model = load_trained_model(cfg, ctx)
-    x, y = data_mod.analysis_set(cfg.dataset, per_class=cfg.analysis_per_class, seed=cfg.analysis_seed,
-                                 data_root=ctx.data_root)
-    rec = record_gates(model, x, kinds=cfg.kinds)
-    return {name: rec[name] for name in rec.names}, y
+    x, y = analysis_set_for(cfg, ctx.data_root)
+    return record_gates(model, x, kinds=cfg.kinds), y
 
 
 def eq6_table(cfg: TrainConfig, ctx: Context) -> pd.DataFrame:
     """Per layer of the trained model: plug-in H, TC, C and |H + TC - C| (Eq. 6)."""
-    states, _ = _final_states(cfg, ctx)
-    out = []
-    for name, s in states.items():
-        with warnings.catch_warnings():  # saturation is reported in the table itself
-            warnings.simplefilter("ignore", est.SaturationWarning)
-            h = float(est.plugin_entropy(s))
-        t = est.plugin_total_correlation(s)
-        c = est.marginal_entropy_sum(s)
-        out.append({"layer": name, "d": s.shape[1], "H_plugin": h, "TC_plugin": t, "C": c,
-                    "abs_error": abs(h + t - c)})
-    return pd.DataFrame(out)
+    rec, _ = _final_recording(cfg, ctx)
+    rows = pd.DataFrame(measure(rec, whole_network=False, rates=False, plugin=True))
+    wide = rows.pivot(index="layer", columns="metric", values="value").loc[rec.names]
+    out = pd.DataFrame({"layer": rec.names, "d": wide.width.astype(int).to_numpy(),
+                        "H_plugin": wide.H_plugin.to_numpy(), "TC_plugin": wide.TC_plugin.to_numpy(),
+                        "C": wide.C.to_numpy()})
+    out["abs_error"] = (out.H_plugin + out.TC_plugin - out.C).abs()
+    return out
 
 
 def bandwidth_table(cfg: TrainConfig, ctx: Context) -> pd.DataFrame:
-    """H of each layer and of all layers under both bandwidth rules, with the log2 n ceiling."""
-    states, y = _final_states(cfg, ctx)
-    states = {**states, "all layers": torch.cat(list(states.values()), 1)}
-    n = len(y)
+    """H and I(X;Sigma;Y) of each layer and of all layers under both bandwidth rules, with the log2 n ceiling.
+
+    alpha is each layer's default (0.01 after FC, 0.04 after conv; Section 4.4)
+    and, for all layers together, 0.04 as soon as one of them follows a convolution.
+    """
+    rec, y = _final_recording(cfg, ctx)
+    sweeps = {bw: pd.DataFrame(measure(rec, y, alphas=[None], bandwidth=bw)) for bw in ("dims", "variance")}
     rows = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", est.SaturationWarning)
-        for name, s in states.items():
-            alpha = 0.01  # every gating layer of the MLPs follows an FC layer
-            entry = {"layer": name, "d": s.shape[1], "log2_n": math.log2(n)}
-            for bw in ("dims", "variance"):
-                h = est.kde_entropy(s, alpha=alpha, bandwidth=bw)
-                ii = est.kde_interaction_information(s, y, alpha=alpha, bandwidth=bw)
-                entry[f"sigma0^2 ({bw})"] = h.sigma2
-                entry[f"H ({bw})"] = float(h)
-                entry[f"I_XSY ({bw})"] = float(ii)
-                entry[f"saturated ({bw})"] = h.saturated
-            rows.append(entry)
+    for name in [*rec.names, ALL]:
+        entry = {"layer": "all layers" if name == ALL else name, "d": rec.concat().shape[1] if name == ALL
+                 else rec[name].shape[1], "log2_n": math.log2(len(y))}
+        for bw, sweep in sweeps.items():
+            h = sweep[(sweep.layer == name) & (sweep.metric == "H")].iloc[0]
+            ii = sweep[(sweep.layer == name) & (sweep.metric == "I_XSY")].iloc[0]
+            entry[f"sigma0^2 ({bw})"] = h.sigma2
+            entry[f"H ({bw})"] = float(h.value)
+            entry[f"I_XSY ({bw})"] = float(ii.value)
+            entry[f"saturated ({bw})"] = bool(h.saturated)
+        rows.append(entry)
     return pd.DataFrame(rows)
 
 

@@ -35,7 +35,7 @@ from tcomplex.experiments import data as data_mod
 from tcomplex.experiments import models as models_mod
 from tcomplex.experiments.report import NOT_MEASURED, Finding, verdict
 from tcomplex.experiments.studies.common import Context, load_trained_model
-from tcomplex.experiments.train import TrainConfig
+from tcomplex.experiments.train import TrainConfig, analysis_set_for, build_model_for
 from tcomplex.gating import record_gates, resolve_layers
 
 __all__ = [
@@ -203,14 +203,15 @@ def ebm_diagnostics(cfg: TrainConfig, ctx: Context) -> dict[str, float]:
     ||theta_0|| over the energy nets' parameter tensors.
     """
     from tcomplex.ebm import ComplexityPenalty
-    from tcomplex.experiments.train import _build
 
     if cfg.complexity_lambda <= 0:
         raise ValueError(f"run {cfg.run_id} has no complexity loss (λ = 0)")
     info = data_mod.DATASETS[cfg.dataset]
-    state = torch.load(ctx.runs / cfg.run_id / "checkpoint.pt", map_location="cpu", weights_only=False)
+    state = ctx.run(cfg).load_checkpoint("cpu")
+    if state is None:
+        raise FileNotFoundError(f"run {cfg.run_id} has no checkpoint in {ctx.run(cfg).path}: train it first")
     torch.manual_seed(cfg.seed)
-    fresh = _build(cfg, tuple(info.shape), info.num_classes)
+    fresh = build_model_for(cfg)
     penalty = ComplexityPenalty.for_model(fresh, torch.zeros(2, *info.shape), lam=cfg.complexity_lambda,
                                           layers=cfg.complexity_layers, **cfg.complexity_options)
     initial = {k: v.detach().clone() for k, v in penalty.ebms.named_parameters()}
@@ -218,8 +219,7 @@ def ebm_diagnostics(cfg: TrainConfig, ctx: Context) -> dict[str, float]:
     trained = dict(penalty.ebms.named_parameters())
     drift = max(float((trained[k].detach() - v).norm() / v.norm()) for k, v in initial.items() if float(v.norm()) > 0)
     model = load_trained_model(cfg, ctx)
-    x, _ = data_mod.analysis_set(cfg.dataset, per_class=cfg.analysis_per_class, seed=cfg.analysis_seed,
-                                 data_root=ctx.data_root)
+    x, _ = analysis_set_for(cfg, ctx.data_root)  # the images train() measured the run on
     rec = record_gates(model, x, kinds=cfg.kinds)
     f_sum = log_q_sum = 0.0
     with torch.no_grad():
