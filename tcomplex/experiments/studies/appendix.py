@@ -18,12 +18,15 @@ without retraining.  The alternatives cost more: one run per alpha trains
 epochs) epochs.
 
 The verdict (:func:`trend_consistency`): curves of different alpha agree when
-every pair of *unsaturated* curves is strongly rank-correlated over the tracked
-epochs (minimum pairwise Spearman rho >= 0.8), per metric.  A curve that reaches
-its ceiling (log2 n for H, log2 #classes for I(X;Sigma;Y)) at a tracked epoch is
-saturated: it reflects n, not the network, and is left out of the correlations;
-when the paper's own alpha (0.01 for FC gates) is among the saturated ones, the
-claim is at most partly reproduced.
+every pair of curves *with headroom* is strongly rank-correlated over the tracked
+epochs (minimum pairwise Spearman rho >= the report's ``min_rho_agree``), per
+metric.  A curve within the report's margin of its ceiling (log2 n for H,
+log2 #classes for I(X;Sigma;Y)) at a tracked epoch reflects n, not the network,
+and is left out of the correlations.  The verdict is inconclusive when a
+precondition fails (:func:`alpha_findings`): the network did not learn, too few
+seeds or tracked epochs, fewer than two alphas with headroom, the paper's own
+alpha (0.01 for FC gates) without headroom, or a Fisher-z interval of the
+deciding rho that does not decide.
 
 (b) **Table 1** (Appendix G): test accuracies of the trained networks beside the
 paper's (:data:`PAPER_TABLE1`); :func:`table1_verdict` compares them.
