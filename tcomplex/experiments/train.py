@@ -22,6 +22,7 @@ uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -540,7 +541,8 @@ def train(
     data_root: the data root (see :func:`tcomplex.experiments.data.resolve_data_root`).
     progress: show tqdm bars (default: only when a person watches a terminal).
     penalty_factory: builds the complexity penalty when ``complexity_lambda > 0``
-        (default: :func:`tcomplex.ebm.ComplexityPenalty.for_model`).
+        (default: :func:`tcomplex.ebm.ComplexityPenalty.for_model`); what it returns is used as a
+        context manager around the epoch loop (``ComplexityPenalty`` restores the ReLUs on exit).
 
     Returns
     -------
@@ -648,36 +650,38 @@ def train(
     if start_epoch == 0 and 0 in epochs_to_track and not (run / "rows" / "epoch_00000.csv").exists():
         track(0, None, None)
 
-    bar = tqdm(range(start_epoch + 1, cfg.epochs + 1), desc=cfg.run_id, disable=not show, unit="epoch")
-    for epoch in bar:
-        torch.manual_seed(cfg.seed * 7919 + epoch)
-        model.train()
-        t_ep = time.perf_counter()
-        total, count = 0.0, 0
-        for x, y in _epoch_batches(cfg, d, epoch):
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            loss, _, b = _forward_loss(cfg, model, x, y, task_net)
-            if penalty is not None:
-                # Section 4.3: per batch, first fit the EBM to this batch's (detached) gates,
-                # then penalise the gates with the EBM held fixed
-                penalty.step_energy_model()
-                loss = loss + penalty.loss()
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"run {cfg.run_id}: the loss became {float(loss.detach())} at epoch {epoch}; lower the learning "
-                    "rate (or λ of the complexity loss)"
-                )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * b
-            count += b
-        if sched is not None:
-            sched.step()
-        seconds = time.perf_counter() - t_ep
-        bar.set_postfix(loss=f"{total / max(count, 1):.4f}")
-        if epoch in epochs_to_track:
-            track(epoch, total / max(count, 1), seconds)
+    # the penalty relaxed the ReLUs in place: leaving the block (also on an error) puts them back
+    with penalty if penalty is not None else contextlib.nullcontext():
+        bar = tqdm(range(start_epoch + 1, cfg.epochs + 1), desc=cfg.run_id, disable=not show, unit="epoch")
+        for epoch in bar:
+            torch.manual_seed(cfg.seed * 7919 + epoch)
+            model.train()
+            t_ep = time.perf_counter()
+            total, count = 0.0, 0
+            for x, y in _epoch_batches(cfg, d, epoch):
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                loss, _, b = _forward_loss(cfg, model, x, y, task_net)
+                if penalty is not None:
+                    # Section 4.3: per batch, first fit the EBM to this batch's (detached) gates,
+                    # then penalise the gates with the EBM held fixed
+                    penalty.step_energy_model()
+                    loss = loss + penalty.loss()
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(
+                        f"run {cfg.run_id}: the loss became {float(loss.detach())} at epoch {epoch}; lower the learning "
+                        "rate (or λ of the complexity loss)"
+                    )
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += float(loss.detach()) * b
+                count += b
+            if sched is not None:
+                sched.step()
+            seconds = time.perf_counter() - t_ep
+            bar.set_postfix(loss=f"{total / max(count, 1):.4f}")
+            if epoch in epochs_to_track:
+                track(epoch, total / max(count, 1), seconds)
 
     rows = _read_rows(run)
     elapsed = time.perf_counter() - t0
