@@ -291,7 +291,9 @@ class FitSettings:
     the authors; "prior": at binary states drawn from q, so the chains visit
     gating patterns that the data do not have), energy_reg (adds
     energy_reg * mean(f(data)^2 + f(negatives)^2) to the loss, keeping f bounded
-    when the chains do not reach the model's modes; 0 in Eq. 37).
+    when the chains do not reach the model's modes; 0 in Eq. 37), use_f (False:
+    the energy is -log q alone, f is neither fitted nor used: the penalty becomes
+    sum_i -log q(sigma^i), about C_l of Eq. 6, the ablation without an energy net).
     """
 
     name: str
@@ -307,6 +309,7 @@ class FitSettings:
     bounds: Literal["reflect", "clamp", "none"] = "reflect"
     negatives: Literal["data", "prior"] = "data"
     energy_reg: float = 0.0
+    use_f: bool = True
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("sgd", "adam"):
@@ -336,11 +339,13 @@ class FitSettings:
 #: 0.9, weight decay 5e-4, every gradient value clipped at 1e-5, one step per
 #: batch, 5 Langevin steps of 0.001 started at the data).  ``learned``: chosen
 #: from the measurements of benchmarks/bench_ebm_fit.py (see the module docstring).
+#: ``prior``: no energy net, E = -log q (the ablation "penalise C_l").
 FITS: dict[str, FitSettings] = {
     "authors": FitSettings("authors"),
     "learned": FitSettings("learned", optimizer="adam", lr=3e-3, momentum=0.9, weight_decay=0.0, clip_grad=None,
                            mle_steps=1, langevin_steps=1, langevin_step_size=1e-2, langevin_noise=1.0,
                            negatives="prior", energy_reg=0.1),
+    "prior": FitSettings("prior", use_f=False),
 }
 DEFAULT_FIT = "learned"
 
@@ -390,6 +395,8 @@ class EnergyFitter:
         if update_prior:
             for ebm, s in zip(self.ebms, sigmas):
                 ebm.q.update(s)
+        if not st.use_f:
+            return 0.0
         loss = torch.zeros(())
         for _ in range(st.mle_steps):
             self.optimizer.zero_grad(set_to_none=True)
@@ -731,8 +738,8 @@ class ComplexityPenalty:
         """
         raw = self._captured_raw()
         per_layer = []
-        for ebm, g in zip(self.ebms, raw):
-            e = ebm.energy(g.flatten(1)).mean()
+        for k, g in enumerate(raw):
+            e = self.layer_energy(k, g.flatten(1)).mean()
             if self.per_position and g.dim() > 2:
                 e = e / math.prod(g.shape[2:])
             per_layer.append(e)
@@ -741,6 +748,12 @@ class ComplexityPenalty:
         on = self._calls % self.every == 0
         self._calls += 1
         return self.lam * total if on else 0.0 * total
+
+    def layer_energy(self, k: int, sigma: Tensor) -> Tensor:
+        """The energy the penalty uses for layer ``k``: E = -f - log q (Eq. 32), or -log q alone for
+        a fit with ``use_f = False``."""
+        ebm = self.ebms[k]
+        return ebm.energy(sigma) if self.settings.use_f else -ebm.q.log_prob(sigma)
 
     # -- bookkeeping -----------------------------------------------------------------
     @property
