@@ -277,7 +277,9 @@ def ebm_diagnostics(cfg: TrainConfig, ctx: Context) -> dict[str, Any]:
     mean over the penalised layers, :data:`PL_GATES` gates each) of the hard
     gates of the first :data:`PL_STATES` test images under the energy the penalty
     uses and under the prior q alone; ``pl_gain`` = pl_model - pl_prior (> 0:
-    the energy model predicts held-out gates better than the prior).
+    the energy model predicts held-out gates better than the prior);
+    ``pl_model_k`` / ``pl_prior_k``: the same for the k-th penalised layer (k = 1..4
+    in forward order).
     """
     from tcomplex.ebm import ComplexityPenalty, prior_pseudo_log_likelihood, pseudo_log_likelihood
     from tcomplex.experiments.train import _build
@@ -312,16 +314,20 @@ def ebm_diagnostics(cfg: TrainConfig, ctx: Context) -> dict[str, Any]:
                                                   seed=cfg.seed))
             pl_prior.append(prior_pseudo_log_likelihood(ebm.q, h, gates=PL_GATES, seed=cfg.seed))
     lv = penalty.langevin_settings
+    per_layer = {}
+    for pos, (a, b) in enumerate(zip(pl_model, pl_prior), start=1):
+        per_layer[f"pl_model_{pos}"], per_layer[f"pl_prior_{pos}"] = a, b
     return {"variant": variant_of(cfg), "drift": drift, "f": f_sum, "neg_log_q": log_q_sum,
             "pl_model": float(np.mean(pl_model)), "pl_prior": float(np.mean(pl_prior)),
             "pl_gain": float(np.mean(pl_model) - np.mean(pl_prior)),
             "langevin_step_size": lv["step_size"], "langevin_noise_std": lv["noise_std"],
-            "every": penalty.every, "per_position": penalty.per_position}
+            "every": penalty.every, "per_position": penalty.per_position, **per_layer}
 
 
 def ebm_table(cfgs: Sequence[TrainConfig], ctx: Context) -> pd.DataFrame:
     """:func:`ebm_diagnostics` of every run with λ > 0: model, lam, seed, variant, drift, f, neg_log_q,
-    pl_model, pl_prior, pl_gain, Langevin step size and noise std, every, per_position."""
+    pl_model, pl_prior, pl_gain, Langevin step size and noise std, every, per_position, and per
+    penalised layer k pl_model_k, pl_prior_k."""
     return pd.DataFrame([{"model": c.model, "lam": c.complexity_lambda, "seed": c.seed, **ebm_diagnostics(c, ctx)}
                          for c in cfgs if c.complexity_lambda > 0])
 
