@@ -148,15 +148,15 @@ TOLERANCE: dict[str, float] = {"H_pen": 0.05, "I_XSY": 0.05, "H_all": 0.05, "C_p
 # the runs
 # ---------------------------------------------------------------------------
 #: what an entry of ``model_datasets`` may override, per model
-SETUP_KEYS = ("seeds", "epochs", "lr", "train_subset")
+SETUP_KEYS = ("seeds", "epochs", "lr", "train_subset", "variants")
 
 
 def resolve_setups(model_datasets: Sequence[Sequence[Any]], *, seeds: Sequence[int], epochs: int, lr: float,
-                   train_subset: int | None) -> list[dict[str, Any]]:
+                   train_subset: int | None, variants: Sequence[str] = ("learned",)) -> list[dict[str, Any]]:
     """The per-model settings: each entry is ``[model, dataset]`` or ``[model, dataset, {overrides}]``.
 
     Overrides (keys of :data:`SETUP_KEYS`) replace the chapter-wide ``seeds``,
-    ``epochs``, ``lr`` and ``train_subset`` for that model, so that an expensive
+    ``epochs``, ``lr``, ``train_subset`` and ``variants`` for that model, so that an expensive
     network can get fewer seeds or epochs than a cheap one within one budget.
     """
     out = []
@@ -169,7 +169,7 @@ def resolve_setups(model_datasets: Sequence[Sequence[Any]], *, seeds: Sequence[i
         if unknown:
             raise ValueError(f"{model}: unknown override(s) {unknown}; allowed: {list(SETUP_KEYS)}")
         setup = {"model": model, "dataset": dataset, "seeds": list(seeds), "epochs": epochs, "lr": lr,
-                 "train_subset": train_subset}
+                 "train_subset": train_subset, "variants": list(variants)}
         setup.update(extra)
         out.append(setup)
     return out
@@ -209,16 +209,18 @@ def configs(model_datasets: Sequence[Sequence[Any]], lambdas: Sequence[float], s
     ``ResMLP`` never applies its kaiming init, so their runs used PyTorch's
     default Linear init (``"torch_default"``).
     """
-    unknown = sorted(set(variants) - set(VARIANTS))
-    if unknown or not variants:
-        raise ValueError(f"unknown or no penalty variant(s) {unknown or list(variants)}; known: {list(VARIANTS)}")
     if lambda_scaling not in LAMBDA_SCALINGS:
         raise ValueError(f"unknown lambda_scaling {lambda_scaling!r}; known: {sorted(LAMBDA_SCALINGS)}")
     out = []
-    for st in resolve_setups(model_datasets, seeds=seeds, epochs=epochs, lr=lr, train_subset=train_subset):
+    for st in resolve_setups(model_datasets, seeds=seeds, epochs=epochs, lr=lr, train_subset=train_subset,
+                             variants=variants):
+        unknown = sorted(set(st["variants"]) - set(VARIANTS))
+        if unknown or not st["variants"]:
+            raise ValueError(f"{st['model']}: unknown or no penalty variant(s) {unknown or st['variants']}; "
+                             f"known: {list(VARIANTS)}")
         kwargs = {"init": resmlp_init} if st["model"] == "resmlp10" else {}
         for lam in lambdas:
-            for variant in (variants if lam > 0 else (BASELINE,)):
+            for variant in (st["variants"] if lam > 0 else (BASELINE,)):
                 options = {} if lam == 0 else {"fit": variant, **LAMBDA_SCALINGS[lambda_scaling]}
                 label = f"{CHAPTER} lambda={lam:g}" + ("" if lam == 0 else f" {variant}")
                 for seed in st["seeds"]:
@@ -384,14 +386,14 @@ def run_table(rows: pd.DataFrame, cfgs: Sequence[TrainConfig]) -> pd.DataFrame:
 
 
 def layer_table(rows: pd.DataFrame, cfgs: Sequence[TrainConfig]) -> pd.DataFrame:
-    """H(Sigma_l) of each penalised layer per run (last epoch): model, lam, seed, layer, position, H."""
+    """H(Sigma_l) of each penalised layer per run (last epoch): model, lam, seed, variant, layer, position, H."""
     final = _final(rows)
     out = []
     for cfg in cfgs:
         r = final[(final.run_id == cfg.run_id) & (final.metric == "H")]
         for pos, layer in enumerate(penalised_layers(cfg), start=1):
             out.append({"model": cfg.model, "dataset": cfg.dataset, "lam": cfg.complexity_lambda, "seed": cfg.seed,
-                        "layer": layer, "position": pos,
+                        "variant": variant_of(cfg), "layer": layer, "position": pos,
                         "H": float(r[r.layer == layer].value.iloc[0])})
     return pd.DataFrame(out)
 
@@ -564,7 +566,7 @@ CLAIMS = {
 }
 
 
-def findings(runs: pd.DataFrame, setting: str) -> list[Finding]:
+def findings(runs: pd.DataFrame, setting: str, ebm: pd.DataFrame | None = None) -> list[Finding]:
     """Per model (and per penalty variant, when ``runs`` holds several): the three Figure 7 trends and the
     Figure 8 test-loss decrease, with computed verdicts; with several variants also :func:`ablation_findings`.
 
@@ -578,7 +580,7 @@ def findings(runs: pd.DataFrame, setting: str) -> list[Finding]:
         tag = f" [{variant} penalty]" if len(variants) > 1 else ""
         out += _trend_findings(sel, setting, suffix, tag)
     if len(variants) > 1:
-        out += ablation_findings(runs, setting)
+        out += ablation_findings(runs, setting, ebm)
     return out
 
 
@@ -727,25 +729,35 @@ def ablation_findings(runs: pd.DataFrame, setting: str, ebm: pd.DataFrame | None
 # plots
 # ---------------------------------------------------------------------------
 def plot_vs_lambda(ax: Any, agg: pd.DataFrame, model: str, metric: str, *, ceiling: float | None = None,
-                   ceiling_label: str = "") -> Any:
+                   ceiling_label: str = "", variant: str | None = None, baseline: bool = True) -> Any:
     """Figure 7 / 8 style: mean ± sd over seeds against λ on a log axis.
 
     The λ = 0 baseline cannot sit on a log axis: it is drawn as a dashed
-    horizontal line with its ± sd band, as in Figure 8.
+    horizontal line with its ± sd band, as in Figure 8 (``baseline=False``: not
+    drawn, for a second variant on the same axes).  ``variant``: with an
+    :func:`aggregate` of several penalty variants, the λ > 0 curve of this one.
     """
     sel = agg[(agg.model == model) & (agg.metric == metric)].sort_values("lam")
+    if "variant" in sel:
+        if variant is None:
+            names = sorted(set(sel[sel.lam > 0].variant))
+            if len(names) > 1:
+                raise ValueError(f"the aggregate holds the variants {names}: pass variant=")
+        else:
+            sel = sel[(sel.lam == 0) | (sel.variant == variant)]
     if sel.empty:
         raise ValueError(f"no aggregated rows for {model!r} / {metric!r}")
     pos, base = sel[sel.lam > 0], sel[sel.lam == 0]
-    line = ax.plot(pos.lam, pos["mean"], marker="o", ms=4, label=f"{model}, λ > 0")[0]
+    label = f"{model}, λ > 0" + (f", {variant}" if variant else "")
+    line = ax.plot(pos.lam, pos["mean"], marker="o", ms=4, label=label)[0]
     if (pos.n > 1).any():
         ax.fill_between(pos.lam, pos["mean"] - pos["std"], pos["mean"] + pos["std"], color=line.get_color(),
                         alpha=0.2, lw=0)
-    if not base.empty:
+    if baseline and not base.empty:
         b, s = float(base["mean"].iloc[0]), float(base["std"].iloc[0])
-        ax.axhline(b, ls="--", color=line.get_color(), lw=1.2, label=f"{model}, λ = 0")
+        ax.axhline(b, ls="--", color="0.2", lw=1.2, label=f"{model}, λ = 0")
         if s > 0:
-            ax.axhspan(b - s, b + s, color=line.get_color(), alpha=0.08, lw=0)
+            ax.axhspan(b - s, b + s, color="0.2", alpha=0.08, lw=0)
     if ceiling is not None:
         ax.axhline(ceiling, ls=":", color="0.4", lw=1)
         ax.annotate(ceiling_label, (1.0, ceiling), xycoords=("axes fraction", "data"), ha="right", va="bottom",
