@@ -39,8 +39,16 @@ from typing import Any
 
 import torch
 
-from tcomplex.ebm import FITS, FitSettings, LayerEBM, exact_fit, fit_energy_model, pseudo_log_likelihood, \
-    prior_pseudo_log_likelihood, resolve_fit
+from tcomplex.ebm import (
+    FITS,
+    FitSettings,
+    LayerEBM,
+    exact_fit,
+    fit_energy_model,
+    prior_pseudo_log_likelihood,
+    pseudo_log_likelihood,
+    resolve_fit,
+)
 
 from _machine import cpu_model, loadavg  # benchmarks/ is on sys.path when a script runs
 

@@ -668,8 +668,8 @@ def train(
                     loss = loss + penalty.loss()
                 if not torch.isfinite(loss):
                     raise FloatingPointError(
-                        f"run {cfg.run_id}: the loss became {float(loss.detach())} at epoch {epoch}; lower the learning "
-                        "rate (or λ of the complexity loss)"
+                        f"run {cfg.run_id}: the loss became {float(loss.detach())} at epoch {epoch}; lower the "
+                        "learning rate (or λ of the complexity loss)"
                     )
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
