@@ -670,6 +670,12 @@ def ablation_comparison(runs: pd.DataFrame, model: str, metric: str, a: str = "l
     return pd.DataFrame(rows)
 
 
+def _interval(r: Any) -> str:
+    if math.isfinite(r.lo):
+        return f"{r.diff:+.3f} [{r.lo:+.3f}, {r.hi:+.3f}]"
+    return f"{r.diff:+.3f} (no interval: one seed)"
+
+
 def ablation_findings(runs: pd.DataFrame, setting: str, ebm: pd.DataFrame | None = None) -> list[Finding]:
     """Does the paper's effect depend on the energy model learning p(σ_l)?
 
@@ -696,7 +702,7 @@ def ablation_findings(runs: pd.DataFrame, setting: str, ebm: pd.DataFrame | None
             if c.empty:
                 continue
             measurable |= bool(np.isfinite(c.lo).any())
-            cells = "; ".join(f"λ={r.lam:g}: {r.diff:+.3f} [{r.lo:+.3f}, {r.hi:+.3f}]" for r in c.itertuples())
+            cells = "; ".join(f"λ={r.lam:g}: {_interval(r)}" for r in c.itertuples())
             parts.append(f"{m} learned − prior: {cells}")
             if m in ("H_pen", "I_XSY"):
                 lower_h |= bool((c.hi < 0).any())
@@ -707,7 +713,7 @@ def ablation_findings(runs: pd.DataFrame, setting: str, ebm: pd.DataFrame | None
             ca = ablation_comparison(runs, model, "H_pen", "authors", "prior")
             if not ca.empty:
                 parts.append("H_pen authors − prior: " + "; ".join(
-                    f"λ={r.lam:g}: {r.diff:+.3f} [{r.lo:+.3f}, {r.hi:+.3f}]" for r in ca.itertuples()))
+                    f"λ={r.lam:g}: {_interval(r)}" for r in ca.itertuples()))
         if ebm is not None and not ebm.empty and "variant" in ebm:
             e = ebm[ebm.model == model].groupby("variant")[["drift", "pl_model", "pl_prior", "pl_gain"]].mean()
             parts.append("energy nets (mean over runs): " + "; ".join(
