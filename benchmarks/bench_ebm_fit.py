@@ -83,8 +83,9 @@ def ising(n: int, g: torch.Generator, coupling: float = 1.0) -> torch.Tensor:
     return s[idx]
 
 
-def resmlp_layers(seed: int = 0, data_root: str | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Hard gates of resmlp10's last four gating layers: layer -> (training images, test images)."""
+def resmlp_layers(seed: int = 0, data_root: str | None = None,
+                  model_name: str = "resmlp10") -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Hard gates of the model's last four gating layers: layer -> (training images, test images)."""
     import torch.nn.functional as F
 
     from tcomplex import record_gates
@@ -94,7 +95,8 @@ def resmlp_layers(seed: int = 0, data_root: str | None = None) -> dict[str, tupl
     x, y = data_mod.load_tensors("mnist", "train", data_root=data_root)
     xt, _ = data_mod.load_tensors("mnist", "test", data_root=data_root)
     torch.manual_seed(seed)
-    model = models_mod.build_model("resmlp10", in_channels=1, input_size=28, num_classes=10, init="torch_default")
+    kwargs = {"init": "torch_default"} if model_name == "resmlp10" else {}
+    model = models_mod.build_model(model_name, in_channels=1, input_size=28, num_classes=10, **kwargs)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:N_FIT]
     for _ in range(2):
@@ -110,11 +112,13 @@ def resmlp_layers(seed: int = 0, data_root: str | None = None) -> dict[str, tupl
     return {name: (train[name].float(), test[name].float()) for name in train.names[-4:]}
 
 
-def wide_table(labels: list[str], iters: int, seeds: int, data_root: str | None) -> None:
-    print("\n## real layers too wide to enumerate: held-out pseudo-likelihood (nats per gate, 64 gates)\n")
+def wide_table(labels: list[str], iters: int, seeds: int, data_root: str | None, model_name: str) -> None:
+    print(f"\n## {model_name}: real layers too wide to enumerate, held-out pseudo-likelihood (nats per gate, "
+          "64 gates)\n")
+    print(f"- {model_name} trained plainly for 2 epochs on {N_FIT} MNIST images; held out: {N_HELD} test images\n")
     print("| layer (d) | fit | PL prior | PL model | gain | s/fit |")
     print("|---|---|---:|---:|---:|---:|")
-    for name, (train, held) in resmlp_layers(data_root=data_root).items():
+    for name, (train, held) in resmlp_layers(data_root=data_root, model_name=model_name).items():
         for label in labels:
             st = settings_for(label)
             pq, pm, secs = [], [], []
@@ -179,25 +183,25 @@ CANDIDATES: dict[str, dict[str, Any]] = {
                                                            negatives="prior", mle_steps=3),
     "Adam 3e-3, prior starts, dtau 0.05": dict(optimizer="adam", lr=3e-3, weight_decay=0.0, clip_grad=None,
                                               langevin_step_size=5e-2, negatives="prior"),
-    "Adam 3e-3, prior starts, dtau 0.01, reg 0.1": dict(optimizer="adam", lr=3e-3, weight_decay=0.0,
+    "Adam 3e-3, prior starts, dtau 0.01, reg 0.8": dict(optimizer="adam", lr=3e-3, weight_decay=0.0,
                                                        clip_grad=None, langevin_step_size=1e-2,
-                                                       negatives="prior", energy_reg=0.1),
-    "Adam 3e-3, prior starts, dtau 0.01, reg 0.03": dict(optimizer="adam", lr=3e-3, weight_decay=0.0,
+                                                       negatives="prior", energy_reg=0.8),
+    "Adam 3e-3, prior starts, dtau 0.01, reg 0.24": dict(optimizer="adam", lr=3e-3, weight_decay=0.0,
                                                         clip_grad=None, langevin_step_size=1e-2,
-                                                        negatives="prior", energy_reg=0.03),
-    "Adam 3e-3, prior starts, dtau 0.01, reg 0.3": dict(optimizer="adam", lr=3e-3, weight_decay=0.0,
+                                                        negatives="prior", energy_reg=0.24),
+    "Adam 3e-3, prior starts, dtau 0.01, reg 2.4": dict(optimizer="adam", lr=3e-3, weight_decay=0.0,
                                                        clip_grad=None, langevin_step_size=1e-2,
-                                                       negatives="prior", energy_reg=0.3),
-    "Adam 1e-2, prior starts, dtau 0.01, reg 0.1": dict(optimizer="adam", lr=1e-2, weight_decay=0.0,
+                                                       negatives="prior", energy_reg=2.4),
+    "Adam 1e-2, prior starts, dtau 0.01, reg 0.8": dict(optimizer="adam", lr=1e-2, weight_decay=0.0,
                                                        clip_grad=None, langevin_step_size=1e-2,
-                                                       negatives="prior", energy_reg=0.1),
-    "Adam 3e-3, prior starts, dtau 0.01, 1 step, reg 0.1": dict(optimizer="adam", lr=3e-3, weight_decay=0.0,
+                                                       negatives="prior", energy_reg=0.8),
+    "Adam 3e-3, prior starts, dtau 0.01, 1 step, reg 0.8": dict(optimizer="adam", lr=3e-3, weight_decay=0.0,
                                                                clip_grad=None, langevin_step_size=1e-2,
                                                                langevin_steps=1, negatives="prior",
-                                                               energy_reg=0.1),
-    "Adam 3e-3, data starts, dtau 0.01, 20 steps, reg 0.1": dict(optimizer="adam", lr=3e-3, weight_decay=0.0,
+                                                               energy_reg=0.8),
+    "Adam 3e-3, data starts, dtau 0.01, 20 steps, reg 0.8": dict(optimizer="adam", lr=3e-3, weight_decay=0.0,
                                                                 clip_grad=None, langevin_step_size=1e-2,
-                                                                langevin_steps=20, energy_reg=0.1),
+                                                                langevin_steps=20, energy_reg=0.8),
 }
 
 
@@ -217,6 +221,7 @@ def main() -> None:
     ap.add_argument("--no-mnist", action="store_true")
     ap.add_argument("--wide", action="store_true", help="also the pseudo-likelihood on resmlp10's real layers")
     ap.add_argument("--no-enumerable", action="store_true", help="skip the exact table")
+    ap.add_argument("--wide-models", type=str, default="resmlp10", help="models of --wide (e.g. resmlp10,resnet20)")
     ap.add_argument("--only", type=str, default="", help="fits whose label contains one of these ('|'-separated)")
     ap.add_argument("--data", type=str, default="", help="comma-separated data sets (with --only)")
     args = ap.parse_args()
@@ -275,7 +280,8 @@ def main() -> None:
                   f"{sum(p[0] for p in pls) / len(pls):.3f} / {sum(p[1] for p in pls) / len(pls):.3f} | "
                   f"{sum(secs) / len(secs):.1f} |", flush=True)
     if args.wide:
-        wide_table(labels, args.iters, args.seeds, args.data_root)
+        for model_name in args.wide_models.split(","):
+            wide_table(labels, args.iters, args.seeds, args.data_root, model_name)
     print(f"\n(total wall time {time.perf_counter() - t0:.0f} s)")
 
 

@@ -333,8 +333,9 @@ class FitSettings:
     :func:`langevin`), negatives ("data": chains start at the batch's gates, as
     the authors; "prior": at binary states drawn from q, so the chains visit
     gating patterns that the data do not have), energy_reg (adds
-    energy_reg * mean(f(data)^2 + f(negatives)^2) to the loss, keeping f bounded
-    when the chains do not reach the model's modes; 0 in Eq. 37), use_f (False:
+    alpha * mean(f(data)^2 + f(negatives)^2) to the loss of a layer of d gates,
+    alpha = energy_reg * d^(-3/4), keeping f bounded when the chains do not reach
+    the model's modes; 0 in Eq. 37), use_f (False:
     the energy is -log q alone, f is neither fitted nor used: the penalty becomes
     sum_i -log q(sigma^i), about C_l of Eq. 6, the ablation without an energy net).
     """
@@ -387,7 +388,7 @@ FITS: dict[str, FitSettings] = {
     "authors": FitSettings("authors"),
     "learned": FitSettings("learned", optimizer="adam", lr=3e-3, momentum=0.9, weight_decay=0.0, clip_grad=None,
                            mle_steps=1, langevin_steps=1, langevin_step_size=1e-2, langevin_noise=1.0,
-                           negatives="prior", energy_reg=0.1),
+                           negatives="prior", energy_reg=0.8),
     "prior": FitSettings("prior", use_f=False),
 }
 DEFAULT_FIT = "learned"
@@ -452,8 +453,8 @@ class EnergyFitter:
                 ebm.train()
                 if st.energy_reg > 0:
                     f_pos, f_neg = ebm.f(s), ebm.f(neg)
-                    losses.append(f_neg.mean() - f_pos.mean()
-                                  + st.energy_reg * (f_pos.pow(2).mean() + f_neg.pow(2).mean()))
+                    alpha = st.energy_reg * ebm.d ** -0.75
+                    losses.append(f_neg.mean() - f_pos.mean() + alpha * (f_pos.pow(2).mean() + f_neg.pow(2).mean()))
                 else:
                     losses.append(ebm.mle_loss(s, neg))
             loss = torch.stack(losses).sum()
