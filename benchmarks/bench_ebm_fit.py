@@ -124,7 +124,7 @@ def wide_table(labels: list[str], iters: int, seeds: int, data_root: str | None,
             pq, pm, secs = [], [], []
             for seed in range(seeds):
                 torch.manual_seed(seed)
-                ebm = LayerEBM(train.shape[1])
+                ebm = LayerEBM(train.shape[1], widths=st.energy_widths)
                 t = time.perf_counter()
                 fit_energy_model(ebm, train, st, iters=iters, seed=seed)
                 secs.append(time.perf_counter() - t)
@@ -256,7 +256,7 @@ def main() -> None:
             res, held_ce, pls, secs = [], [], [], []
             for seed in range(args.seeds):
                 torch.manual_seed(seed)
-                ebm = LayerEBM(D)
+                ebm = LayerEBM(D, widths=st.energy_widths)
                 t = time.perf_counter()
                 fit_energy_model(ebm, train, st, iters=args.iters, seed=seed)
                 secs.append(time.perf_counter() - t)

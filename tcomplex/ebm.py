@@ -334,8 +334,13 @@ class FitSettings:
     the authors; "prior": at binary states drawn from q, so the chains visit
     gating patterns that the data do not have), energy_reg (adds
     alpha * mean(f(data)^2 + f(negatives)^2) to the loss of a layer of d gates,
-    alpha = energy_reg * d^(-3/4), keeping f bounded when the chains do not reach
-    the model's modes; 0 in Eq. 37), use_f (False:
+    alpha = max(energy_reg * d^(-3/4), energy_reg_min), keeping f bounded when
+    the chains do not reach the model's modes; 0 in Eq. 37), joint_batch (data and negatives go through
+    f in one batch, so that the batch norm of the wide layers' energy net
+    normalises both with the same statistics; the authors' code: separately),
+    energy_widths (the energy net's hidden widths for every layer, e.g. (128, 128)
+    for an MLP also on wide layers; None: the six-layer 1x1 ConvNet above
+    :data:`WIDE_LAYER` gates and the MLP below, as the authors), use_f (False:
     the energy is -log q alone, f is neither fitted nor used: the penalty becomes
     sum_i -log q(sigma^i), about C_l of Eq. 6, the ablation without an energy net).
     """
@@ -353,6 +358,9 @@ class FitSettings:
     bounds: Literal["reflect", "clamp", "none"] = "reflect"
     negatives: Literal["data", "prior"] = "data"
     energy_reg: float = 0.0
+    energy_reg_min: float = 0.0
+    joint_batch: bool = False
+    energy_widths: tuple[int, ...] | None = None
     use_f: bool = True
 
     def __post_init__(self) -> None:
@@ -388,7 +396,8 @@ FITS: dict[str, FitSettings] = {
     "authors": FitSettings("authors"),
     "learned": FitSettings("learned", optimizer="adam", lr=3e-3, momentum=0.9, weight_decay=0.0, clip_grad=None,
                            mle_steps=1, langevin_steps=1, langevin_step_size=1e-2, langevin_noise=1.0,
-                           negatives="prior", energy_reg=0.8),
+                           negatives="prior", energy_reg=0.8, energy_reg_min=0.005, joint_batch=True,
+                           energy_widths=MLP_WIDTHS),
     "prior": FitSettings("prior", use_f=False),
 }
 DEFAULT_FIT = "learned"
@@ -451,9 +460,12 @@ class EnergyFitter:
                                step_size=st.langevin_step_size, noise=st.langevin_noise, bounds=st.bounds,
                                generator=self.generator)
                 ebm.train()
-                if st.energy_reg > 0:
-                    f_pos, f_neg = ebm.f(s), ebm.f(neg)
-                    alpha = st.energy_reg * ebm.d ** -0.75
+                if st.energy_reg > 0 or st.joint_batch:
+                    if st.joint_batch:
+                        f_pos, f_neg = ebm.f(torch.cat([s, neg])).split([len(s), len(neg)])
+                    else:
+                        f_pos, f_neg = ebm.f(s), ebm.f(neg)
+                    alpha = max(st.energy_reg * ebm.d ** -0.75, st.energy_reg_min)
                     losses.append(f_neg.mean() - f_pos.mean() + alpha * (f_pos.pow(2).mean() + f_neg.pow(2).mean()))
                 else:
                     losses.append(ebm.mle_loss(s, neg))
@@ -684,6 +696,8 @@ class ComplexityPenalty:
         self.per_position = bool(per_position)
         self._calls = 0
         device = next(iter(model.parameters())).device
+        if energy_widths is None and settings.energy_widths is not None:
+            energy_widths = settings.energy_widths
         self.ebms = nn.ModuleList(
             [LayerEBM(d, widths=energy_widths, momentum=rate_momentum) for d in widths]
         ).to(device)
