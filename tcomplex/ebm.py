@@ -509,7 +509,10 @@ def fit_energy_model(
     seed: int = 0,
 ) -> LayerEBM:
     """Fit ``ebm`` to gating states [n, d] in [0, 1] as training would: ``iters`` batches of
-    ``batch_size`` drawn with replacement, each one :meth:`EnergyFitter.step` (Eq. 35-37)."""
+    ``batch_size`` drawn with replacement, each one :meth:`EnergyFitter.step` (Eq. 35-37).
+
+    ``ebm`` is built by the caller: ``LayerEBM(d, widths=resolve_fit(fit).energy_widths)``
+    gives the energy net a :class:`ComplexityPenalty` with that fit would use."""
     if states.dim() != 2 or states.shape[1] != ebm.d:
         raise ValueError(f"states must be [n, {ebm.d}], got {tuple(states.shape)}")
     g = torch.Generator(device=states.device).manual_seed(seed)
