@@ -400,12 +400,13 @@ def measure_complexity(
         if per_layer:
             for name in rec.names:
                 a = alpha if alpha is not None else rec.info[name].default_alpha
-                d2 = est.squared_distances(rec[name]) if dense else None
-                layer_rows += metrics_for(name, rec[name], rec_det[name] if rec_det is not None else None, a, tc, d2)
+                states = rec.packed([name])  # bits: distances by XOR + popcount on the CPU
+                d2 = est.squared_distances(states) if dense else None
+                layer_rows += metrics_for(name, states, rec_det.packed([name]) if rec_det is not None else None, a, tc, d2)
                 if d2 is not None:
                     total = d2 if total is None else total.add_(d2)
         a_all = alpha if alpha is not None else rec.default_alpha()
-        rows = metrics_for(ALL, rec.concat(), rec_det.concat() if rec_det is not None else None, a_all, False, total)
+        rows = metrics_for(ALL, rec.packed(), rec_det.packed() if rec_det is not None else None, a_all, False, total)
         rows += layer_rows
         if suffix:
             kde = est.layerwise_entropies(rec, alpha=alpha, bandwidth=bandwidth)
