@@ -37,17 +37,18 @@ def _words(d: int) -> int:
     return -(-d // WORD_BITS)
 
 
-def pack_bits(states: Tensor) -> Tensor:
+def pack_bits(states: Tensor, *, route: str = "auto") -> Tensor:
     """Pack bool ``[n, d]`` states into int64 words ``[n, ceil(d / 64)]`` (padding bits 0).
 
     On the CPU by ``numpy.packbits``; on other devices by torch ops on that device
-    (so states recorded on a GPU travel to the CPU already packed).
+    (so states recorded on a GPU travel to the CPU already packed).  ``route="torch"``
+    forces the torch ops (same words).
     """
     if states.dim() != 2 or states.dtype != torch.bool:
         raise ValueError(f"pack_bits needs bool [n, d] states, got {states.dtype} {tuple(states.shape)}")
     n, d = states.shape
     w = _words(d)
-    if states.device.type == "cpu":
+    if states.device.type == "cpu" and route != "torch":
         packed = np.packbits(states.numpy(), axis=1, bitorder="little")  # [n, ceil(d/8)] uint8
         out = np.zeros((n, w * 8), dtype=np.uint8)
         out[:, : packed.shape[1]] = packed
@@ -60,10 +61,10 @@ def pack_bits(states: Tensor) -> Tensor:
     return byte.view(torch.int64)
 
 
-def unpack_bits(words: Tensor, d: int) -> Tensor:
+def unpack_bits(words: Tensor, d: int, *, route: str = "auto") -> Tensor:
     """Bool ``[n, d]`` from words ``[n, >= ceil(d / 64)]`` made by :func:`pack_bits`."""
     n = words.shape[0]
-    if words.device.type == "cpu":
+    if words.device.type == "cpu" and route != "torch":
         raw = np.ascontiguousarray(words.numpy()).view(np.uint8)
         return torch.from_numpy(np.unpackbits(raw, axis=1, count=d, bitorder="little").view(np.bool_))
     x = words.contiguous().view(torch.uint8)
