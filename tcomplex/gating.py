@@ -31,6 +31,13 @@ exit like the hooks.  A stock ``nn.ReLU`` is read from its output in a forward
 hook (``relu(x) != 0`` is ``x > 0`` and cheaper to evaluate); ReLU or max-pool
 subclasses with their own forward, and ReLUs with earlier forward hooks that
 might change the output, are read from their input in a pre-hook as before.
+
+Storage: when a forward pass ends, each recorded layer's states of the batch are
+packed to bits (:func:`tcomplex.bits.pack_bits`, on the device they were computed
+on) into the batch's rows of one int64 word matrix, every layer starting on a word
+boundary; the bool states of all layers never exist at once.  :class:`Recording`
+unpacks bool views on request and hands the bits to the estimators
+(:meth:`Recording.packed`).
 """
 
 from __future__ import annotations
@@ -434,7 +441,8 @@ class GateRecorder:
         Eq. 3 requires for I(X; Sigma).
     store: keep every batch (for :meth:`recording`); ``False`` keeps only the
         last batch in :attr:`last` (for use inside a training loop).
-    store_device: where stored states live (default CPU).
+    store_device: where the stored (packed) states live (default CPU; None keeps
+        them on the model's device).
     check_nan: raise if a gating layer's input holds NaN.
     """
 
