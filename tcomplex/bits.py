@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["PackedStates", "pack_bits", "unpack_bits", "hamming_block", "hamming_distances"]
+__all__ = ["PackedStates", "pack_bits", "pack_onehot", "unpack_bits", "hamming_block", "hamming_distances"]
 
 WORD_BITS = 64
 
@@ -50,8 +50,11 @@ def pack_bits(states: Tensor, *, route: str = "auto") -> Tensor:
     w = _words(d)
     if states.device.type == "cpu" and route != "torch":
         packed = np.packbits(states.numpy(), axis=1, bitorder="little")  # [n, ceil(d/8)] uint8
-        out = np.zeros((n, w * 8), dtype=np.uint8)
+        if packed.shape[1] == w * 8:
+            return torch.from_numpy(packed.view(np.int64))
+        out = np.empty((n, w * 8), dtype=np.uint8)
         out[:, : packed.shape[1]] = packed
+        out[:, packed.shape[1] :] = 0
         return torch.from_numpy(out.view(np.int64))
     x = states.view(torch.uint8)
     if w * WORD_BITS != d:
@@ -59,6 +62,23 @@ def pack_bits(states: Tensor, *, route: str = "auto") -> Tensor:
     shifts = torch.arange(8, dtype=torch.uint8, device=states.device)
     byte = (x.reshape(n, w * 8, 8) << shifts).sum(-1, dtype=torch.uint8)  # disjoint bits: sum == or
     return byte.view(torch.int64)
+
+
+def pack_onehot(offsets: Tensor, window: int, *, route: str = "auto") -> Tensor:
+    """Words of the one-hot states ``[n, d' * window]`` of winners at ``offsets`` ``[n, d']``.
+
+    Max-pool states (Appendix A): output j's window occupies gates ``j * window ..
+    j * window + window - 1`` and only its winner's gate is 1.  On the CPU the bits
+    are set directly (numba), without the bool one-hot; elsewhere (or with
+    ``route="torch"``) the one-hot is built and packed by :func:`pack_bits`.
+    """
+    n, d_out = offsets.shape
+    if offsets.device.type != "cpu" or route == "torch":
+        codes = torch.arange(window, dtype=offsets.dtype, device=offsets.device)
+        return pack_bits((offsets[:, :, None] == codes).reshape(n, d_out * window), route=route)
+    out = np.zeros((n, _words(d_out * window)), dtype=np.uint64)
+    _kernels()["onehot"](offsets.numpy(), np.int64(window), out)
+    return torch.from_numpy(out.view(np.int64))
 
 
 def unpack_bits(words: Tensor, d: int, *, route: str = "auto") -> Tensor:
@@ -276,7 +296,15 @@ def _kernels() -> dict[str, Any]:
             for j in range(i):
                 out[i, j] = out[j, i]
 
-    _KERNELS.update(cross=cross, self_upper=self_upper, numba=numba)
+    @njit(boundscheck=False, nogil=True)
+    def onehot(off, window, out):
+        one = np.uint64(1)
+        for i in range(off.shape[0]):
+            for j in range(off.shape[1]):
+                pos = np.int64(j) * window + np.int64(off[i, j])
+                out[i, pos >> 6] |= one << np.uint64(pos & 63)
+
+    _KERNELS.update(cross=cross, self_upper=self_upper, onehot=onehot, numba=numba)
     return _KERNELS
 
 

@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tcomplex.bits import PackedStates, pack_bits
+from tcomplex.bits import PackedStates, pack_bits, pack_onehot
 
 __all__ = [
     "GATE_KINDS",
@@ -714,10 +714,13 @@ class GateRecorder:
     # -- storage: every layer packed to bits as it is stored ----------------------
     def _store(self, name: str, state: Tensor | _PoolWinners) -> None:
         """Pack one layer's states of this batch into the batch's rows of the word storage."""
-        bits = _as_bool(state)
         if not self._offsets:
             self._offsets = _word_offsets((k, i.width) for k, i in self.info.items())
-        words = pack_bits(bits.contiguous())  # on the states' device: a GPU sends 1/8 of the bytes
+        # on the states' device (a GPU sends 1/8 of the bytes); max-pool winners straight to bits
+        if isinstance(state, _PoolWinners):
+            words = pack_onehot(state.offsets, state.window)
+        else:
+            words = pack_bits(state.contiguous())
         if self._batch_words is None:
             b = words.shape[0]
             total = sum(-(-i.width // 64) for i in self.info.values())

@@ -523,3 +523,14 @@ def test_estimates_from_the_packed_recording_equal_the_bool_ones():
     # the whole network's distances are the sum of the layers', from the same storage
     d_all = tc.squared_distances(r.packed())
     assert torch.equal(d_all, tc.squared_distances(r.packed(["1"])) + tc.squared_distances(r.packed(["3"])))
+
+
+@pytest.mark.parametrize("window, dtype", [(1, torch.uint8), (4, torch.uint8), (9, torch.uint8), (300, torch.int16)])
+def test_pool_winners_are_packed_straight_to_bits(window, dtype):
+    from tcomplex.bits import pack_bits, pack_onehot
+
+    g = torch.Generator().manual_seed(window)
+    off = torch.randint(0, window, (7, 23), generator=g).to(dtype)
+    onehot = F.one_hot(off.long(), window).reshape(7, 23 * window).bool()
+    assert torch.equal(pack_onehot(off, window), pack_bits(onehot))
+    assert torch.equal(pack_onehot(off, window, route="torch"), pack_bits(onehot))
