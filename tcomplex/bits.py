@@ -175,11 +175,17 @@ class PackedStates:
         parts = [unpack_bits(w[:, first : first + _words(width)], width) for first, width in self.spans]
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
-    def column_counts(self, chunk: int = 4096) -> Tensor:
-        """Number of open gates per gate, int64 ``[d]`` (unpacked ``chunk`` rows at a time)."""
-        total = torch.zeros(self.d, dtype=torch.int64, device=self.device)
-        for i in range(0, self.n, chunk):
-            total += self.unpack(slice(i, i + chunk)).sum(0)
+    def column_counts(self, chunk_bytes: int = 64 * 2**20) -> Tensor:
+        """Number of open gates per gate, float64 ``[d]`` (exact integers).
+
+        Rows are unpacked a chunk at a time and summed as float32 (exact below 2**24
+        rows per chunk; a bool -> int64 sum over rows is many times slower on the CPU),
+        the chunks combined in float64.
+        """
+        total = torch.zeros(self.d, dtype=torch.float64, device=self.device)
+        rows = max(1, min(self.n, chunk_bytes // (5 * self.d)))
+        for i in range(0, self.n, rows):
+            total += self.unpack(slice(i, i + rows)).to(torch.float32).sum(0)
         return total
 
     def __repr__(self) -> str:

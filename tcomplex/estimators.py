@@ -23,9 +23,12 @@ distances computed exactly on packed bits by XOR + popcount (:mod:`tcomplex.bits
 numba kernel; bool states are packed first, 8 gates per byte).  Elsewhere (a GPU, or
 soft states in [0, 1]) they come from one GEMM per block
 (||a||^2 + ||b||^2 - 2 a.b in one ``addmm``; exact integers for 0/1 states in
-float32 up to d = 2^24; soft states are clamped at 0).  Each block is reduced by a
-float32 log-sum-exp (relative error ~1e-8, tested against float64 references), and
-the blocks of a row are combined in float64, so memory stays bounded (two float32
+float32 up to d = 2^24; soft states are clamped at 0).  For H and I(X; Sigma; Y) each
+block's kernel values are computed once (float32 exp) and summed per row, column and
+class into float64 totals: a self-distance matrix has a zero diagonal, so every row's
+total is >= 1 and needs no max-subtraction (agreement with float64 references ~1e-8
+relative).  TC's cross term (no zero diagonal) uses a float32 log-sum-exp per block
+combined in float64.  Memory stays bounded (two float32
 buffers of ``block x d`` and one ``block x block`` matrix, never n x n x d).  On the
 self-distance matrix only the upper block triangle is multiplied; each off-diagonal
 block serves its rows and, transposed, its columns.  Both routes give the same float32
@@ -450,41 +453,42 @@ def _cross_log_kernel_sums(a: Tensor | PackedStates, b: Tensor | PackedStates, s
 def _eq2_eq4_nats(
     blocks: Iterable[tuple[slice, slice, Tensor]], n: int, sigma2: float, y: Tensor | None
 ) -> tuple[Tensor, float | None, int]:
-    """The one implementation of Eq. 2 and Eq. 4 over upper-triangle distance blocks.
+    """The one implementation of Eq. 2 and Eq. 4 over upper-triangle self-distance blocks.
 
     Returns (log sum_k K_jk for every row j, sum_m p_m H(Sigma | Y = m) in nats or None,
-    number of classes).  Each block is reduced by a float32 log-sum-exp per row (and per
-    column off the diagonal), blocks combined in float64 (:class:`_RowLSE`).  With labels,
-    each row's kernel values are also summed over the columns of each class (one small
-    product with the class one-hots, float64 across blocks), so no distance is computed
-    twice; H(Sigma | Y = m) uses the rows of class m over the columns of class m.  A
-    self-distance matrix has a zero diagonal, so every row's own-class sum is >= 1 and
-    no max-subtraction is needed there.
+    number of classes).  Each block's kernel values K = exp(-d2 / (2 sigma0^2)) are
+    computed once in float32 and summed per row (and, off the diagonal, per column)
+    into float64 totals; with labels the sums are per class (one small product with the
+    class one-hots), so H(Sigma) and every H(Sigma | Y = m) (rows of class m over the
+    columns of class m) come from the same kernel values and no distance is computed
+    twice.  A self-distance matrix has a zero diagonal, so every row's total and its
+    own-class sum are >= 1: far pairs may underflow to 0 without emptying a row, and no
+    max-subtraction is needed.  Blocks are not modified.
     """
     inv = -0.5 / sigma2
-    lse: _RowLSE | None = None
-    onehot = per_class = inverse = counts = None
+    sums: Tensor | None = None
+    onehot = inverse = counts = None
     n_classes = 0
     for ri, rj, d2 in blocks:
-        if lse is None:
-            lse = _RowLSE(n, d2.device)
+        if sums is None:
             if y is not None:
                 y = y.to(d2.device)
                 classes, inverse, counts = torch.unique(y, return_inverse=True, return_counts=True)
                 n_classes = len(classes)
                 onehot = torch.nn.functional.one_hot(inverse, n_classes).to(torch.float32)
-                per_class = torch.zeros(n, n_classes, dtype=torch.float64, device=d2.device)
-        logits = d2.mul_(inv)
-        lse.add(ri, torch.logsumexp(logits, 1))
+            sums = torch.zeros(n, dtype=torch.float64, device=d2.device)
+            per_class = None if y is None else torch.zeros(n, n_classes, dtype=torch.float64, device=d2.device)
+        k = torch.mul(d2, inv).exp_()
+        # the totals the same way with and without labels: H does not depend on them
+        sums[ri] += k.sum(1, dtype=torch.float64)
         if rj is not ri:
-            lse.add(rj, torch.logsumexp(logits, 0))
+            sums[rj] += k.sum(0, dtype=torch.float64)
         if onehot is not None:
-            k = logits.exp()
             per_class[ri] += (k @ onehot[rj]).to(torch.float64)
             if rj is not ri:
                 per_class[rj] += (k.T @ onehot[ri]).to(torch.float64)
-    assert lse is not None
-    rows = lse.result()
+    assert sums is not None
+    rows = sums.log()
     if y is None:
         return rows, None, 0
     own = per_class.gather(1, inverse[:, None]).squeeze(1).log()
@@ -526,15 +530,15 @@ def squared_distances(states: Any, *, block: int | None = None, backend: Backend
 
 
 def _matrix_blocks(d2: Tensor, c: int) -> Iterator[tuple[slice, slice, Tensor]]:
-    """Upper-triangle blocks of a given distance matrix, as :func:`_upper_block_sq_dists` visits them."""
+    """Upper-triangle blocks (views) of a given distance matrix, as :func:`_upper_block_sq_dists` visits them."""
     n = d2.shape[0]
     starts = list(range(0, n, c))
     for bi, i in enumerate(starts):
         ri = slice(i, min(i + c, n))
-        yield ri, ri, d2[ri, ri].clone()
+        yield ri, ri, d2[ri, ri]
         for j in reversed(starts[bi + 1 :]):
             rj = slice(j, min(j + c, n))
-            yield ri, rj, d2[ri, rj].clone()
+            yield ri, rj, d2[ri, rj]
 
 
 def kde_entropy_from_distances(
@@ -550,8 +554,8 @@ def kde_entropy_from_distances(
     ``sq_distances``: ``[n, n]`` from :func:`squared_distances` (or a sum of them over
     layers); ``sigma2``: the kernel width sigma0^2 (:func:`kde_bandwidth` of the states).
     The same code as :func:`kde_entropy_and_interaction` (one implementation of Eq. 4),
-    fed with blocks of the given matrix instead of blocks computed from states, so with
-    as many gates as fit the default blocks the values are the same.  The diagonal must be
+    fed with the given matrix as one block instead of blocks computed from states, so
+    the values agree with it to float rounding (exactly up to 512 samples).  The diagonal must be
     the zero self-distance.  Without ``labels`` the second value is None.  NaN or negative
     distances are a ValueError.  ``warn=False`` silences :class:`SaturationWarning`.
     """
@@ -571,7 +575,8 @@ def kde_entropy_from_distances(
     if float(d2.min()) < 0:
         raise ValueError(f"sq_distances has negative entries (min {float(d2.min()):g}): squared distances are >= 0")
     y = None if labels is None else _as_labels(labels, n)
-    rows, h_cond, n_classes = _eq2_eq4_nats(_matrix_blocks(d2, _block_rows(n, 1, None)), n, s2, y)
+    # the matrix is already in memory: one block (one exp and one product over it)
+    rows, h_cond, n_classes = _eq2_eq4_nats(_matrix_blocks(d2, n), n, s2, y)
     h = math.log(n) - float(rows.mean())
     est_h = _warned(_entropy_estimate(h, n, s2, lb, "H"), warn)
     if y is None:
@@ -711,7 +716,7 @@ def activation_rates(states: Any) -> Tensor:
     """Per-gate activation rate alpha_l^i = mean over samples (float64 [d])."""
     s = _as_states(states)
     if isinstance(s, PackedStates):
-        return s.column_counts().to(torch.float64) / s.shape[0]
+        return s.column_counts() / s.shape[0]
     if s.dtype == torch.bool:  # float32 counts are exact below 2**24 samples
         return s.to(torch.float32).sum(0).to(torch.float64) / s.shape[0]
     return s.to(torch.float64).mean(0)
