@@ -28,7 +28,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["PackedStates", "pack_bits", "pack_onehot", "unpack_bits", "hamming_block", "hamming_distances"]
+__all__ = [
+    "PackedStates", "pack_bits", "pack_onehot", "unpack_bits", "hamming_block", "hamming_distances",
+    "kernel_block_sums",
+]
 
 WORD_BITS = 64
 
@@ -310,7 +313,34 @@ def _kernels() -> dict[str, Any]:
                 pos = np.int64(j) * window + np.int64(off[i, j])
                 out[i, pos >> 6] |= one << np.uint64(pos & 63)
 
-    _KERNELS.update(cross=cross, self_upper=self_upper, onehot=onehot, numba=numba)
+    @njit(parallel=True, boundscheck=False, nogil=True)
+    def kernel_sums(d2, inv, sym, cls_r, cls_c, row_tot, row_cls, col_tot, col_cls):
+        """exp(inv * d2) (float64) summed per row and, unless sym, per column; by class if given.
+
+        Every sum runs sequentially inside one thread, in a fixed order: the results do not
+        depend on the number of threads.
+        """
+        a, b = d2.shape
+        labelled = row_cls.shape[1] > 0
+        for i in prange(a):
+            t = 0.0
+            for j in range(b):
+                v = np.exp(inv * np.float64(d2[i, j]))
+                t += v
+                if labelled:
+                    row_cls[i, cls_c[j]] += v
+            row_tot[i] += t
+        if not sym:
+            for j in prange(b):
+                t = 0.0
+                for i in range(a):
+                    v = np.exp(inv * np.float64(d2[i, j]))
+                    t += v
+                    if labelled:
+                        col_cls[j, cls_r[i]] += v
+                col_tot[j] += t
+
+    _KERNELS.update(cross=cross, self_upper=self_upper, onehot=onehot, kernel_sums=kernel_sums, numba=numba)
     return _KERNELS
 
 
@@ -350,6 +380,29 @@ def hamming_block(
     else:
         k["cross"](_np_words(a.words), _np_words(b.words), ranges, out.numpy())
     return out
+
+
+def kernel_block_sums(
+    d2: Tensor, inv: float, sym: bool, cls_r: Tensor | None, cls_c: Tensor | None,
+    row_tot: Tensor, row_cls: Tensor | None, col_tot: Tensor, col_cls: Tensor | None,
+) -> None:
+    """Add exp(inv * d2) of a CPU distance block to float64 row (and column) totals, per class.
+
+    ``sym``: the block is a diagonal block (its columns are its rows: only row sums).
+    ``cls_*``: int64 class index of every row / column (None without labels); ``*_cls``
+    the float64 ``[rows, classes]`` per-class sums to add to.  Compiled (numba), one
+    sequential sum per row and per column, so deterministic for any number of threads.
+    """
+    k = _kernels()
+    _threads()
+    empty_i = np.zeros(0, dtype=np.int64)
+    empty_f = np.zeros((0, 0), dtype=np.float64)
+    k["kernel_sums"](
+        np.ascontiguousarray(d2.numpy()), float(inv), bool(sym),
+        empty_i if cls_r is None else cls_r.numpy(), empty_i if cls_c is None else cls_c.numpy(),
+        row_tot.numpy(), empty_f if row_cls is None else row_cls.numpy(),
+        col_tot.numpy(), empty_f if col_cls is None else col_cls.numpy(),
+    )
 
 
 def hamming_distances(states: PackedStates) -> Tensor:

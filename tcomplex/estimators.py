@@ -52,7 +52,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from tcomplex.bits import PackedStates, hamming_block
+from tcomplex.bits import PackedStates, hamming_block, kernel_block_sums
 
 __all__ = [
     "Estimate",
@@ -478,6 +478,16 @@ def _eq2_eq4_nats(
                 onehot = torch.nn.functional.one_hot(inverse, n_classes).to(torch.float32)
             sums = torch.zeros(n, dtype=torch.float64, device=d2.device)
             per_class = None if y is None else torch.zeros(n, n_classes, dtype=torch.float64, device=d2.device)
+        if d2.device.type == "cpu":  # compiled: one exp per value, sums in float64, any thread count
+            sym = rj is ri
+            row_c = None if per_class is None else per_class[ri]
+            col_c = None if per_class is None or sym else per_class[rj]
+            row_t, col_t = sums[ri], sums[ri] if sym else sums[rj]
+            kernel_block_sums(
+                d2, inv, sym, None if inverse is None else inverse[ri], None if inverse is None else inverse[rj],
+                row_t, row_c, col_t, col_c,
+            )
+            continue
         k = torch.mul(d2, inv).exp_()
         # the totals the same way with and without labels: H does not depend on them
         sums[ri] += k.sum(1, dtype=torch.float64)
