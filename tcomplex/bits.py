@@ -314,8 +314,8 @@ def _kernels() -> dict[str, Any]:
                 out[i, pos >> 6] |= one << np.uint64(pos & 63)
 
     @njit(parallel=True, boundscheck=False, nogil=True)
-    def kernel_sums(d2, inv, sym, cls_r, cls_c, row_tot, row_cls, col_tot, col_cls):
-        """exp(inv * d2) (float64) summed per row and, unless sym, per column; by class if given.
+    def kernel_sums(d2, inv, cls_c, row_tot, row_cls):
+        """exp(inv * d2) (float64) summed per row, and per row and class if row_cls has columns.
 
         Every sum runs sequentially inside one thread, in a fixed order: the results do not
         depend on the number of threads.
@@ -324,21 +324,15 @@ def _kernels() -> dict[str, Any]:
         labelled = row_cls.shape[1] > 0
         for i in prange(a):
             t = 0.0
-            for j in range(b):
-                v = np.exp(inv * np.float64(d2[i, j]))
-                t += v
-                if labelled:
-                    row_cls[i, cls_c[j]] += v
-            row_tot[i] += t
-        if not sym:
-            for j in prange(b):
-                t = 0.0
-                for i in range(a):
+            if labelled:
+                for j in range(b):
                     v = np.exp(inv * np.float64(d2[i, j]))
                     t += v
-                    if labelled:
-                        col_cls[j, cls_r[i]] += v
-                col_tot[j] += t
+                    row_cls[i, cls_c[j]] += v
+            else:
+                for j in range(b):
+                    t += np.exp(inv * np.float64(d2[i, j]))
+            row_tot[i] += t
 
     _KERNELS.update(cross=cross, self_upper=self_upper, onehot=onehot, kernel_sums=kernel_sums, numba=numba)
     return _KERNELS
@@ -397,12 +391,12 @@ def kernel_block_sums(
     _threads()
     empty_i = np.zeros(0, dtype=np.int64)
     empty_f = np.zeros((0, 0), dtype=np.float64)
-    k["kernel_sums"](
-        np.ascontiguousarray(d2.numpy()), float(inv), bool(sym),
-        empty_i if cls_r is None else cls_r.numpy(), empty_i if cls_c is None else cls_c.numpy(),
-        row_tot.numpy(), empty_f if row_cls is None else row_cls.numpy(),
-        col_tot.numpy(), empty_f if col_cls is None else col_cls.numpy(),
-    )
+    block = np.ascontiguousarray(d2.numpy())
+    k["kernel_sums"](block, float(inv), empty_i if cls_c is None else cls_c.numpy(),
+                     row_tot.numpy(), empty_f if row_cls is None else row_cls.numpy())
+    if not sym:  # columns as the rows of the transposed block (contiguous: cache-friendly)
+        k["kernel_sums"](np.ascontiguousarray(block.T), float(inv), empty_i if cls_r is None else cls_r.numpy(),
+                         col_tot.numpy(), empty_f if col_cls is None else col_cls.numpy())
 
 
 def hamming_distances(states: PackedStates) -> Tensor:
