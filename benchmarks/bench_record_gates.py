@@ -20,10 +20,22 @@ dispatch, the NaN check, the ReLU states, the max-pool winners (net of the
 module's own pooling, which recording replaces) and the final concatenation,
 next to the previous implementation's ReLU and max-pool parts.
 
+The recording's memory (``Recording.nbytes``: bits, 64 gates per word, every layer
+word-aligned) is printed next to n * d / 8 bytes (target: <= 1.1x) and the bool
+states' n * d bytes (the storage before packing).
+
+``--resnet224 N`` instead runs N seeded random images at 224x224 through
+torchvision's ``resnet18()`` (eval, batches of ``--batch-size``): time of
+``record_gates(kinds=("relu",))`` and of one plain forward pass over the same
+batches, then ``kde_entropy(rec.packed())`` (H of the whole network, Eq. 2), with
+the recording's bytes and the process's peak RSS; a second table extrapolates to
+n = 2000 (record and forward linear in n, H quadratic, the recording linear).
+
 Usage::
 
     TCOMPLEX_DATA=/work/shared/data python benchmarks/bench_record_gates.py
     python benchmarks/bench_record_gates.py --data-root /work/shared/data --quick
+    python benchmarks/bench_record_gates.py --resnet224 200 --batch-size 50
 """
 
 from __future__ import annotations
@@ -31,6 +43,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import resource
 import statistics
 import time
 
@@ -41,6 +54,7 @@ from torch import nn
 from _machine import cpu_model, loadavg  # benchmarks/ is on sys.path when a script runs
 
 RATIO_TARGET = 1.3
+MIB = 2**20
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 
 
@@ -213,6 +227,64 @@ def profile_parts(model: nn.Module, x: torch.Tensor, batch_size: int, repeats: i
 
 
 # ---------------------------------------------------------------------------
+def resnet224(n: int, batch_size: int, seed: int, target_n: int = 2000) -> None:
+    """record_gates + kde_entropy on n random 224x224 images through torchvision's resnet18."""
+    import torchvision
+
+    from tcomplex.estimators import kde_entropy
+    from tcomplex.gating import record_gates
+
+    load_start = loadavg()
+    torch.manual_seed(seed)
+    model = torchvision.models.resnet18().eval()
+
+    def batches():
+        g = torch.Generator().manual_seed(seed)
+        for i in range(0, n, batch_size):
+            yield torch.randn(min(batch_size, n - i), 3, 224, 224, generator=g)
+
+    with torch.no_grad():  # warm-up, and the numba kernel's compilation
+        model(torch.randn(2, 3, 224, 224))
+    kde_entropy(torch.rand(4, 70) < 0.5, alpha=0.04, block=2, warn=False)  # both kernels (self and cross blocks)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for xb in batches():
+            model(xb)
+    t_fwd = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    rec = record_gates(model, batches(), kinds=("relu",))
+    t_rec = time.perf_counter() - t0
+    d = sum(i.width for i in rec.info.values())
+    t0 = time.perf_counter()
+    h = kde_entropy(rec.packed(), alpha=rec.default_alpha(), warn=False)
+    t_h = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    gib = 2**30
+    print("## ResNet-18 at 224x224: gates recorded and H estimated\n")
+    print(f"- CPU: {cpu_model()}; cores (os.cpu_count): {os.cpu_count()}; torch {torch.__version__}, "
+          f"threads {torch.get_num_threads()}; load average at start {load_start}, at end {loadavg()}")
+    print(f"- torchvision resnet18() (random init, eval), {n} seeded N(0, 1) images 3x224x224 in batches of "
+          f"{batch_size}, generated batch by batch; kinds=('relu',): {len(rec)} gating layers, d = {d} gates "
+          "per image\n")
+    print("| n | forward s | record_gates s | record / forward | H (kde_entropy on rec.packed()) s | H bits "
+          "| recording MiB | n·d/8 MiB | recording / (n·d/8) | bool states would be MiB | peak RSS of the process GiB |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print(f"| {n} | {t_fwd:.1f} | {t_rec:.1f} | {t_rec / t_fwd:.2f} | {t_h:.1f} | {float(h):.3f} "
+          f"| {rec.nbytes / MIB:.1f} | {n * d / 8 / MIB:.1f} | {rec.nbytes / (n * d / 8):.3f} | {n * d / MIB:.0f} "
+          f"| {peak / gib:.2f} |")
+    scale = target_n / n
+    rec_target = rec.nbytes * scale
+    print(f"\n### extrapolated to n = {target_n} (not measured)\n")
+    print("| n | record_gates s | H s | recording MiB | peak RSS GiB (measured peak + the extra recording bytes "
+          "+ one transient copy of them when batches are concatenated) |")
+    print("|---:|---:|---:|---:|---:|")
+    print(f"| {target_n} | {t_rec * scale:.0f} | {t_h * scale ** 2:.0f} | {rec_target / MIB:.0f} "
+          f"| {(peak + 2 * (rec_target - rec.nbytes)) / gib:.2f} |")
+    print("\n- record_gates and the forward scale linearly in n; H's distances quadratically (n^2 / 2 pairs). "
+          "The recording grows by n·d/8 bytes; everything else in the peak (model, activations of one batch) "
+          "does not grow with n.")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-root", default=None, help="data root (default: $TCOMPLEX_DATA)")
@@ -224,9 +296,14 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="500 images, 3 repeats")
     ap.add_argument("--profile", action="store_true", help="split the overhead of every model into parts")
     ap.add_argument("--no-auto-profile", action="store_true", help="do not profile models that miss the target")
+    ap.add_argument("--resnet224", type=int, default=0, metavar="N",
+                    help="only the ResNet-18 224x224 measurement on N images (see above)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.resnet224:
+        resnet224(args.resnet224, args.batch_size, args.seed)
+        return
     n = 500 if args.quick and args.n == 2000 else args.n
     repeats = args.repeats or (3 if args.quick else 5)
     t_start = time.perf_counter()
@@ -242,9 +319,11 @@ def main() -> None:
     models = build_models(args.seed)
 
     info: dict[str, tuple[int, int, str]] = {}
+    memory: dict[str, int] = {}
     for name, m in models.items():  # warm-up, and the gate layout
         forward_all(m, inputs[name], args.batch_size)
         rec = record_gates(m, inputs[name], batch_size=args.batch_size)
+        memory[name] = rec.nbytes
         kinds = {}
         for gi in rec.info.values():
             kinds[gi.kind] = kinds.get(gi.kind, 0) + 1
@@ -314,6 +393,18 @@ def main() -> None:
     print("- gates per sample: sum of the recorded widths; a max-pool layer counts d' x window "
           "(its one-hot width).")
     print("- resnet18 input: MNIST padded to 32x32 with the normalised black value, channel repeated to 3.")
+    print("\n### memory of the recording\n")
+    print("| model | n | d | recording bytes (`rec.nbytes`) | n·d/8 | recording / (n·d/8) | ≤ 1.1× "
+          "| bool states n·d (before) |")
+    print("|---|---:|---:|---:|---:|---:|:---:|---:|")
+    for name in models:
+        gates = info[name][1]
+        ideal = n * gates / 8
+        ratio = memory[name] / ideal
+        print(f"| {name} | {n} | {gates} | {memory[name]} | {ideal:.0f} | {ratio:.3f} | "
+              f"{'PASS' if ratio <= 1.1 else 'FAIL'} | {n * gates} |")
+    print("\n- every layer starts on a 64-bit word boundary (so that per-layer and concatenated distances come "
+          "from the same storage): a layer of d_l gates takes ceil(d_l / 64) words per sample.")
 
     to_profile = list(models) if args.profile else ([] if args.no_auto_profile else missed)
     for name in to_profile:
