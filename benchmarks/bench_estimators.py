@@ -128,7 +128,7 @@ def make_packed(torch, n: int, d: int, seed: int, rate: float = RATE):
 def block_rows(n: int, d: int) -> int:
     from tcomplex import estimators
 
-    return estimators._block_rows(n, d, None)
+    return estimators.block_rows(n, d)
 
 
 def gemm_work(n: int, d: int) -> float:

@@ -14,12 +14,6 @@ the same batches through ``model`` under ``torch.no_grad()``, in one process,
 with all contenders interleaved (every repeat visits every model; the order of
 the two contenders flips every other repeat) and reports the medians.
 
-With ``--profile`` (or automatically for a network that misses the target)
-the overhead of ``record_gates`` is split into its parts: the hooks' Python
-dispatch, the NaN check, the ReLU states, the max-pool winners (net of the
-module's own pooling, which recording replaces) and the final concatenation,
-next to the previous implementation's ReLU and max-pool parts.
-
 The recording's memory (``Recording.nbytes``: bits, 64 gates per word, every layer
 word-aligned) is printed next to n * d / 8 bytes (target: <= 1.1x) and the bool
 states' n * d bytes (the storage before packing).
@@ -97,136 +91,6 @@ def timed(fn) -> float:
 # ---------------------------------------------------------------------------
 # where record_gates' overhead goes
 # ---------------------------------------------------------------------------
-def profile_parts(model: nn.Module, x: torch.Tensor, batch_size: int, repeats: int) -> list[tuple[str, float]]:
-    """Seconds (median over repeats, for all of x) of each part of record_gates' work.
-
-    The parts are recomputed here on the gating inputs and outputs captured from
-    a real forward pass, with the same functions gating.py uses.
-    """
-    from tcomplex.gating import (
-        GATE_KINDS,
-        _concat_states,
-        _kind_of,
-        _offsets_generic,
-        _pool_params,
-        _pool_with_winners,
-        _PoolWinners,
-        gating_modules,
-        record_gates,
-    )
-
-    mods = gating_modules(model, GATE_KINDS)
-    captured: list[tuple[str, nn.Module, torch.Tensor, torch.Tensor]] = []  # every gating call, every batch
-    handles = []
-    for name, mod in mods.items():
-        def grab(m, args, out, name=name):
-            captured.append((name, m, args[0], out))
-        handles.append(mod.register_forward_hook(grab))
-    forward_all(model, x, batch_size)
-    for h in handles:
-        h.remove()
-    relu_in = [t for _, m, t, _o in captured if _kind_of(m) == "relu"]
-    relu_out = [o for _, m, _t, o in captured if _kind_of(m) == "relu"]
-    pool_in = [(m, t) for _, m, t, _o in captured if _kind_of(m) == "maxpool"]
-
-    # empty hooks with the same structure: the cost of Python hook dispatch alone
-    def noop(*_a, **_k):
-        return None
-
-    def forward_with_empty_hooks():
-        hs = [model.register_forward_pre_hook(noop), model.register_forward_hook(noop)]
-        hs += [m.register_forward_hook(noop) if _kind_of(m) == "relu" else m.register_forward_pre_hook(noop)
-               for m in mods.values()]
-        try:
-            forward_all(model, x, batch_size)
-        finally:
-            for h in hs:
-                h.remove()
-
-    def nan_check():
-        for t in relu_out + [t for _, t in pool_in]:
-            bool(torch.isnan(t.amax()))
-
-    def relu_states():
-        return [o.bool().flatten(1) for o in relu_out]
-
-    def module_pooling():
-        for m, t in pool_in:
-            m(t)
-
-    def pool_with_winners():
-        return [_pool_with_winners(t, m) for m, t in pool_in]
-
-    offs = [(o, w) for _out, _idx, o, w, _shape in pool_with_winners()]
-
-    # the final Recording: one torch.cat per layer over the batches
-    per_layer: dict[str, list] = {}
-    states = relu_states()
-    it_relu, it_pool = iter(states), iter(offs)
-    for name, m, _t, _o in captured:
-        if _kind_of(m) == "relu":
-            per_layer.setdefault(name, []).append(next(it_relu))
-        else:
-            o, window = next(it_pool)
-            per_layer.setdefault(name, []).append(_PoolWinners(o, window))
-
-    def concat():
-        for parts in per_layer.values():
-            _concat_states(parts)
-
-    # the previous implementation's parts, for comparison
-    def relu_states_prehook():
-        return [(t > 0).flatten(1) for t in relu_in]
-
-    def pool_twice_generic():
-        for m, t in pool_in:
-            nd, k, s, p, dil = _pool_params(m)
-            fn = F.max_pool2d if nd == 2 else F.max_pool1d
-            _, idx = fn(t, k, s, p, dil, ceil_mode=m.ceil_mode, return_indices=True)
-            _offsets_generic(idx, tuple(t.shape[-nd:]), k, s, p, dil).flatten(1).to(torch.uint8)
-
-    parts = {
-        "forward alone": lambda: forward_all(model, x, batch_size),
-        "forward + empty hooks (dispatch)": forward_with_empty_hooks,
-        "record_gates (all of it)": lambda: record_gates(model, x, batch_size=batch_size),
-        "NaN check isnan(x.amax()) on every gate input": nan_check,
-        "ReLU states relu(x).bool().flatten(1), in a forward hook": relu_states,
-    }
-    if pool_in:
-        parts["max-pool: the module's own pooling (part of the forward)"] = module_pooling
-        parts["max-pool: pooling + winners in one call (replaces the module's pooling)"] = pool_with_winners
-    parts["Recording: torch.cat of the batches per layer"] = concat
-    parts["(before) ReLU states (x > 0).flatten(1) in a pre-hook"] = relu_states_prehook
-    if pool_in:
-        parts["(before) max-pool winners: a second pooling + int64 index arithmetic"] = pool_twice_generic
-    times: dict[str, list[float]] = {k: [] for k in parts}
-    for fn in parts.values():  # warm-up
-        fn()
-    inner = max(1, min(20, round(0.3 / max(timed(parts["forward alone"]), 1e-6))))
-
-    def timed_k(fn):
-        t0 = time.perf_counter()
-        for _ in range(inner):
-            fn()
-        return (time.perf_counter() - t0) / inner
-
-    for r in range(repeats):
-        for k, fn in (list(parts.items()) if r % 2 == 0 else list(parts.items())[::-1]):
-            times[k].append(timed_k(fn))
-    out = [(k, statistics.median(v)) for k, v in times.items()]
-    # paired differences (same repeat) are steadier than differences of medians
-    fwd = times["forward alone"]
-    out.append(("__overhead", statistics.median(r - f for r, f in zip(times["record_gates (all of it)"], fwd))))
-    out.append(("__dispatch", statistics.median(
-        h - f for h, f in zip(times["forward + empty hooks (dispatch)"], fwd))))
-    if pool_in:
-        pw, mp = (times["max-pool: pooling + winners in one call (replaces the module's pooling)"],
-                  times["max-pool: the module's own pooling (part of the forward)"])
-        out.append(("__pool_net", statistics.median(a - b for a, b in zip(pw, mp))))
-    return out
-
-
-# ---------------------------------------------------------------------------
 def resnet224(n: int, batch_size: int, seed: int, target_n: int = 2000) -> None:
     """record_gates + kde_entropy on n random 224x224 images through torchvision's resnet18."""
     import torchvision
@@ -294,8 +158,6 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="500 images, 3 repeats")
-    ap.add_argument("--profile", action="store_true", help="split the overhead of every model into parts")
-    ap.add_argument("--no-auto-profile", action="store_true", help="do not profile models that miss the target")
     ap.add_argument("--resnet224", type=int, default=0, metavar="N",
                     help="only the ResNet-18 224x224 measurement on N images (see above)")
     args = ap.parse_args()
@@ -374,13 +236,10 @@ def main() -> None:
     print()
     print(f"| model | gating layers | total gates per sample | forward s | record_gates s | ratio | ≤ {RATIO_TARGET}× |")
     print("|---|---|---:|---:|---:|---:|:---:|")
-    missed = []
     for name in models:
         f_s, r_s = statistics.median(t_fwd[name]), statistics.median(t_rec[name])
         ratio = r_s / f_s
         ok = ratio <= RATIO_TARGET
-        if not ok:
-            missed.append(name)
         layers, gates, kinds = info[name]
         print(f"| {name} | {layers} ({kinds}) | {gates} | {f_s:.3f} | {r_s:.3f} | {ratio:.2f} | "
               f"{'PASS' if ok else 'FAIL'} |")
@@ -406,37 +265,6 @@ def main() -> None:
     print("\n- every layer starts on a 64-bit word boundary (so that per-layer and concatenated distances come "
           "from the same storage): a layer of d_l gates takes ceil(d_l / 64) words per sample.")
 
-    to_profile = list(models) if args.profile else ([] if args.no_auto_profile else missed)
-    for name in to_profile:
-        parts = profile_parts(models[name], inputs[name], args.batch_size, max(3, repeats))
-        d = dict(parts)
-        base, overhead, dispatch = d["forward alone"], d["__overhead"], d["__dispatch"]
-        print(f"\n### where record_gates' time goes: {name}\n")
-        print("| part (over all images) | s | % of record_gates overhead |")
-        print("|---|---:|---:|")
-        for k, s in parts:
-            if k.startswith("__"):
-                continue
-            if s != s:  # nan: a note
-                print(f"| {k} | | |")
-                continue
-            if k == "forward alone" or k == "record_gates (all of it)":
-                pct = ""
-            elif k == "forward + empty hooks (dispatch)":
-                pct = f"{100 * dispatch / overhead:.0f}% (paired difference to the forward: {dispatch:+.4f} s)"
-            elif k.startswith("max-pool: the module's own"):
-                pct = "(saved: record_gates pools once)"
-            elif k.startswith("max-pool: pooling + winners"):
-                net = d["__pool_net"]
-                pct = f"{100 * net / overhead:.0f}% (net of the pooling it replaces: {net:+.4f} s)"
-            elif k.startswith("(before)"):
-                pct = "(the previous implementation, not part of record_gates)"
-            else:
-                pct = f"{100 * s / overhead:.0f}%"
-            print(f"| {k} | {s:.4f} | {pct} |")
-        print(f"\n- record_gates overhead over the forward (median of paired differences): {overhead:.4f} s "
-              f"({100 * overhead / base:.0f}% of the forward); the parts are timed on their own, so they "
-              "need not add up to it exactly.")
     print(f"\n(total wall time {time.perf_counter() - t_start:.0f} s; load average at end: {loadavg()})")
 
 

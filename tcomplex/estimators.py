@@ -55,6 +55,7 @@ from torch import Tensor
 from tcomplex.bits import PackedStates, hamming_block, kernel_block_sums
 
 __all__ = [
+    "block_rows",
     "Estimate",
     "SaturationWarning",
     "kde_bandwidth",
@@ -280,7 +281,9 @@ def _sigma2(s: Tensor | PackedStates, alpha: float, bandwidth: str) -> float:
     raise ValueError(f"bandwidth must be 'dims' or 'variance', got {bandwidth!r}")
 
 
-def _block_rows(n: int, d: int, block: int | None) -> int:
+def block_rows(n: int, d: int, block: int | None = None) -> int:
+    """Rows per block of the blocked distance computations for ``n`` states of ``d`` gates
+    (``block`` when given; else at most BLOCK_ROWS rows and BLOCK_BYTES of float32 per block)."""
     if block is not None:
         if block < 1:
             raise ValueError(f"block must be >= 1, got {block}")
@@ -515,7 +518,7 @@ def _kde_terms(
     """(H in nats by Eq. 2, sum_m p_m H(Sigma | Y = m) in nats or None, number of classes)."""
     n, d = s.shape
     src = _route(s, backend)
-    rows, h_cond, n_classes = _eq2_eq4_nats(_upper_block_sq_dists(src, _block_rows(n, d, block)), n, sigma2, y)
+    rows, h_cond, n_classes = _eq2_eq4_nats(_upper_block_sq_dists(src, block_rows(n, d, block)), n, sigma2, y)
     # Eq. 2: H <= -1/n sum_j log(1/n sum_k K_jk) = log n - mean_j log sum_k K_jk
     return math.log(n) - float(rows.mean()), h_cond, n_classes
 
@@ -532,7 +535,7 @@ def squared_distances(states: Any, *, block: int | None = None, backend: Backend
     s = _route(_as_states(states), backend)
     n, d = s.shape
     out = torch.empty(n, n, dtype=torch.float32, device=s.device)
-    for ri, rj, d2 in _upper_block_sq_dists(s, _block_rows(n, d, block)):
+    for ri, rj, d2 in _upper_block_sq_dists(s, block_rows(n, d, block)):
         out[ri, rj] = d2
         if rj is not ri:
             out[rj, ri] = d2.T
@@ -774,7 +777,7 @@ def kde_total_correlation(
     else:
         synth_src = synth
     del synth
-    c = _block_rows(n, d, block)
+    c = block_rows(n, d, block)
     inv = -0.5 / sigma2
     own_lse = _RowLSE(n, s.device)
     for ri, rj, d2 in _upper_block_sq_dists(src, c):
