@@ -12,13 +12,16 @@ process, contenders interleaved (order reversed every other repeat), the median
 time of one training step:
 
 * ``plain``: forward, cross-entropy, backward, SGD step;
-* ``complexity``: the same with the complexity loss.
+* ``authors``: the same with the complexity loss, energy nets fitted with the
+  authors' settings (``fit="authors"``: SGD, 5 Langevin steps from the data);
+* ``learned``: the same with the default fit that learns p(sigma_l)
+  (``fit="learned"``: Adam, 1 Langevin step from prior samples, energy regulariser).
 
 An epoch time is extrapolated from the per-step medians (469 steps of 128 on the
-60000 MNIST training images).  Target: complexity ≤ 2× plain (PASS/FAIL).
+60000 MNIST training images).  Target: each complexity variant ≤ 2× plain (PASS/FAIL).
 
-With ``--breakdown`` (automatic on a FAIL) it also reports the parts of a
-complexity step (forward with Swish gates, EBM fit, energy of the batch,
+With ``--breakdown`` (automatic on a FAIL) it also reports the parts of an
+``authors`` complexity step (forward with Swish gates, EBM fit, energy of the batch,
 backward + step) and times the EBM fit alone for 0, 1 and 5 Langevin steps, for
 and the MLP energy net instead of the six-layer 1x1 ConvNet of wide layers
 (written as the Linear + BatchNorm1d layers it amounts to), so the cost of each
@@ -60,6 +63,7 @@ BATCH = 128
 MNIST_TRAIN = 60000
 LAMBDA = 1e-3
 MODELS = ("resmlp10", "resnet20")
+FITS_TIMED = ("authors", "learned")  # energy-model fits of tcomplex.ebm timed against plain training
 MODEL_KWARGS: dict[str, dict[str, Any]] = {"resmlp10": {"init": "torch_default"}, "resnet20": {}}
 
 
@@ -145,12 +149,13 @@ def breakdown(name: str, trainer: Trainer, parts: dict[str, list[float]], plain_
     lines.append(f"  - plain step, median ms: forward {plain_step['forward']:.1f}, backward + step "
                  f"{plain_step['backward + step']:.1f}")
     variants: dict[str, dict[str, Any]] = {
-        "default (5 Langevin steps)": {},
-        "1 Langevin step": {"langevin_steps": 1},
-        "0 Langevin steps": {"langevin_steps": 0},
+        "default (5 Langevin steps)": {"fit": "authors"},
+        "1 Langevin step": {"fit": "authors", "langevin_steps": 1},
+        "0 Langevin steps": {"fit": "authors", "langevin_steps": 0},
+        "learned fit": {"fit": "learned"},
     }
     if any(e.f.wide for e in pen.ebms):
-        variants[f"5 steps, MLP {MLP_WIDTHS} energy net"] = {"energy_widths": list(MLP_WIDTHS)}
+        variants[f"5 steps, MLP {MLP_WIDTHS} energy net"] = {"fit": "authors", "energy_widths": list(MLP_WIDTHS)}
     fits: dict[str, Callable[[], None]] = {}
     for label, options in variants.items():
         tr = Trainer(name, x0, options)
@@ -196,33 +201,39 @@ def main() -> None:
     for name in models:
         data = batches(x, y, steps, seed=0)
         x0 = x[:BATCH]
-        plain, complexity = Trainer(name, x0, None), Trainer(name, x0, {})
+        plain = Trainer(name, x0, None)
+        variants = {fit: Trainer(name, x0, {"fit": fit}) for fit in FITS_TIMED}
         run_steps(plain, data[:2])()  # warm-up: allocator, thread pools
-        run_steps(complexity, data[:2])()
-        parts: dict[str, list[float]] = {}
+        for tr in variants.values():
+            run_steps(tr, data[:2])()
+        parts: dict[str, dict[str, list[float]]] = {fit: {} for fit in FITS_TIMED}
         plain_parts: dict[str, list[float]] = {}
         med = interleaved({"plain": run_steps(plain, data, plain_parts),
-                           "complexity": run_steps(complexity, data, parts)}, repeats)
-        results.append((name, med["plain"] / steps, med["complexity"] / steps))
-        details.append((name, complexity, parts, plain_parts))
+                           **{fit: run_steps(tr, data, parts[fit]) for fit, tr in variants.items()}}, repeats)
+        results.append((name, med["plain"] / steps, {fit: med[fit] / steps for fit in FITS_TIMED}))
+        details.append((name, variants[FITS_TIMED[0]], parts[FITS_TIMED[0]], plain_parts))
 
     steps_per_epoch = -(-MNIST_TRAIN // BATCH)
     print("## complexity-loss benchmark\n")
     print(f"- CPU: {cpu_model()}; cores (os.cpu_count): {os.cpu_count()}; torch {torch.__version__}, "
           f"threads {torch.get_num_threads()}; python {platform.python_version()}; load average at start "
           f"{loadavg()}")
-    print(f"- MNIST, batch {BATCH}, λ = {LAMBDA:g}, the last four gating layers penalised, tcomplex.ebm defaults "
-          f"(β = 100, 5 Langevin steps); median of {repeats} interleaved repeats of {steps} training steps each\n")
-    print(f"| model | plain ms/step | complexity ms/step | plain s/epoch (extrapolated) "
-          f"| complexity s/epoch (extrapolated) | ratio | ≤ {RATIO_TARGET:g}× |")
-    print("|---|---:|---:|---:|---:|---:|:---:|")
+    print(f"- MNIST, batch {BATCH}, λ = {LAMBDA:g}, the last four gating layers penalised, β = 100; energy-model "
+          f"fits {', '.join(FITS_TIMED)} (tcomplex.ebm.FITS); median of {repeats} interleaved repeats of {steps} "
+          "training steps each\n")
+    head = " | ".join(f"{f} ms/step | {f} s/epoch | {f} ratio" for f in FITS_TIMED)
+    print(f"| model | plain ms/step | plain s/epoch | {head} | ≤ {RATIO_TARGET:g}× |")
+    print("|---|---:|---:|" + "---:|---:|---:|" * len(FITS_TIMED) + ":---:|")
     failed = False
-    for name, p, c in results:
-        ratio = c / p
-        ok = ratio <= RATIO_TARGET
-        failed |= not ok
-        print(f"| {name} | {p * 1e3:.1f} | {c * 1e3:.1f} | {p * steps_per_epoch:.1f} | {c * steps_per_epoch:.1f} "
-              f"| {ratio:.2f} | {'PASS' if ok else 'FAIL'} |")
+    for name, p, cs in results:
+        cells, oks = [], []
+        for f in FITS_TIMED:
+            ratio = cs[f] / p
+            oks.append(ratio <= RATIO_TARGET)
+            cells.append(f"{cs[f] * 1e3:.1f} | {cs[f] * steps_per_epoch:.1f} | {ratio:.2f}")
+        failed |= not all(oks)
+        verdicts = ", ".join(f"{f} {'PASS' if ok else 'FAIL'}" for f, ok in zip(FITS_TIMED, oks))
+        print(f"| {name} | {p * 1e3:.1f} | {p * steps_per_epoch:.1f} | {' | '.join(cells)} | {verdicts} |")
     print(f"\n- epoch = {steps_per_epoch} steps of {BATCH} (60000 images); extrapolated from the per-step medians "
           "(data already in memory, no evaluation).")
     if args.breakdown or failed:

@@ -45,7 +45,7 @@ missing() {  # pip requirement of every module the check needs that does not imp
 import importlib
 need = [("torch", "torch==2.14.1"), ("torchvision", "torchvision==0.29.1"), ("numpy", "numpy>=1.26"),
         ("pandas", "pandas>=2.1"), ("tqdm", "tqdm>=4.66"), ("yaml", "pyyaml"), ("scipy", "scipy>=1.11"),
-        ("PIL", "pillow")]
+        ("PIL", "pillow"), ("numba", "numba>=0.60")]
 out = []
 for mod, req in need:
     try:

@@ -1,12 +1,13 @@
 """tcomplex: transformation complexity of ReLU networks.
 
 The core (this package's top level) reads gating states out of any PyTorch
-model (:mod:`tcomplex.gating`), estimates their complexity
+model (:mod:`tcomplex.gating`, stored as bits by :mod:`tcomplex.bits`), estimates their complexity
 (:mod:`tcomplex.estimators`) and penalises it during training
 (:mod:`tcomplex.ebm`).  The experiment substrate of the book lives in
 :mod:`tcomplex.experiments` and is never imported by the core.
 """
 
+from tcomplex.bits import PackedStates, hamming_distances
 from tcomplex.estimators import (
     Estimate,
     SaturationWarning,
@@ -43,9 +44,11 @@ __all__ = [
     "GateInfo",
     "GateRecorder",
     "NonGatingWarning",
+    "PackedStates",
     "Recording",
     "SaturationWarning",
     "activation_rates",
+    "hamming_distances",
     "kde_bandwidth",
     "kde_entropy",
     "kde_entropy_and_interaction",

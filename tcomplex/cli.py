@@ -232,31 +232,63 @@ def _notebook_value(text: str) -> Any:
         return text
 
 
+def _notebook_epilog() -> str:
+    """The notebooks of the book, for ``tcomplex run --help`` (empty outside a checkout)."""
+    try:
+        from tcomplex.experiments import notebooks as nbs
+
+        names = nbs.notebook_names()
+    except Exception:  # noqa: BLE001 - help must print anywhere
+        return ""
+    return ("notebooks: " + ", ".join(names) +
+            "\nparameters of one: tcomplex run NOTEBOOK --profile PROFILE --list-params")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    """``tcomplex run NOTEBOOK --profile P [-p key value]...``: execute one notebook with papermill."""
+    """``tcomplex run NOTEBOOK --profile P [-p key value]... [--variant NAME] [--list-params]``.
+
+    Without ``-p`` the notebook runs with its profile's parameters (the book's page);
+    with ``-p`` it runs as a named variant beside it, never over it.
+    """
     from tcomplex.experiments import notebooks as nbs
 
     name = Path(args.notebook).stem
     overrides = {k: _notebook_value(v) for k, v in args.parameters}
     try:
         root = nbs.project_root()
+        if args.list_params:
+            declared = nbs.declared_parameters(name, root)
+            profile = nbs.resolve_parameters(name, args.profile, None, root)
+            print(f"{name}: parameters (notebook default -> profile {args.profile})")
+            for key, default in declared.items():
+                print(f"  {key:24s} {default!r:32s} -> {profile.get(key, default)!r}")
+            return 0
+        variant = args.variant or (nbs.variant_name(overrides) if overrides else None)
+        if variant:
+            nbs.variant_dir(args.profile, variant, root)  # a bad name fails here, before any kernel
         nbs.resolve_parameters(name, args.profile, overrides, root)  # validate before starting a kernel
     except (ValueError, FileNotFoundError) as exc:
         raise UserError(str(exc)) from None
     print(f"executing {name} with profile {args.profile}" + (f" and {overrides}" if overrides else ""))
-    out = nbs.run_notebook(name, args.profile, overrides, root=root, progress=sys.stderr.isatty())
+    out = nbs.run_notebook(name, args.profile, overrides, root=root, progress=sys.stderr.isatty(), variant=variant)
     print(f"executed notebook: {out}")
+    if variant:
+        print(f"variant {variant!r}: see it in the book with `tcomplex book --profile {args.profile} --variant {variant}`")
     return 0
 
 
 def cmd_book(args: argparse.Namespace) -> int:
-    """``tcomplex book [--profile P]``: execute missing or stale notebooks, then build the HTML."""
+    """``tcomplex book [--profile P] [--variant NAME]...``: execute missing or stale notebooks, then build the HTML."""
     from tcomplex.experiments import notebooks as nbs
 
     profile = args.profile or nbs.DEFAULT_PROFILE
     try:
         root = nbs.project_root()
         stale = nbs.stale_notebooks(profile, root)
+        known = nbs.variant_names(profile, root)
+        bad = [v for v in args.variant if v not in known]
+        if bad:
+            raise ValueError(f"profile {profile!r} has no variant {bad}; variants: {known or 'none'}")
     except (ValueError, FileNotFoundError) as exc:
         raise UserError(str(exc)) from None
     if stale:
@@ -270,7 +302,7 @@ def cmd_book(args: argparse.Namespace) -> int:
     for name in ordered:
         print(f"  running {name} ...", flush=True)
         nbs.run_notebook(name, profile, root=root, progress=sys.stderr.isatty())
-    html = nbs.build_book(profile, root)
+    html = nbs.build_book(profile, root, variants=args.variant)
     print(f"book built: {html / 'index.html'}")
     return 0
 
@@ -340,15 +372,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="list the runs and whether they are finished")
     p.set_defaults(func=cmd_sweep)
 
-    p = sub.add_parser("run", help="execute one notebook of the book with a profile's parameters")
+    p = sub.add_parser("run", help="execute one notebook of the book with a profile's parameters",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Execute one notebook. Without -p it runs with the profile's parameters and "
+                       "replaces the profile's executed copy; with -p it runs as a named variant in "
+                       "papermill_runs/PROFILE/variants/NAME/ (the committed notebook is never overwritten) that "
+                       "`tcomplex book --variant NAME` adds to the book. Parameters are checked against the "
+                       "notebook's declared defaults (name, type, sign) before any kernel starts.",
+                       epilog=_notebook_epilog())
     p.add_argument("notebook")
     p.add_argument("--profile", required=True)
     p.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
-                   dest="parameters", help="notebook parameter (repeatable)")
+                   dest="parameters", help="notebook parameter (repeatable); VALUE is JSON when it parses")
+    p.add_argument("--variant", default=None, metavar="NAME",
+                   help="name of the variant (default: made from the -p parameters)")
+    p.add_argument("--list-params", action="store_true",
+                   help="list the notebook's parameters, their defaults and the profile's values, and exit")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("book", help="execute missing or stale notebooks of a profile, then build the HTML book")
+    p = sub.add_parser("book", help="execute missing or stale notebooks of a profile, then build the HTML book",
+                       description="Execute what is missing or stale for the profile, then render it into "
+                       "book/_build/PROFILE/html (each profile its own folder).")
     p.add_argument("--profile", default=None, help="profile to render (default: offline)")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME",
+                   help="add a variant made by `tcomplex run -p ...` as a page (repeatable); nothing is re-executed")
     p.set_defaults(func=cmd_book)
 
     p = sub.add_parser("status", help="list a profile's notebooks: current, stale or missing, with run times")

@@ -84,6 +84,13 @@ training-mode dropout draws *one* keep mask per call, which is applied and
 which every active recorder stores.  Nesting recorders with different
 ``sampling`` on overlapping models is refused with a RuntimeError (one of them
 would store a mask that was not applied).
+
+Storage: when a forward pass ends, each recorded layer's states of the batch are
+packed to bits (:func:`tcomplex.bits.pack_bits`, on the device they were computed
+on) into the batch's rows of one int64 word matrix, every layer starting on a word
+boundary; the bool states of all layers never exist at once.  :class:`Recording`
+unpacks bool views on request and hands the bits to the estimators
+(:meth:`Recording.packed`).
 """
 
 from __future__ import annotations
@@ -101,6 +108,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
+
+from tcomplex.bits import PackedStates, pack_bits, pack_onehot
 
 __all__ = [
     "GATE_KINDS",
@@ -213,44 +222,98 @@ class _PoolWinners:
 
     def onehot(self) -> Tensor:
         n, d_out = self.offsets.shape
-        return F.one_hot(self.offsets.long(), self.window).reshape(n, d_out * self.window).bool()
+        codes = torch.arange(self.window, dtype=self.offsets.dtype, device=self.offsets.device)
+        return (self.offsets[:, :, None] == codes).reshape(n, d_out * self.window)
 
 
-def _concat_states(parts: list[Tensor | _PoolWinners]) -> Tensor | _PoolWinners:
-    if isinstance(parts[0], _PoolWinners):
-        return _PoolWinners(torch.cat([p.offsets for p in parts]), parts[0].window)
-    return torch.cat(parts)
+def _as_bool(state: Tensor | _PoolWinners) -> Tensor:
+    return state.onehot() if isinstance(state, _PoolWinners) else state
+
+
+def _word_offsets(widths: Iterable[tuple[str, int]]) -> dict[str, int]:
+    """First word of every layer when each layer starts on a 64-bit word boundary."""
+    out: dict[str, int] = {}
+    w = 0
+    for name, width in widths:
+        out[name] = w
+        w += -(-width // 64)
+    return out
 
 
 class Recording(Mapping[str, Tensor]):
-    """Ordered mapping from gating-layer name to a bool tensor ``[n, d_l]``.
+    """Ordered mapping from gating-layer name to a bool tensor ``[n, d_l]``, stored as bits.
 
     Layers are in forward order.  ``rec.info[name]`` gives a :class:`GateInfo`.
     ``rec.concat()`` is Sigma = [Sigma_1, ..., Sigma_L] and ``rec.suffix(l)`` is
     (Sigma_l, ..., Sigma_L) (Proposition 2, Figure 1).
+
+    Storage: one int64 word matrix ``[n, W]``, 64 gates per word, every layer starting
+    on a word boundary (padding bits 0), so the recording takes ~n * d / 8 bytes
+    (:attr:`nbytes`).  ``rec[name]``, ``concat`` and ``suffix`` unpack bool copies;
+    :meth:`packed` gives the bits of any set of layers without copying, which the
+    estimators take directly (per layer and concatenated from the same storage).
     """
 
     def __init__(self, states: Mapping[str, Tensor | _PoolWinners], info: Mapping[str, GateInfo]):
         if list(states) != list(info):
             raise ValueError("states and info must name the same layers in the same order")
-        self._states = dict(states)
-        self.info: dict[str, GateInfo] = dict(info)
-        sizes = {_num_rows(s) for s in self._states.values()}
+        sizes = {_as_bool(s).shape[0] for s in states.values()}
         if len(sizes) > 1:
             raise ValueError(f"layers hold different numbers of samples: {sorted(sizes)}")
-        self.n: int = sizes.pop() if sizes else 0
+        offsets = _word_offsets((k, i.width) for k, i in info.items())
+        n = sizes.pop() if sizes else 0
+        total = sum(-(-i.width // 64) for i in info.values())
+        words = torch.zeros(n, total, dtype=torch.int64)
+        for k, st in states.items():
+            b = _as_bool(st)
+            if b.shape[1] != info[k].width:
+                raise ValueError(f"layer {k!r} holds {b.shape[1]} gates but its info says {info[k].width}")
+            packed = pack_bits(b.cpu())
+            words[:, offsets[k] : offsets[k] + packed.shape[1]] = packed
+        self._init(words, offsets, info)
+
+    @classmethod
+    def from_packed(cls, words: Tensor, offsets: Mapping[str, int], info: Mapping[str, GateInfo]) -> Recording:
+        """A recording over an int64 word matrix ``[n, W]``; layer ``k`` starts at word ``offsets[k]``."""
+        if list(offsets) != list(info):
+            raise ValueError("offsets and info must name the same layers in the same order")
+        rec = cls.__new__(cls)
+        rec._init(words, offsets, info)
+        return rec
+
+    def _init(self, words: Tensor, offsets: Mapping[str, int], info: Mapping[str, GateInfo]) -> None:
+        self._words = words
+        self._offsets = dict(offsets)
+        self.info: dict[str, GateInfo] = dict(info)
+        self.n: int = words.shape[0]
+        PackedStates(words, [(self._offsets[k], i.width) for k, i in self.info.items()])  # validates the layout
 
     def __getitem__(self, name: str) -> Tensor:
-        if name not in self._states:
-            raise KeyError(f"no gating layer {name!r}; layers: {list(self._states)}")
-        s = self._states[name]
-        return s.onehot() if isinstance(s, _PoolWinners) else s
+        if name not in self._offsets:
+            raise KeyError(f"no gating layer {name!r}; layers: {list(self._offsets)}")
+        return self.packed([name]).unpack()
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._states)
+        return iter(self._offsets)
 
     def __len__(self) -> int:
-        return len(self._states)
+        return len(self._offsets)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the packed states (the word matrix, shared by selections of it)."""
+        return self._words.numel() * self._words.element_size()
+
+    def packed(self, names: Sequence[str | int] | None = None) -> PackedStates:
+        """The states of some layers (all by default), concatenated, as bits without a copy.
+
+        Pass it to any estimator (``kde_entropy(rec.packed(), ...)``): distances are
+        computed by XOR + popcount on the CPU.
+        """
+        chosen = self.names if names is None else resolve_layers(self.names, names)
+        if not chosen:
+            raise ValueError("no layer selected: the recording has no layers")
+        return PackedStates(self._words, [(self._offsets[k], self.info[k].width) for k in chosen])
 
     def __repr__(self) -> str:
         body = ", ".join(f"{k}: [{self.n}, {i.width}] {i.kind}" for k, i in self.info.items())
@@ -258,19 +321,19 @@ class Recording(Mapping[str, Tensor]):
 
     @property
     def names(self) -> list[str]:
-        return list(self._states)
+        return list(self._offsets)
 
     def select(self, layers: Sequence[str | int]) -> Recording:
-        """A recording of only the given layers (names or 1-based / negative positions)."""
+        """A recording of only the given layers (names or 1-based / negative positions), sharing the bits."""
         chosen = resolve_layers(self.names, layers)
-        return Recording({k: self._states[k] for k in chosen}, {k: self.info[k] for k in chosen})
+        return Recording.from_packed(self._words, {k: self._offsets[k] for k in chosen}, {k: self.info[k] for k in chosen})
 
     def concat(self, names: Sequence[str | int] | None = None) -> Tensor:
-        """Concatenate layers (all by default) into one bool tensor ``[n, sum d_l]``."""
+        """Concatenate layers (all by default) into one bool tensor ``[n, sum d_l]`` (unpacked copy)."""
         chosen = self.names if names is None else resolve_layers(self.names, names)
         if not chosen:
             raise ValueError("nothing to concatenate: the recording has no layers")
-        return torch.cat([self[k] for k in chosen], dim=1)
+        return self.packed(chosen).unpack()
 
     def suffix(self, l: int) -> Tensor:
         """(Sigma_l, ..., Sigma_L) for 1-based l, as one bool tensor (Proposition 2)."""
@@ -286,10 +349,6 @@ class Recording(Mapping[str, Tensor]):
         """
         chosen = self.names if names is None else resolve_layers(self.names, names)
         return ALPHA_CONV if any(self.info[k].after == "conv" for k in chosen) else ALPHA_FC
-
-
-def _num_rows(s: Tensor | _PoolWinners) -> int:
-    return (s.offsets if isinstance(s, _PoolWinners) else s).shape[0]
 
 
 def resolve_layers(available: Sequence[str], layers: Iterable[str | int]) -> list[str]:
@@ -782,7 +841,8 @@ class GateRecorder:
         Eq. 3 requires for I(X; Sigma).
     store: keep every batch (for :meth:`recording`); ``False`` keeps only the
         last batch in :attr:`last` (for use inside a training loop).
-    store_device: where stored states live (default CPU).
+    store_device: where the stored (packed) states live (default CPU; None keeps
+        them on the model's device).
     check_nan: raise if a gating layer's input holds NaN.
 
     Raises
@@ -829,7 +889,11 @@ class GateRecorder:
         self._called: list[tuple[str, int]] = []
         self._names: dict[tuple[str, int], str] = {}
         self.info: dict[str, GateInfo] = {}
-        self._stored: dict[str, list[Tensor | _PoolWinners]] = {}
+        self._blocks: list[Tensor] = []  # packed batches [b, W] (or one preallocated buffer)
+        self._rows = 0  # rows filled in the preallocated buffer
+        self._capacity: int | None = None  # rows to preallocate (set by record_gates)
+        self._batch_words: Tensor | None = None
+        self._offsets: dict[str, int] = {}
         self._last: dict[str, Tensor | _PoolWinners] = {}
         self._active = False
         self._pending_input: dict[str, Tensor] = {}
@@ -1006,9 +1070,9 @@ class GateRecorder:
             state = self._batch[key]
             self._last[name] = state  # compact; expanded only when .last is read
             if self.store:
-                if self.store_device is not None:
-                    state = _to(state, self.store_device)
-                self._stored.setdefault(name, []).append(state)
+                self._store(name, state)
+        if self.store:
+            self._end_batch()
         self._batch = {}
 
     def _finalise_layout(self) -> None:
@@ -1205,11 +1269,46 @@ class GateRecorder:
         if self._order is None:
             self._batch_info[key] = (kind, after, shape, width, window, function)
 
+    # -- storage: every layer packed to bits as it is stored ----------------------
+    def _store(self, name: str, state: Tensor | _PoolWinners) -> None:
+        """Pack one layer's states of this batch into the batch's rows of the word storage."""
+        if not self._offsets:
+            self._offsets = _word_offsets((k, i.width) for k, i in self.info.items())
+        # on the states' device (a GPU sends 1/8 of the bytes); max-pool winners straight to bits
+        if isinstance(state, _PoolWinners):
+            words = pack_onehot(state.offsets, state.window)
+        else:
+            words = pack_bits(state.contiguous())
+        if self._batch_words is None:
+            b = words.shape[0]
+            total = sum(-(-i.width // 64) for i in self.info.values())
+            device = words.device if self.store_device is None else self.store_device
+            if self._capacity is not None and self._rows + b <= self._capacity:
+                if not self._blocks:
+                    self._blocks = [torch.zeros(self._capacity, total, dtype=torch.int64, device=device)]
+                self._batch_words = self._blocks[0][self._rows : self._rows + b]
+            else:
+                if self._capacity is not None:  # more rows than announced: blocks per batch from here
+                    self._blocks = [self._blocks[0][: self._rows]] if self._blocks else []
+                    self._capacity = None
+                self._batch_words = torch.zeros(b, total, dtype=torch.int64, device=device)
+        first = self._offsets[name]
+        self._batch_words[:, first : first + words.shape[1]] = words
+
+    def _end_batch(self) -> None:
+        if self._batch_words is None:
+            return
+        if self._capacity is not None:
+            self._rows += self._batch_words.shape[0]
+        else:
+            self._blocks.append(self._batch_words)
+        self._batch_words = None
+
     # -- results ----------------------------------------------------------------
     @property
     def last(self) -> dict[str, Tensor]:
         """Gating states of the last forward pass: name -> bool ``[batch, d_l]``."""
-        return {k: (s.onehot() if isinstance(s, _PoolWinners) else s) for k, s in self._last.items()}
+        return {k: _as_bool(s) for k, s in self._last.items()}
 
     @property
     def names(self) -> list[str]:
@@ -1217,24 +1316,26 @@ class GateRecorder:
         return list(self.info)
 
     def recording(self) -> Recording:
-        """All stored batches as a :class:`Recording`."""
+        """All stored batches as a :class:`Recording` (packed bits, ~n * d / 8 bytes)."""
         if not self.store:
             raise RuntimeError("this recorder was created with store=False; use .last")
-        if not self._stored:
+        if not self._blocks:
             raise RuntimeError("nothing recorded yet: run a forward pass inside the context")
-        states = {name: _concat_states(parts) for name, parts in self._stored.items()}
-        return Recording(states, self.info)
+        if self._capacity is not None:
+            words = self._blocks[0][: self._rows]
+        else:
+            if len(self._blocks) > 1:
+                self._blocks = [torch.cat(self._blocks)]  # keep one copy, not the parts
+            words = self._blocks[0]
+        return Recording.from_packed(words, self._offsets, self.info)
 
     def clear(self) -> None:
         """Forget stored batches (layer layout is kept)."""
-        self._stored = {}
+        self._blocks = []
+        self._rows = 0
+        self._capacity = None
+        self._batch_words = None
         self._last = {}
-
-
-def _to(state: Tensor | _PoolWinners, device: torch.device) -> Tensor | _PoolWinners:
-    if isinstance(state, _PoolWinners):
-        return _PoolWinners(state.offsets.to(device), state.window)
-    return state.to(device)
 
 
 def _batches(inputs: Tensor | Iterable[Any], batch_size: int) -> Iterator[Tensor]:
@@ -1279,13 +1380,17 @@ def record_gates(
 
     Returns
     -------
-    Recording: ordered mapping name -> bool tensor ``[n, d_l]`` (on the CPU).
+    Recording: ordered mapping name -> bool tensor ``[n, d_l]`` (on the CPU), stored as
+    bits: each layer is packed as its batch is recorded, so the bool states of all
+    layers never exist at once; ``rec.packed()`` hands the bits to the estimators.
     """
     if device is None:
         p = next(iter(model.parameters()), None)
         device = p.device if p is not None else torch.device("cpu")
     seen = 0
     with GateRecorder(model, kinds=kinds, layers=layers, sampling=sampling) as rec, torch.no_grad():
+        if isinstance(inputs, Tensor) and inputs.dim() > 0:
+            rec._capacity = inputs.shape[0]  # one word buffer, filled batch by batch
         for x in _batches(inputs, batch_size):
             model(x.to(device))
             seen += x.shape[0]

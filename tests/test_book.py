@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import http.server
 import json
+import os
 import shutil
 import threading
 from pathlib import Path
@@ -16,6 +17,8 @@ from tcomplex.experiments import notebooks as nbs
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+#: a folder for screenshots of every page of the quick book (set it to look at them; nothing is written otherwise)
+SCREENSHOTS = os.environ.get("TCOMPLEX_SCREENSHOTS")
 
 
 @pytest.mark.parametrize("profile", nbs.PROFILES)
@@ -108,6 +111,15 @@ def test_book_pages_load_with_figures_equations_and_working_links(served_book):
                     "mjx-container", "els => els.map(e => e.getBoundingClientRect().width)"
                 )
                 assert any(w > 0 for w in widths), f"{chapter}: equations not typeset ({len(widths)} empty)"
+            if chapter != "intro":
+                text = page.inner_text("article")
+                assert "NBVAL" not in text, f"{chapter}: a test marker is shown"
+                shown_code = page.eval_on_selector_all(
+                    "div.cell_input", "els => els.filter(e => e.checkVisibility({contentVisibilityAuto: true})).length")
+                assert shown_code == 0, f"{chapter}: {shown_code} code cells shown unfolded"
+                assert "runs_root" not in text, f"{chapter}: a parameter cell is shown"
+            if SCREENSHOTS:
+                page.screenshot(path=str(Path(SCREENSHOTS) / f"{chapter}.png"), full_page=True)
             hrefs = page.eval_on_selector_all("a[href]", "els => els.map(e => e.href)")
             for href in hrefs:
                 target = urlparse(href)
@@ -150,4 +162,58 @@ def test_only_code_and_parameters_make_an_executed_notebook_stale(tmp_path):
     src["cells"][code]["source"] = "print('changed')"
     src_path.write_text(json.dumps(src))
     assert state() == "stale"
-    assert nbs.render_notebook(src, executed) is executed  # a stale page renders as it ran
+    stale_page = nbs.render_notebook(src, executed)  # a stale page renders as it ran
+    assert [c.get("outputs") for c in stale_page["cells"]] == [c.get("outputs") for c in executed["cells"]]
+    assert [c["source"] for c in stale_page["cells"] if c["cell_type"] == "markdown"] == [
+        c["source"] for c in executed["cells"] if c["cell_type"] == "markdown"]
+
+
+def test_rendered_pages_hide_code_parameters_and_test_markers():
+    src = json.loads((ROOT / "book" / "02_disentanglement.ipynb").read_text())
+    executed = json.loads(nbs.executed_path("02_disentanglement", "quick", ROOT).read_text())
+    page = nbs.render_notebook(src, executed)
+    code = [c for c in page["cells"] if c["cell_type"] == "code"]
+    params = [c for c in code if {"parameters", "injected-parameters"} & set(c["metadata"]["tags"])]
+    assert len(params) == 2 and all("remove-cell" in c["metadata"]["tags"] for c in params)
+    assert all("hide-input" in c["metadata"]["tags"] for c in code if c not in params)
+    assert not any("NBVAL" in "".join(c["source"]) for c in code)
+    assert any("NBVAL_CHECK_OUTPUT" in "".join(c["source"]) for c in src["cells"])  # only the page loses them
+
+
+def test_a_rerun_with_parameters_is_a_variant_that_lands_in_the_book(tmp_path, monkeypatch, data_root):
+    """`tcomplex run NOTEBOOK -p ...` writes a named variant beside the committed notebook (never over it),
+    and `build_book(variants=[...])` adds it as a page; bad parameters fail before any kernel starts."""
+    from tcomplex import cli
+
+    for item in ("book", "papermill_runs"):
+        shutil.copytree(ROOT / item, tmp_path / item, ignore=shutil.ignore_patterns("_build", "variants"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TCOMPLEX_DATA", data_root)
+    committed = tmp_path / "papermill_runs" / "quick" / "01_metrics.ipynb"
+    before = committed.read_bytes()
+    results_before = sorted((tmp_path / "papermill_runs" / "quick" / "results").iterdir())
+    for bad, message in ((["-p", "epochs", "two"], "parameter epochs = 'two': expected int"),
+                         (["-p", "epochs", "2.5"], "parameter epochs = 2.5: expected int"),
+                         (["-p", "epochs", "-1"], "parameter epochs = -1: expected a number >= 0"),
+                         (["-p", "epochz", "1"], "does not declare parameter(s) ['epochz']"),
+                         (["-p", "epochs", "1", "--variant", "../x"], "variant name '../x'")):
+        assert cli.main(["run", "01_metrics", "--profile", "quick", *bad]) == 2
+    assert not list((tmp_path / "papermill_runs" / "quick").glob("variants/*/*.ipynb"))
+    assert not list((tmp_path / "papermill_runs" / "quick").glob(".running-*"))
+    assert cli.main(["run", "01_metrics", "--profile", "quick", "-p", "epochs", "1", "-p", "train_subset", "1000",
+                     "-p", "analysis_per_class", "10", "--variant", "one-epoch"]) == 0
+    assert committed.read_bytes() == before
+    assert sorted((tmp_path / "papermill_runs" / "quick" / "results").iterdir()) == results_before
+    variant = tmp_path / "papermill_runs" / "quick" / "variants" / "one-epoch" / "01_metrics.ipynb"
+    meta = json.loads(variant.read_text())["metadata"]["tcomplex"]
+    assert meta["variant"] == "one-epoch" and meta["parameters"]["epochs"] == 1
+    assert {r["notebook"]: r["state"] for r in nbs.profile_status("quick", tmp_path)}["01_metrics"] == "current"
+    assert nbs.variant_names("quick", tmp_path) == ["one-epoch"]
+    with pytest.raises(ValueError, match="no variant 'nope'"):
+        nbs.build_book("quick", tmp_path, output=tmp_path / "out", variants=["nope"])
+    html = nbs.build_book("quick", tmp_path, output=tmp_path / "out", variants=["one-epoch"])
+    import re
+
+    page = re.sub(r"<[^>]+>", "", (html / "variants" / "one-epoch" / "01_metrics.html").read_text())
+    assert "Variant one-epoch" in page and "epochs = 1" in page and "train_subset = 1000" in page
+    assert (html / "01_metrics.html").is_file()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -12,12 +13,21 @@ from torch import nn
 
 import tcomplex as tc
 from tcomplex.ebm import (
+    FITS,
     BernoulliPrior,
     ComplexityPenalty,
+    FitSettings,
     LayerEBM,
     SwishGate,
+    binary_states,
+    exact_fit,
+    exact_log_partition,
+    fit_energy_model,
     langevin,
+    prior_pseudo_log_likelihood,
+    pseudo_log_likelihood,
     relax_relus,
+    resolve_fit,
     restore_relus,
 )
 
@@ -210,3 +220,189 @@ def test_penalty_state_resumes_with_the_substrate_checkpoints(tmp_path, monkeypa
     assert resumed.resumed_from == 1
     keep = lambda df: df[df.metric != "epoch_seconds"].reset_index(drop=True)  # noqa: E731
     pd.testing.assert_frame_equal(keep(whole), keep(resumed.rows))
+
+
+# ---------------------------------------------------------------------------
+# does the energy model learn p(sigma)?  exact checks on enumerable layers
+# ---------------------------------------------------------------------------
+def prototypes(n: int, g: torch.Generator, d: int = 12, k: int = 6, flip: float = 0.05) -> torch.Tensor:
+    """k random d-bit prototypes, each bit flipped with probability ``flip``: correlated, entropy known."""
+    protos = (torch.rand(k, d, generator=torch.Generator().manual_seed(11)) < 0.5).float()
+    which = torch.randint(0, k, (n,), generator=g)
+    return (protos[which] + (torch.rand(n, d, generator=g) < flip).float()) % 2
+
+
+def test_exact_log_partition_sums_over_all_binary_states():
+    torch.manual_seed(0)
+    ebm = LayerEBM(3)
+    ebm.q.update(torch.tensor([[1.0, 0.0, 1.0], [1.0, 1.0, 0.0], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0]]))
+    states = binary_states(3)
+    assert states.shape == (8, 3) and len({tuple(r) for r in states.tolist()}) == 8
+    with torch.no_grad():
+        brute = math.log(sum(math.exp(float(ebm.f(s[None])) + float(ebm.q.log_prob(s[None]))) for s in states))
+    assert exact_log_partition(ebm) == pytest.approx(brute, abs=1e-6)
+    with pytest.raises(ValueError, match="pseudo_log_likelihood"):
+        binary_states(40)
+
+
+def test_exact_fit_of_the_prior_alone_is_the_sum_of_marginal_entropies():
+    g = torch.Generator().manual_seed(0)
+    data = prototypes(2000, g)
+    ebm = LayerEBM(12)
+    ebm.q.update(data)
+    with torch.no_grad():
+        ebm.f.head.weight.zero_()
+        ebm.f.head.bias.zero_()
+    fit = exact_fit(ebm, data)
+    assert fit["model"] == pytest.approx(fit["prior"], abs=1e-3)  # f = 0: p_theta = q, Z = 1
+    assert fit["plugin"] < fit["prior"] - 3  # the prototypes are strongly correlated
+    assert fit["closed"] == pytest.approx(0.0, abs=1e-3)
+    with pytest.raises(ValueError, match="binary"):
+        exact_fit(ebm, data * 0.7)
+
+
+def test_learned_energy_model_closes_most_of_the_gap_to_the_exact_entropy():
+    """The default fit on correlated states with known entropy (6 prototypes of 12 bits, 5% flips):
+    its entropy estimate -E[log p_theta] with the exact log Z lies within 1.75 bits of the exact plug-in
+    entropy (measured: 1.05-1.08 bits over seeds 0-2, the prior 4.4 bits above) and closes more than 60% of
+    the gap that the prior alone leaves (measured 0.75-0.76); the authors' settings
+    leave the model at the prior (closed ~ 0)."""
+    g = torch.Generator().manual_seed(0)
+    data = prototypes(3000, g)
+    torch.manual_seed(0)
+    learned = fit_energy_model(LayerEBM(12), data, "learned", iters=300, seed=0)
+    fit = exact_fit(learned, data)
+    assert fit["prior"] - fit["plugin"] > 4.0, fit
+    assert fit["model"] < fit["plugin"] + 1.75, fit
+    assert fit["closed"] > 0.6, fit
+    torch.manual_seed(0)
+    authors = fit_energy_model(LayerEBM(12), data, "authors", iters=100, seed=0)
+    assert abs(exact_fit(authors, data)["closed"]) < 0.05
+
+
+def test_pseudo_likelihood_matches_the_exact_conditionals():
+    d = 4
+    states = binary_states(d)
+
+    def energy(s: torch.Tensor) -> torch.Tensor:  # a ferromagnetic chain plus a field
+        spins = 2 * s - 1
+        return -(spins[:, 1:] * spins[:, :-1]).sum(1) - 0.5 * spins[:, 0]
+
+    data = states[[0, 3, 15, 15, 12, 7]]
+    logp = -energy(states)
+    expected = 0.0
+    for row in data:
+        for i in range(d):
+            other = row.clone()
+            other[i] = 1 - other[i]
+            a = float(logp[int("".join(str(int(v)) for v in row.tolist()), 2)])
+            b = float(logp[int("".join(str(int(v)) for v in other.tolist()), 2)])
+            expected += a - math.log(math.exp(a) + math.exp(b))
+    expected /= len(data) * d
+    assert pseudo_log_likelihood(energy, data, gates=None) == pytest.approx(expected, rel=1e-6)
+    # a subset of gates estimates the same mean; an independent prior's conditionals are its marginals
+    q = BernoulliPrior(d)
+    q.update(data)
+    direct = float(torch.log(torch.where(data > 0.5, q.p, 1 - q.p) + 1e-5).mean())
+    assert prior_pseudo_log_likelihood(q, data, gates=None) == pytest.approx(direct, abs=1e-4)
+    assert -math.log(2) - 1e-9 <= pseudo_log_likelihood(lambda s: 0 * s.sum(1), data, gates=2) <= -math.log(2) + 1e-9
+    with pytest.raises(ValueError, match="binary"):
+        pseudo_log_likelihood(energy, data * 0.5)
+
+
+def test_learned_model_beats_the_prior_on_held_out_pseudo_likelihood():
+    g = torch.Generator().manual_seed(1)
+    train, held = prototypes(3000, g), prototypes(500, g)
+    torch.manual_seed(0)
+    ebm = fit_energy_model(LayerEBM(12), train, iters=300, seed=0)
+    pl_model = pseudo_log_likelihood(ebm.energy, held, gates=None)
+    pl_prior = prior_pseudo_log_likelihood(ebm.q, held, gates=None)
+    assert pl_model > pl_prior + 0.1, (pl_model, pl_prior)
+
+
+def test_langevin_stays_in_the_unit_box_and_reports_its_settings():
+    start = (torch.rand(200, 8, generator=torch.Generator().manual_seed(0)) < 0.5).float()
+    flat = lambda s: 0.0 * s.sum(1)  # noqa: E731
+    for bounds in ("reflect", "clamp"):
+        out = langevin(flat, start, steps=10, step_size=0.5, bounds=bounds, generator=torch.Generator().manual_seed(1))
+        assert out.min() >= 0 and out.max() <= 1 and out.std() > 0.1
+    free = langevin(flat, start, steps=10, step_size=0.5, bounds="none", generator=torch.Generator().manual_seed(1))
+    assert free.min() < 0 and free.max() > 1
+    with pytest.raises(ValueError, match="bounds"):
+        langevin(flat, start, bounds="wrap")
+    p = ComplexityPenalty.for_model(_mlp(), torch.randn(8, 6), lam=1.0, layers=[-1], fit="authors")
+    assert p.langevin_settings == {"steps": 5, "step_size": 1e-3, "noise_std": pytest.approx(math.sqrt(1e-3)),
+                                   "bounds": "reflect", "negatives": "data"}
+    p.remove()
+    assert FITS["learned"].noise_std == pytest.approx(math.sqrt(FITS["learned"].langevin_step_size))
+
+
+def test_fit_settings_by_name_and_overrides():
+    assert resolve_fit("authors").lr == 1e-4 and resolve_fit("authors").clip_grad == 1e-5
+    s = resolve_fit("learned", langevin_steps=7, lr=None)
+    assert s.langevin_steps == 7 and s.lr == FITS["learned"].lr and s.name == "learned"
+    with pytest.raises(ValueError, match="unknown energy-model fit"):
+        resolve_fit("fancy")
+    with pytest.raises(ValueError, match="unknown fit setting"):
+        resolve_fit("authors", step=3)
+    with pytest.raises(ValueError, match="optimizer"):
+        FitSettings("x", optimizer="lbfgs")
+    net = _mlp()
+    p = ComplexityPenalty.for_model(net, torch.randn(8, 6), lam=1.0, layers=[-1], fit="authors", langevin_steps=2,
+                                    clip_grad=None)
+    assert p.settings.langevin_steps == 2 and p.settings.clip_grad is None
+    assert isinstance(p.optimizer, torch.optim.SGD)
+    p.remove()
+
+
+def test_penalty_is_a_context_manager_that_restores_the_relus_on_errors():
+    net = _mlp()
+    x = torch.randn(8, 6)
+    with pytest.raises(KeyError):
+        with ComplexityPenalty.for_model(net, x, lam=1.0, layers=[-2, -1]) as p:
+            assert p.layer_names == ["1", "3"]
+            assert isinstance(net[1], SwishGate)
+            net(x)
+            raise KeyError("boom")
+    assert all(type(m) is not SwishGate for m in net.modules())
+    assert not net._forward_pre_hooks
+    p.remove()  # idempotent
+    with pytest.raises(RuntimeError, match="removed"):
+        p.loss()
+    # built directly, the class names the layers itself
+    q = ComplexityPenalty(net, [("1", 0)], [32], lam=1.0)
+    assert q.layer_names == ["1"]
+    q.remove()
+
+
+def test_every_kth_batch_and_per_position_scaling():
+    net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 5 * 5, 3))
+    x = torch.rand(4, 1, 5, 5)
+    torch.manual_seed(0)  # the same initial energy net for both penalties
+    with ComplexityPenalty.for_model(net, x, lam=1.0, layers=[-1]) as plain, torch.no_grad():
+        net(x)
+        full = float(plain.loss())
+    torch.manual_seed(0)
+    with ComplexityPenalty.for_model(net, x, lam=1.0, layers=[-1], per_position=True, every=3) as p, torch.no_grad():
+        values = []
+        for _ in range(4):
+            net(x)
+            values.append(float(p.loss()))
+    assert values[0] == pytest.approx(full / 25, rel=1e-5)
+    assert values[1] == values[2] == 0.0 and values[3] == pytest.approx(values[0], rel=1e-5)
+    with pytest.raises(ValueError, match="every"):
+        ComplexityPenalty.for_model(net, x, lam=1.0, layers=[-1], every=0)
+    assert all(type(m) is not SwishGate for m in net.modules())
+
+
+def test_checkpoint_of_another_fit_is_refused():
+    x = torch.randn(8, 6)
+    with ComplexityPenalty.for_model(_mlp(), x, lam=1.0, layers=[-1], fit="authors") as a, \
+            ComplexityPenalty.for_model(_mlp(), x, lam=1.0, layers=[-1], fit="learned") as b:
+        with pytest.raises(ValueError, match="'authors' energy-model fit"):
+            b.load_state_dict(a.state_dict())
+        old = a.state_dict()
+        del old["fit"]
+        a.load_state_dict(old)  # an old checkpoint was trained with the authors' settings
+        with pytest.raises(ValueError, match="predates"):
+            b.load_state_dict(old)

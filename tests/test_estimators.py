@@ -65,7 +65,7 @@ def test_far_apart_distinct_states_reach_log2_n():
 @pytest.mark.parametrize("bandwidth", ["dims", "variance"])
 def test_matches_slow_reference(bandwidth):
     s = random_states(40, 25, seed=1)
-    h = tc.kde_entropy(s, alpha=0.05, bandwidth=bandwidth)
+    h = tc.kde_entropy(s, alpha=0.05, bandwidth=bandwidth, warn=False)
     assert float(h) == pytest.approx(reference_kde_entropy(s, h.sigma2), rel=KDE_REL)
 
 
@@ -100,14 +100,14 @@ def test_invariant_to_permutation_of_samples_and_gates():
     g = torch.Generator().manual_seed(9)
     perm_rows = torch.randperm(120, generator=g)
     perm_cols = torch.randperm(60, generator=g)
-    h = tc.kde_entropy(s, alpha=0.01)
-    assert float(tc.kde_entropy(s[perm_rows], alpha=0.01)) == pytest.approx(float(h), rel=KDE_REL)
-    assert float(tc.kde_entropy(s[:, perm_cols], alpha=0.01)) == pytest.approx(float(h), rel=KDE_REL)
+    h = tc.kde_entropy(s, alpha=0.01, warn=False)
+    assert float(tc.kde_entropy(s[perm_rows], alpha=0.01, warn=False)) == pytest.approx(float(h), rel=KDE_REL)
+    assert float(tc.kde_entropy(s[:, perm_cols], alpha=0.01, warn=False)) == pytest.approx(float(h), rel=KDE_REL)
 
 
 def test_monotone_decreasing_in_alpha():
     s = random_states(200, 50, seed=4)
-    values = [float(tc.kde_entropy(s, alpha=a)) for a in (0.001, 0.01, 0.05, 0.2, 1.0, 5.0)]
+    values = [float(tc.kde_entropy(s, alpha=a, warn=False)) for a in (0.001, 0.01, 0.05, 0.2, 1.0, 5.0)]
     assert all(x > y for x, y in zip(values, values[1:])), values
 
 
@@ -125,10 +125,8 @@ def test_variance_bandwidth_saturates_where_dims_does_not():
     idx = torch.randint(0, 10, (500,), generator=g)
     noise = torch.rand(500, 400, generator=g) < 0.02
     s = proto[idx] ^ noise
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", SaturationWarning)
-        dims = tc.kde_entropy(s, alpha=0.01)
-        var = tc.kde_entropy(s, alpha=0.01, bandwidth="variance")
+    dims = tc.kde_entropy(s, alpha=0.01, warn=False)
+    var = tc.kde_entropy(s, alpha=0.01, bandwidth="variance", warn=False)
     assert var.sigma2 < dims.sigma2
     assert float(var) > float(dims)
 
@@ -148,9 +146,7 @@ def test_interaction_information_nonnegative_and_bounded_on_deterministic_net():
     y = net(x).argmax(1)
     rec = tc.record_gates(net, x)
     for alpha in (0.001, 0.01, 0.1, 1.0):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", SaturationWarning)
-            ii = tc.kde_interaction_information(rec.concat(), y, alpha=alpha)
+        ii = tc.kde_interaction_information(rec.concat(), y, alpha=alpha, warn=False)
         assert -1e-9 <= float(ii) <= math.log2(4) + 1e-9
 
 
@@ -162,10 +158,8 @@ def test_interaction_information_class_prior_is_n_m_over_n():
     y = torch.tensor([0] * 30 + [1] * 10)
     a = 1e-3
     h = tc.kde_entropy(s, alpha=a)
-    h1 = tc.kde_entropy(s[30:], alpha=a * 400 / 400)  # same d, same sigma0^2
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", SaturationWarning)
-        ii = tc.kde_interaction_information(s, y, alpha=a)
+    h1 = tc.kde_entropy(s[30:], alpha=a * 400 / 400, warn=False)  # same d, same sigma0^2
+    ii = tc.kde_interaction_information(s, y, alpha=a, warn=False)
     expected = float(h) - (30 / 40) * 0.0 - (10 / 40) * float(h1)
     assert float(ii) == pytest.approx(expected, rel=KDE_REL)
 
@@ -285,7 +279,7 @@ def test_plugin_rejects_soft_states():
 def test_large_d_stays_exact_in_float32_gemm():
     # d beyond float16/bfloat16 exactness: the distances must still be exact integers
     s = random_states(20, 70000, p=0.5, seed=13)
-    h = tc.kde_entropy(s, alpha=1e-4, block=8)
+    h = tc.kde_entropy(s, alpha=1e-4, block=8, warn=False)
     x = s.double()
     d2 = (x[:, None, :] - x[None, :, :]).pow(2).sum(-1)
     ref = -(torch.logsumexp(-0.5 * d2 / (1e-4 * 70000), 1) - math.log(20)).mean() / LOG2
@@ -324,9 +318,8 @@ def test_entropy_from_distances_equals_the_direct_estimators():
     sigma2 = tc.kde_bandwidth(s, alpha=0.05)
     h, ii = tc.kde_entropy_from_distances(tc.squared_distances(s), sigma2=sigma2, labels=y)
     h_ref, ii_ref = tc.kde_entropy_and_interaction(s, y, alpha=0.05)
-    assert float(h) == pytest.approx(float(h_ref), rel=KDE_REL)
-    # I(X;Sigma;Y) is a difference of entropies: both float32 paths agree to ~1e-7 bits absolute
-    assert float(ii) == pytest.approx(float(ii_ref), abs=1e-6)
+    # one implementation of Eq. 2 / Eq. 4 fed with the same distance blocks: the same numbers
+    assert float(h) == float(h_ref) and float(ii) == float(ii_ref)
     assert h.ceiling == h_ref.ceiling and ii.ceiling == ii_ref.ceiling
     h_only, none = tc.kde_entropy_from_distances(tc.squared_distances(s), sigma2=sigma2)
     assert none is None and float(h_only) == pytest.approx(float(h), rel=KDE_REL)
@@ -336,7 +329,143 @@ def test_entropy_from_distances_equals_the_direct_estimators():
     (torch.zeros(3, 4), 1.0, r"square \[n, n\] tensor, got \(3, 4\)"),
     (torch.zeros(1, 1), 1.0, "at least 2"),
     (torch.zeros(3, 3), 0.0, "sigma2 must be > 0"),
+    (torch.zeros(3, 3), float("nan"), "sigma2 must be > 0"),
+    (torch.tensor([[0.0, float("nan")], [float("nan"), 0.0]]), 1.0, "contains NaN"),
+    (torch.tensor([[0.0, -1.0], [-1.0, 0.0]]), 1.0, "negative"),
 ])
 def test_entropy_from_distances_rejects_bad_input(d2, sigma2, message):
     with pytest.raises(ValueError, match=message):
         tc.kde_entropy_from_distances(d2, sigma2=sigma2)
+
+
+# --- warnings come from the public functions (issue 11) ------------------------------
+def test_estimate_value_object_never_warns_and_public_functions_can_be_silenced():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        e = tc.Estimate(6.0, ceiling=6.0, what="H")  # a value object: creating it is silent
+    assert e.saturated
+    s = torch.eye(64, dtype=torch.bool).repeat_interleave(50, dim=1)  # far apart: saturates
+    with pytest.warns(SaturationWarning, match="warn=False"):
+        tc.kde_entropy(s, alpha=1e-3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        h = tc.kde_entropy(s, alpha=1e-3, warn=False)
+        hh, _ = tc.kde_entropy_and_interaction(s, torch.arange(64) % 2, alpha=1e-3, warn=False)
+        tc.kde_entropy_from_distances(tc.squared_distances(s), sigma2=h.sigma2, warn=False)
+        tc.plugin_entropy(s, warn=False)
+    assert h.saturated and hh.saturated
+
+
+# --- estimator edges (issue 15) -----------------------------------------------------
+def test_negative_tc_is_kept_and_flagged():
+    s = random_states(60, 12, p=0.5, seed=0)  # independent gates: true TC = 0
+    t = tc.kde_total_correlation(s, alpha=0.2)
+    assert float(t) < 0 and t.negative  # the raw Eq. 28 bound, flagged
+    assert "negative" in repr(t) and pickle.loads(pickle.dumps(t)).negative
+    assert not tc.kde_total_correlation(random_states(60, 12, p=0.5, seed=1), alpha=0.2).negative
+
+
+@pytest.mark.parametrize("base", [float("nan"), float("inf"), 0.0, 1.0, -2.0])
+def test_bad_base_is_a_clear_error(base):
+    s = random_states(20, 8, seed=3)
+    with pytest.raises(ValueError, match="base must be"):
+        tc.kde_entropy(s, alpha=0.1, base=base)
+    with pytest.raises(ValueError, match="base must be"):
+        tc.kde_entropy_from_distances(tc.squared_distances(s), sigma2=1.0, base=base)
+
+
+@pytest.mark.parametrize("alpha", [np.float32(0.05), np.float64(0.05), torch.tensor(0.05), np.array(0.05)])
+def test_alpha_accepts_real_scalars(alpha):
+    s = random_states(40, 16, seed=4)
+    ref = tc.kde_entropy(s, alpha=float(alpha))  # the scalar's own value (float32 0.05 is not 0.05)
+    assert float(tc.kde_entropy(s, alpha=alpha)) == float(ref)
+
+
+@pytest.mark.parametrize("alpha", [torch.tensor(-0.1), np.float32(0), np.float64("nan"), torch.tensor([0.1]), True, "0.1"])
+def test_alpha_rejects_non_positive_non_finite_and_non_scalars(alpha):
+    with pytest.raises(ValueError, match="alpha must be a positive finite real number"):
+        tc.kde_entropy(random_states(10, 4), alpha=alpha)
+
+
+@pytest.mark.parametrize("labels", [["a", "b"] * 5, np.array(["cat"] * 10), [None] * 10])
+def test_string_labels_are_a_clear_error(labels):
+    with pytest.raises(ValueError, match="labels must be integer class ids, 1-D"):
+        tc.kde_interaction_information(random_states(10, 4), labels, alpha=0.1)
+
+
+# --- packed states: XOR + popcount (issue 16) -------------------------------------------
+def _structured(n: int, d: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(11)
+    proto = torch.rand(5, d, generator=g) < 0.5
+    return proto[torch.arange(n) % 5] ^ (torch.rand(n, d, generator=g) < 0.05)
+
+
+@pytest.mark.parametrize("n, d, kind", [
+    (2, 1, "random"), (3, 1, "random"), (50, 1, "random"), (40, 63, "random"), (40, 64, "random"),
+    (41, 65, "structured"), (70, 130, "structured"), (33, 1000, "random"), (20, 3000, "equal"),
+    (2, 200, "random"), (600, 70, "random"),
+])
+def test_packed_distances_are_bit_identical_to_the_gemm(n, d, kind):
+    if kind == "random":
+        s = random_states(n, d, p=0.4, seed=n + d)
+    elif kind == "structured":
+        s = _structured(n, d)
+    else:  # all rows equal
+        s = (torch.arange(d) % 3 == 0).expand(n, d).clone()
+    packed = tc.squared_distances(s, backend="packed")
+    gemm = tc.squared_distances(s, backend="gemm")
+    assert torch.equal(packed, gemm)
+    assert torch.equal(packed.double(), torch.cdist(s.double(), s.double()).pow(2).round())
+    assert torch.equal(tc.hamming_distances(tc.PackedStates.from_bool(s)), gemm)
+    if kind == "equal":
+        assert not packed.any()
+
+
+@pytest.mark.parametrize("block", [None, 7])
+def test_estimators_equal_on_both_paths(block):
+    s = _structured(90, 150)
+    y = torch.arange(90) % 3
+    p = tc.PackedStates.from_bool(s)
+    for kw in ({"alpha": 0.05}, {"alpha": 0.2, "bandwidth": "variance"}):
+        kw = {**kw, "block": block, "warn": False}
+        ref = tc.kde_entropy(s, backend="gemm", **kw)
+        assert float(tc.kde_entropy(s, backend="packed", **kw)) == float(ref)
+        assert float(tc.kde_entropy(p, **kw)) == float(ref)
+        assert float(tc.kde_mutual_information(p, **kw)) == float(ref)
+        h_g, i_g = tc.kde_entropy_and_interaction(s, y, backend="gemm", **kw)
+        h_p, i_p = tc.kde_entropy_and_interaction(p, y, **kw)
+        assert (float(h_p), float(i_p)) == (float(h_g), float(i_g))
+        tkw = {k: v for k, v in kw.items() if k != "warn"}
+        t_g = tc.kde_total_correlation(s, backend="gemm", **tkw)
+        assert float(tc.kde_total_correlation(p, **tkw)) == float(t_g)
+    assert torch.equal(tc.activation_rates(p), tc.activation_rates(s))
+    assert tc.marginal_entropy_sum(p) == tc.marginal_entropy_sum(s)
+    assert float(tc.plugin_entropy(p, warn=False)) == float(tc.plugin_entropy(s, warn=False))
+
+
+def test_packed_states_of_several_layers_keep_their_boundaries():
+    a, b = random_states(30, 70, seed=1), random_states(30, 5, seed=2)
+    words = torch.cat([tc.PackedStates.from_bool(a).words, torch.zeros(30, 1, dtype=torch.int64),
+                       tc.PackedStates.from_bool(b).words], 1)
+    both = tc.PackedStates(words, [(0, 70), (3, 5)])  # a gap word between the layers
+    assert both.shape == (30, 75) and torch.equal(both.unpack(), torch.cat([a, b], 1))
+    assert torch.equal(tc.squared_distances(both), tc.squared_distances(torch.cat([a, b], 1), backend="gemm"))
+    with pytest.raises(ValueError, match="does not fit"):
+        tc.PackedStates(words, [(3, 70)])
+
+
+def test_pack_bits_torch_route_equals_numpy_route():
+    from tcomplex.bits import pack_bits, unpack_bits
+
+    for d in (1, 8, 63, 64, 65, 200):
+        s = random_states(9, d, seed=d)
+        words = pack_bits(s)
+        assert torch.equal(pack_bits(s, route="torch"), words)
+        assert torch.equal(unpack_bits(words, d, route="torch"), s) and torch.equal(unpack_bits(words, d), s)
+
+
+def test_packed_backend_needs_binary_cpu_states():
+    with pytest.raises(ValueError, match="backend='packed' needs binary"):
+        tc.kde_entropy(torch.rand(10, 4), alpha=0.1, backend="packed")
+    with pytest.raises(ValueError, match="backend must be"):
+        tc.kde_entropy(random_states(10, 4), alpha=0.1, backend="fast")

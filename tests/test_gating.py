@@ -879,3 +879,60 @@ def test_recorders_in_two_threads_see_only_their_own_functional_calls():
     assert rb.n == 7 and out["a"].n == 5
     with torch.no_grad():
         assert torch.equal(rb["relu()#0"], b.fc(xb) > 0) and torch.equal(out["a"]["relu()#0"], a.fc(xa) > 0)
+
+
+# --- storage as bits (issue 16) -------------------------------------------------------
+def test_recording_is_stored_as_bits_with_layer_boundaries():
+    torch.manual_seed(21)
+    net = nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(27, 65), nn.ReLU())
+    x = torch.randn(37, 1, 8, 8)
+    with GateRecorder(net) as rec:  # bool states of each batch, as captured
+        batches = []
+        for xb in x.split(10):
+            net(xb)
+            batches.append(rec.last)
+    bool_states = {k: torch.cat([b[k] for b in batches]) for k in batches[0]}
+    for r in (tc.record_gates(net, x, batch_size=10), tc.record_gates(net, list(x.split(10)))):
+        assert r.names == ["1", "2", "5"] and r.n == 37
+        widths = [r.info[k].width for k in r.names]  # 108, 27 * 4, 65
+        assert widths == [108, 108, 65]
+        # 64 gates per word, each layer word-aligned: n * sum(ceil(d_l / 64)) * 8 bytes
+        assert r.nbytes == 37 * sum(-(-w // 64) for w in widths) * 8
+        for k in r.names:
+            assert r[k].dtype == torch.bool and torch.equal(r[k], bool_states[k])
+        assert torch.equal(r.concat(), torch.cat([bool_states[k] for k in r.names], 1))
+        assert torch.equal(r.suffix(2), torch.cat([bool_states["2"], bool_states["5"]], 1))
+        p = r.packed()
+        assert p.shape == (37, 281) and torch.equal(p.unpack(), r.concat())
+        assert torch.equal(r.packed(["5", "1"]).unpack(), torch.cat([bool_states["5"], bool_states["1"]], 1))
+        sel = r.select([-1])
+        assert sel.names == ["5"] and torch.equal(sel["5"], bool_states["5"])
+        assert sel.packed().words.data_ptr() == r.packed().words.data_ptr()  # shared, not copied
+    # a recording built from bool states packs them the same way
+    again = tc.Recording({k: bool_states[k] for k in r.names}, r.info)
+    assert torch.equal(again.packed().words, r.packed().words)
+
+
+def test_estimates_from_the_packed_recording_equal_the_bool_ones():
+    torch.manual_seed(22)
+    net = nn.Sequential(nn.Linear(6, 40), nn.ReLU(), nn.Linear(40, 70), nn.ReLU())
+    x = torch.randn(120, 6)
+    r = tc.record_gates(net, x)
+    for names in (None, ["1"], ["3"]):
+        s = r.concat(names)
+        h_bool = tc.kde_entropy(s, alpha=0.05, backend="gemm", warn=False)
+        assert float(tc.kde_entropy(r.packed(names), alpha=0.05, warn=False)) == float(h_bool)
+    # the whole network's distances are the sum of the layers', from the same storage
+    d_all = tc.squared_distances(r.packed())
+    assert torch.equal(d_all, tc.squared_distances(r.packed(["1"])) + tc.squared_distances(r.packed(["3"])))
+
+
+@pytest.mark.parametrize("window, dtype", [(1, torch.uint8), (4, torch.uint8), (9, torch.uint8), (300, torch.int16)])
+def test_pool_winners_are_packed_straight_to_bits(window, dtype):
+    from tcomplex.bits import pack_bits, pack_onehot
+
+    g = torch.Generator().manual_seed(window)
+    off = torch.randint(0, window, (7, 23), generator=g).to(dtype)
+    onehot = F.one_hot(off.long(), window).reshape(7, 23 * window).bool()
+    assert torch.equal(pack_onehot(off, window), pack_bits(onehot))
+    assert torch.equal(pack_onehot(off, window, route="torch"), pack_bits(onehot))

@@ -237,16 +237,95 @@ def test_ebm_diagnostics_rebuild_the_initial_energy_nets(tmp_path):
 
     ctx = Context.create("test", str(tmp_path / "runs"), str(tmp_path / "results"), str(DATA))
     cfgs = mc.configs([["mlp_mnist", "mnist"]], [0.0, 1e-3], [0], epochs=1, train_subset=256, test_subset=256,
-                      analysis_per_class=5)
+                      analysis_per_class=5, variants=mc.VARIANTS)
+    assert [mc.variant_of(c) for c in cfgs] == ["baseline", "learned", "authors", "prior"]
     train_many(cfgs, ctx)
-    table = mc.ebm_table(cfgs, ctx)
-    assert len(table) == 1 and table.lam.iloc[0] == 1e-3
-    # two SGD steps at lr 1e-4 with values clipped at 1e-5: the energy nets hardly move (a wrong
-    # rebuild of the initial nets would give a relative change of order 1)
-    assert 0 < table.drift.iloc[0] < 1e-3
-    assert table.neg_log_q.iloc[0] > 0
+    table = mc.ebm_table(cfgs, ctx).set_index("variant")
+    assert list(table.index) == ["learned", "authors", "prior"] and (table.lam == 1e-3).all()
+    # two SGD steps at lr 1e-4 with values clipped at 1e-5: the authors' energy nets hardly move (a wrong
+    # rebuild of the initial nets would give a relative change of order 1); Adam moves them; the prior
+    # variant never fits them
+    assert 0 < table.drift["authors"] < 1e-3 < table.drift["learned"]
+    assert table.drift["prior"] == 0.0
+    assert (table.neg_log_q > 0).all()
+    # held-out pseudo-likelihood per gate: a log-probability, and the prior variant's energy is the prior
+    assert ((table.pl_model < 0) & (table.pl_prior < 0) & (table.pl_model > -12)).all()
+    assert table.pl_model["prior"] == pytest.approx(table.pl_prior["prior"])
+    assert table.langevin_noise_std["authors"] == pytest.approx(math.sqrt(1e-3))
     with pytest.raises(ValueError, match="no complexity loss"):
         mc.ebm_diagnostics(cfgs[0], ctx)
+
+
+def test_configs_of_the_ablation_share_the_baseline():
+    cfgs = mc.configs([["resmlp10", "mnist"]], [0.0, 1e-3, 1e-2], [0, 1], epochs=1, train_subset=100,
+                      test_subset=None, analysis_per_class=5, variants=("learned", "prior"),
+                      lambda_scaling="authors", tc=True)
+    assert len(cfgs) == 2 + 2 * 2 * 2 and len({c.run_id for c in cfgs}) == len(cfgs)
+    assert [c.complexity_options for c in cfgs if c.complexity_lambda == 0] == [{}, {}]
+    assert {tuple(sorted(c.complexity_options.items())) for c in cfgs if c.complexity_lambda > 0} == {
+        (("every", 10), ("fit", "learned"), ("per_position", True)),
+        (("every", 10), ("fit", "prior"), ("per_position", True))}
+    assert all(c.tc for c in cfgs)
+    with pytest.raises(ValueError, match="unknown or no penalty variant"):
+        mc.configs([["resmlp10", "mnist"]], [0.0], [0], epochs=1, train_subset=1, test_subset=None,
+                   analysis_per_class=1, variants=("fancy",))
+    with pytest.raises(ValueError, match="lambda_scaling"):
+        mc.configs([["resmlp10", "mnist"]], [0.0], [0], epochs=1, train_subset=1, test_subset=None,
+                   analysis_per_class=1, lambda_scaling="x")
+
+
+def ablation_runs(h_learned: list[float], h_prior: list[float], noise: float = 0.05) -> pd.DataFrame:
+    """Baseline + two variants at LAMS[1:], three seeds each; H_pen per λ as given (the baseline 7.0)."""
+    rng = np.random.default_rng(1)
+    rows = []
+    for variant, hs in (("baseline", [7.0]), ("learned", h_learned), ("prior", h_prior)):
+        lams = [0.0] if variant == "baseline" else LAMS[1:]
+        for lam, h in zip(lams, hs):
+            for s in (0, 1, 2):
+                row = {"model": "resmlp10", "dataset": "mnist", "lam": lam, "seed": s, "variant": variant,
+                       "H_pen_saturated": 0, "H_all_saturated": 0, "I_XSY_saturated": 0}
+                for metric in mc.METRICS:
+                    row[metric] = 1.0 + noise * rng.standard_normal()
+                row["H_pen"] = h + noise * rng.standard_normal()
+                row["test_acc"] = 0.97  # every network learned (drawn after the others: the noise stays as it was)
+                row["log2_n"] = math.log2(1000)  # H_pen (at most 7.3 bits) has headroom
+                rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def test_ablation_intervals_and_verdicts():
+    runs = ablation_runs([6.0, 4.0, 2.0], [6.0, 5.0, 4.0])
+    c = mc.ablation_comparison(runs, "resmlp10", "H_pen")
+    assert list(c.lam) == LAMS[1:]
+    assert c["diff"].tolist() == pytest.approx([0.0, -1.0, -2.0], abs=0.15)
+    assert c.differs.tolist() == [False, True, True] and (c.lo < c["diff"]).all() and (c["diff"] < c.hi).all()
+    table = mc.ablation_table(runs)
+    row = table[(table.variant == "learned") & (table.lam == 1e-2) & (table.metric == "H_pen")].iloc[0]
+    assert row.n == 3 and row["mean"] == pytest.approx(2.0, abs=0.1) and 0 < row.ci95 < 0.5
+    f = {x.key: x for x in mc.findings(runs, "")}
+    assert f["ablation:resmlp10"].verdict == REPRODUCED
+    assert {"H_pen:resmlp10:learned", "H_pen:resmlp10:prior"} <= set(f)
+    assert f["H_pen:resmlp10:learned"].verdict == REPRODUCED
+    same = ablation_runs([6.0, 4.0, 2.0], [6.0, 4.0, 2.0])
+    assert {x.key: x for x in mc.findings(same, "")}["ablation:resmlp10"].verdict == NOT_REPRODUCED
+    one_seed = same[same.seed == 0]
+    # one seed per cell: no Welch interval, so neither verdict can be drawn
+    alone = mc.ablation_findings(one_seed, "")[0]
+    assert alone.verdict == INCONCLUSIVE and [p.name for p in alone.failed] == ["enough seeds per variant and λ"]
+    # only the losses differ: partly, naming the parts
+    losses = same.copy()
+    losses.loc[(losses.variant == "learned") & (losses.lam == 1e-2), "test_loss"] += 1.0
+    part = {x.key: x for x in mc.findings(losses, "")}["ablation:resmlp10"]
+    assert part.verdict == PARTLY and part.parts.startswith("held: learned differs on test_loss;")
+    # a learned variant that collapsed to chance at the largest λ: its low H proves nothing
+    dead = runs.copy()
+    dead.loc[(dead.variant == "learned") & (dead.lam == 1e-2), "test_acc"] = 0.1
+    f = mc.ablation_findings(dead, "")[0]
+    assert f.verdict == INCONCLUSIVE and f.failed[0].name == "resmlp10 on mnist (learned and prior, every λ > 0) learned"
+    # H_pen within the margin of log2 n: no difference could show
+    flat = same.assign(log2_n=6.2)  # the compared runs reach H_pen ~ 6.0
+    f = mc.ablation_findings(flat, "")[0]
+    assert f.verdict == INCONCLUSIVE and [p.name for p in f.failed] == ["H(Σ_l) of the penalised layers has headroom"]
 
 
 def test_a_rise_then_fall_with_a_weak_rho_is_only_partly():

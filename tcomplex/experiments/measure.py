@@ -23,7 +23,6 @@ terms of Eq. 4.  Otherwise each estimate streams its own distances.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -62,23 +61,23 @@ def _layer_rows(layer: str, states: Tensor, labels: Tensor | None, det: Tensor |
     if entropy:
         if sq_dists is not None:  # H and the class terms of Eq. 4 from one distance matrix
             h, ixsy = est.kde_entropy_from_distances(
-                sq_dists, sigma2=est.kde_bandwidth(states, alpha=a, bandwidth=bandwidth), labels=labels)
+                sq_dists, sigma2=est.kde_bandwidth(states, alpha=a, bandwidth=bandwidth), labels=labels, warn=False)
         elif labels is not None:  # H(Sigma) is a term of Eq. 4: computed once for both
-            h, ixsy = est.kde_entropy_and_interaction(states, labels, alpha=a, bandwidth=bandwidth)
+            h, ixsy = est.kde_entropy_and_interaction(states, labels, alpha=a, bandwidth=bandwidth, warn=False)
         else:
-            h, ixsy = est.kde_entropy(states, alpha=a, bandwidth=bandwidth), None
+            h, ixsy = est.kde_entropy(states, alpha=a, bandwidth=bandwidth, warn=False), None
         out += [_row(layer, "H", h), _row(layer, "saturated_H", float(h.saturated))]
     out += [_row(layer, "alpha", a), _row(layer, "width", states.shape[1])]
     if entropy:
         if ixsy is not None:
             out.append(_row(layer, "I_XSY", ixsy))
         if det is not None:
-            out.append(_row(layer, "I_XS", est.kde_mutual_information(det, alpha=a, bandwidth=bandwidth)))
+            out.append(_row(layer, "I_XS", est.kde_mutual_information(det, alpha=a, bandwidth=bandwidth, warn=False)))
     out.append(_row(layer, "C", est.marginal_entropy_sum(states)))
     if tc:
         out.append(_row(layer, "TC", est.kde_total_correlation(states, alpha=a, bandwidth=bandwidth)))
     if plugin:
-        hp = est.plugin_entropy(states)
+        hp = est.plugin_entropy(states, warn=False)
         out += [_row(layer, "H_plugin", hp), _row(layer, "saturated_H_plugin", float(hp.saturated)),
                 _row(layer, "TC_plugin", est.plugin_total_correlation(states))]
     if rates:
@@ -147,36 +146,35 @@ def measure(
     names = recording.names
     if not names:
         raise ValueError("the recording has no gating layers: nothing to measure")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", est.SaturationWarning)
-        if alphas is not None:
-            return _sweep(recording, labels, list(alphas), bandwidth=bandwidth, per_layer=per_layer,
-                          whole_network=whole_network)
-        det = without_sampling
-        dense = per_layer and whole_network and recording.n <= DENSE_MAX_SAMPLES
-        total: Tensor | None = None
-        layer_rows: list[dict[str, Any]] = []
-        opts = dict(bandwidth=bandwidth, rates=rates, rate_stats=rate_stats, plugin=plugin, entropy=True)
-        if per_layer:
-            for name in names:
-                a = alpha if alpha is not None else recording.info[name].default_alpha
-                d2 = est.squared_distances(recording[name]) if dense else None
-                layer_rows += _layer_rows(name, recording[name], labels, det[name] if det is not None else None,
-                                          a, tc=tc, sq_dists=d2, **opts)
-                if d2 is not None:
-                    total = d2 if total is None else total.add_(d2)
-        rows: list[dict[str, Any]] = []
-        if whole_network:
-            a_all = alpha if alpha is not None else recording.default_alpha()
-            rows = _layer_rows(ALL, recording.concat(), labels, det.concat() if det is not None else None, a_all,
-                               tc=False, sq_dists=total, **opts)
-        rows += layer_rows
-        if suffix:
-            kde = est.layerwise_entropies(recording, alpha=alpha, bandwidth=bandwidth)
-            plug = est.layerwise_entropies(recording, estimator="plugin")
-            for l, (hk, hp) in enumerate(zip(kde, plug), start=1):
-                rows.append(_row(f"suffix:{l}", "H", hk))
-                rows.append(_row(f"suffix:{l}", "H_plugin", hp))
+    if alphas is not None:
+        return _sweep(recording, labels, list(alphas), bandwidth=bandwidth, per_layer=per_layer,
+                      whole_network=whole_network)
+    det = without_sampling
+    dense = per_layer and whole_network and recording.n <= DENSE_MAX_SAMPLES
+    total: Tensor | None = None
+    layer_rows: list[dict[str, Any]] = []
+    opts = dict(bandwidth=bandwidth, rates=rates, rate_stats=rate_stats, plugin=plugin, entropy=True)
+    if per_layer:
+        for name in names:
+            a = alpha if alpha is not None else recording.info[name].default_alpha
+            states = recording.packed([name])  # bits: distances by XOR + popcount on the CPU
+            d2 = est.squared_distances(states) if dense else None
+            layer_rows += _layer_rows(name, states, labels, det.packed([name]) if det is not None else None,
+                                      a, tc=tc, sq_dists=d2, **opts)
+            if d2 is not None:
+                total = d2 if total is None else total.add_(d2)
+    rows: list[dict[str, Any]] = []
+    if whole_network:
+        a_all = alpha if alpha is not None else recording.default_alpha()
+        rows = _layer_rows(ALL, recording.packed(), labels, det.packed() if det is not None else None, a_all,
+                           tc=False, sq_dists=total, **opts)
+    rows += layer_rows
+    if suffix:
+        kde = est.layerwise_entropies(recording, alpha=alpha, bandwidth=bandwidth, warn=False)
+        plug = est.layerwise_entropies(recording, estimator="plugin", warn=False)
+        for l, (hk, hp) in enumerate(zip(kde, plug), start=1):
+            rows.append(_row(f"suffix:{l}", "H", hk))
+            rows.append(_row(f"suffix:{l}", "H_plugin", hp))
     return rows
 
 
@@ -191,6 +189,9 @@ class _Single:
     def concat(self) -> Tensor:
         return self.states
 
+    def packed(self) -> Tensor:  # the estimators pick their route from the tensor itself
+        return self.states
+
     def default_alpha(self) -> float:  # never used: measure() requires alpha for a tensor
         raise ValueError("states given as a tensor have no default alpha")
 
@@ -199,18 +200,18 @@ def _sweep(recording: Recording | _Single, labels: Tensor | None, alphas: list[f
            per_layer: bool, whole_network: bool) -> list[dict[str, Any]]:
     targets: list[tuple[str, Tensor, float | None]] = []
     if whole_network:
-        targets.append((ALL, recording.concat(), None if isinstance(recording, _Single) else recording.default_alpha()))
+        targets.append((ALL, recording.packed(), None if isinstance(recording, _Single) else recording.default_alpha()))
     if per_layer:
-        targets += [(name, recording[name], recording.info[name].default_alpha) for name in recording.names]
+        targets += [(name, recording.packed([name]), recording.info[name].default_alpha) for name in recording.names]
     out = []
     for layer, s, default in targets:
         for a in alphas:
             a = default if a is None else float(a)
             if labels is not None:
-                h, ixsy = est.kde_entropy_and_interaction(s, labels, alpha=a, bandwidth=bandwidth)
+                h, ixsy = est.kde_entropy_and_interaction(s, labels, alpha=a, bandwidth=bandwidth, warn=False)
                 new = [_estimate_row(layer, "H", h, a), _estimate_row(layer, "I_XSY", ixsy, a)]
             else:
-                new = [_estimate_row(layer, "H", est.kde_entropy(s, alpha=a, bandwidth=bandwidth), a)]
+                new = [_estimate_row(layer, "H", est.kde_entropy(s, alpha=a, bandwidth=bandwidth, warn=False), a)]
             for r in new:
                 r["n"], r["width"] = int(s.shape[0]), int(s.shape[1])
             out += new

@@ -56,7 +56,8 @@ from typing import Any, Union
 
 import pandas as pd
 
-from tcomplex.experiments.train import TrainConfig, load_results, run_dir
+from tcomplex.experiments.runs import RunDir
+from tcomplex.experiments.train import TrainConfig, load_results
 
 __all__ = [
     "DASK_CONNECT_TIMEOUT_S",
@@ -695,7 +696,7 @@ def run_sweep(
     report = SweepReport(root=root_path, configs=unique)
     todo = []
     for rid, cfg in unique.items():
-        if (run_dir(root_path, cfg) / "finished.json").exists():
+        if RunDir(root_path, cfg).is_finished():
             report.skipped.append(rid)
         else:
             todo.append(cfg)

@@ -18,6 +18,20 @@ decrease with lambda (stated in :func:`trend`): Spearman's rho(lambda, metric)
 < 0 with p < 0.05 over all runs of the grid, and the mean at the largest lambda
 below the mean at lambda = 0 by more than the seed spread.  Estimates stuck at their
 ceiling (log2 n for H, log2 #classes for I(X;Sigma;Y)) are counted.
+
+Ablation (issue 17): the penalty is trained in one of the :data:`VARIANTS`,
+``learned`` (the energy model fitted so that it learns p(sigma_l), the default
+of :mod:`tcomplex.ebm`), ``authors`` (the authors' optimiser settings, under
+which the energy nets barely move) and ``prior`` (no energy net: the penalty is
+sum_l sum_i -log q(sigma_l^i), about C_l of Eq. 6), on the same lambda grid and
+seeds, with one shared lambda = 0 baseline.  :func:`ebm_table` records per run
+the variant, how far the energy nets moved and the per-gate pseudo-likelihood of
+held-out gating states under the penalty's energy and under the prior alone;
+:func:`ablation_table` and :func:`ablation_findings` compare the variants.
+Lambda scaling (:data:`LAMBDA_SCALINGS`): ``plain`` (the default; the penalty
+at every batch, the energy summed over all gates) or ``authors`` (their code:
+the penalty added at every 10th iteration, a conv layer's energy divided by its
+H x W positions).
 """
 
 from __future__ import annotations
@@ -33,7 +47,22 @@ import torch
 
 from tcomplex.experiments import data as data_mod
 from tcomplex.experiments import models as models_mod
-from tcomplex.experiments.report import NOT_MEASURED, Finding, verdict
+from tcomplex.experiments.report import (
+    NOT_MEASURED,
+    PARTLY,
+    THRESHOLDS,
+    Finding,
+    class_headroom,
+    diff_ci,
+    enough,
+    excludes_zero,
+    fmt_ci,
+    headroom,
+    judge,
+    learned,
+    mean_ci,
+    verdict,
+)
 from tcomplex.experiments.studies.common import Context, load_trained_model
 from tcomplex.experiments.train import TrainConfig, analysis_set_for, build_model_for
 from tcomplex.gating import record_gates, resolve_layers
@@ -51,6 +80,13 @@ __all__ = [
     "resolve_setups",
     "configs",
     "penalised_layers",
+    "VARIANTS",
+    "LAMBDA_SCALINGS",
+    "variant_of",
+    "variant_runs",
+    "ablation_table",
+    "ablation_comparison",
+    "ablation_findings",
     "ebm_diagnostics",
     "ebm_table",
     "run_table",
@@ -90,6 +126,19 @@ AUTHORS_RESMLP_CIFAR10: dict[str, tuple[float, float]] = {
     "loss_gap": (1.73, 0.78),  # test loss - training loss
 }
 
+#: the ablation's penalty variants: a name of tcomplex.ebm.FITS each
+VARIANTS: tuple[str, ...] = ("learned", "authors", "prior")
+#: lambda scalings: extra ComplexityPenalty options
+LAMBDA_SCALINGS: dict[str, dict[str, Any]] = {
+    "plain": {},
+    "authors": {"every": 10, "per_position": True},  # the authors' code
+}
+#: the variant name of lambda = 0 runs (shared by every variant)
+BASELINE = "baseline"
+#: held-out states and gates for the pseudo-likelihood of :func:`ebm_diagnostics`
+PL_STATES = 500
+PL_GATES = 64
+
 #: per-run metrics of :func:`run_table`: column -> axis label
 METRICS: dict[str, str] = {
     "H_pen": "H(Σ_l), mean of the penalised layers [bits]",
@@ -97,13 +146,16 @@ METRICS: dict[str, str] = {
     "loss_gap": "test loss − training loss",
     "test_loss": "test loss",
     "H_all": "H(Σ), whole network [bits]",
+    "C_pen": "C_l = Σ_i H(σ_l^i), mean of the penalised layers [bits]",
+    "TC_pen": "TC(Σ_l), mean of the penalised layers [bits]",
     "train_loss": "training loss",
     "test_acc": "test accuracy",
 }
 #: significance level of the Spearman test in :func:`trend`
 ALPHA_TEST = 0.05
 #: smallest change counted as a change, in the metric's units (guards one-seed grids)
-TOLERANCE: dict[str, float] = {"H_pen": 0.05, "I_XSY": 0.05, "H_all": 0.05, "loss_gap": 0.01,
+TOLERANCE: dict[str, float] = {"H_pen": 0.05, "I_XSY": 0.05, "H_all": 0.05, "C_pen": 0.05, "TC_pen": 0.05,
+                               "loss_gap": 0.01,
                                "test_loss": 0.01, "train_loss": 0.01, "test_acc": 0.005}
 
 
@@ -111,15 +163,15 @@ TOLERANCE: dict[str, float] = {"H_pen": 0.05, "I_XSY": 0.05, "H_all": 0.05, "los
 # the runs
 # ---------------------------------------------------------------------------
 #: what an entry of ``model_datasets`` may override, per model
-SETUP_KEYS = ("seeds", "epochs", "lr", "train_subset")
+SETUP_KEYS = ("seeds", "epochs", "lr", "train_subset", "variants")
 
 
 def resolve_setups(model_datasets: Sequence[Sequence[Any]], *, seeds: Sequence[int], epochs: int, lr: float,
-                   train_subset: int | None) -> list[dict[str, Any]]:
+                   train_subset: int | None, variants: Sequence[str] = ("learned",)) -> list[dict[str, Any]]:
     """The per-model settings: each entry is ``[model, dataset]`` or ``[model, dataset, {overrides}]``.
 
     Overrides (keys of :data:`SETUP_KEYS`) replace the chapter-wide ``seeds``,
-    ``epochs``, ``lr`` and ``train_subset`` for that model, so that an expensive
+    ``epochs``, ``lr``, ``train_subset`` and ``variants`` for that model, so that an expensive
     network can get fewer seeds or epochs than a cheap one within one budget.
     """
     out = []
@@ -132,7 +184,7 @@ def resolve_setups(model_datasets: Sequence[Sequence[Any]], *, seeds: Sequence[i
         if unknown:
             raise ValueError(f"{model}: unknown override(s) {unknown}; allowed: {list(SETUP_KEYS)}")
         setup = {"model": model, "dataset": dataset, "seeds": list(seeds), "epochs": epochs, "lr": lr,
-                 "train_subset": train_subset}
+                 "train_subset": train_subset, "variants": list(variants)}
         setup.update(extra)
         out.append(setup)
     return out
@@ -156,8 +208,15 @@ def describe_grid(lambdas: Sequence[float]) -> str:
 
 def configs(model_datasets: Sequence[Sequence[Any]], lambdas: Sequence[float], seeds: Sequence[int], *,
             epochs: int, train_subset: int | None, test_subset: int | None, analysis_per_class: int,
-            lr: float = 0.01, resmlp_init: str = "torch_default") -> list[TrainConfig]:
-    """One run per (model, dataset) x lambda x seed; lambda = 0 is the task-loss-only baseline.
+            lr: float = 0.01, resmlp_init: str = "torch_default", variants: Sequence[str] = ("learned",),
+            lambda_scaling: str = "plain", tc: bool = False) -> list[TrainConfig]:
+    """One run per (model, dataset) x lambda x seed (x variant for lambda > 0); lambda = 0 is the
+    task-loss-only baseline, shared by the variants.
+
+    ``variants``: names of :data:`VARIANTS` (the energy-model fit of
+    :mod:`tcomplex.ebm`, stored as ``complexity_options["fit"]``);
+    ``lambda_scaling``: a key of :data:`LAMBDA_SCALINGS`; ``tc``: also track
+    TC(Sigma_l) per layer (Eq. 28).
 
     ``model_datasets`` entries may override seeds, epochs, lr and train_subset
     (:func:`resolve_setups`).  Only the last epoch is tracked (Figure 7 compares
@@ -165,18 +224,46 @@ def configs(model_datasets: Sequence[Sequence[Any]], lambdas: Sequence[float], s
     ``ResMLP`` never applies its kaiming init, so their runs used PyTorch's
     default Linear init (``"torch_default"``).
     """
+    if lambda_scaling not in LAMBDA_SCALINGS:
+        raise ValueError(f"unknown lambda_scaling {lambda_scaling!r}; known: {sorted(LAMBDA_SCALINGS)}")
     out = []
-    for st in resolve_setups(model_datasets, seeds=seeds, epochs=epochs, lr=lr, train_subset=train_subset):
+    for st in resolve_setups(model_datasets, seeds=seeds, epochs=epochs, lr=lr, train_subset=train_subset,
+                             variants=variants):
+        unknown = sorted(set(st["variants"]) - set(VARIANTS))
+        if unknown or not st["variants"]:
+            raise ValueError(f"{st['model']}: unknown or no penalty variant(s) {unknown or st['variants']}; "
+                             f"known: {list(VARIANTS)}")
         kwargs = {"init": resmlp_init} if st["model"] == "resmlp10" else {}
         for lam in lambdas:
-            for seed in st["seeds"]:
-                out.append(TrainConfig(
-                    model=st["model"], dataset=st["dataset"], epochs=st["epochs"], seed=seed, lr=st["lr"],
-                    train_subset=st["train_subset"], test_subset=test_subset, analysis_per_class=analysis_per_class,
-                    track_epochs=[st["epochs"]], rates=False, model_kwargs=kwargs, complexity_lambda=float(lam),
-                    complexity_layers=list(PENALISED_LAYERS), label=f"{CHAPTER} lambda={lam:g}",
-                ))
+            for variant in (st["variants"] if lam > 0 else (BASELINE,)):
+                options = {} if lam == 0 else {"fit": variant, **LAMBDA_SCALINGS[lambda_scaling]}
+                label = f"{CHAPTER} lambda={lam:g}" + ("" if lam == 0 else f" {variant}")
+                for seed in st["seeds"]:
+                    out.append(TrainConfig(
+                        model=st["model"], dataset=st["dataset"], epochs=st["epochs"], seed=seed, lr=st["lr"],
+                        train_subset=st["train_subset"], test_subset=test_subset,
+                        analysis_per_class=analysis_per_class, track_epochs=[st["epochs"]], rates=False, tc=tc,
+                        model_kwargs=kwargs, complexity_lambda=float(lam), complexity_layers=list(PENALISED_LAYERS),
+                        complexity_options=options, label=label,
+                    ))
     return out
+
+
+def variant_of(cfg: TrainConfig) -> str:
+    """The penalty variant of a run: :data:`BASELINE` for lambda = 0, else its energy-model fit."""
+    from tcomplex.ebm import DEFAULT_FIT
+
+    if cfg.complexity_lambda <= 0:
+        return BASELINE
+    fit = cfg.complexity_options.get("fit", DEFAULT_FIT)
+    return fit if isinstance(fit, str) else fit.name
+
+
+def variant_runs(runs: pd.DataFrame, variant: str) -> pd.DataFrame:
+    """The lambda = 0 baselines and the lambda > 0 runs of one variant (what :func:`trend` expects)."""
+    if "variant" not in runs:
+        return runs
+    return runs[(runs.lam == 0) | (runs.variant == variant)]
 
 
 def penalised_layers(cfg: TrainConfig) -> list[str]:
@@ -190,8 +277,9 @@ def penalised_layers(cfg: TrainConfig) -> list[str]:
     return resolve_layers(probe.names, cfg.complexity_layers)
 
 
-def ebm_diagnostics(cfg: TrainConfig, ctx: Context) -> dict[str, float]:
-    """How far the energy nets moved during training, and what the trained penalty consists of.
+def ebm_diagnostics(cfg: TrainConfig, ctx: Context) -> dict[str, Any]:
+    """How far the energy nets moved during training, what the trained penalty consists of, and how well
+    its energy fits held-out gating states.
 
     ``train`` seeds torch, builds the model and then the penalty, so rebuilding
     them with the same seed gives the initial energy nets; the trained ones come
@@ -200,9 +288,17 @@ def ebm_diagnostics(cfg: TrainConfig, ctx: Context) -> dict[str, float]:
     nets, the energy E = -f - log q (Eq. 32) of the penalised layers splits into
     ``f`` (sum over layers of the mean f(sigma_l)) and ``neg_log_q`` (sum of the
     mean -log q(sigma_l)).  ``drift``: the largest ||theta_end - theta_0|| /
-    ||theta_0|| over the energy nets' parameter tensors.
+    ||theta_0|| over the energy nets' parameter tensors (0 for the ``prior``
+    variant, whose energy nets are never fitted).  ``pl_model`` / ``pl_prior``:
+    the per-gate pseudo-log-likelihood (nats; :func:`tcomplex.ebm.pseudo_log_likelihood`,
+    mean over the penalised layers, :data:`PL_GATES` gates each) of the hard
+    gates of the first :data:`PL_STATES` test images under the energy the penalty
+    uses and under the prior q alone; ``pl_gain`` = pl_model - pl_prior (> 0:
+    the energy model predicts held-out gates better than the prior);
+    ``pl_model_k`` / ``pl_prior_k``: the same for the k-th penalised layer (k = 1..4
+    in forward order).
     """
-    from tcomplex.ebm import ComplexityPenalty
+    from tcomplex.ebm import ComplexityPenalty, prior_pseudo_log_likelihood, pseudo_log_likelihood
 
     if cfg.complexity_lambda <= 0:
         raise ValueError(f"run {cfg.run_id} has no complexity loss (λ = 0)")
@@ -212,26 +308,43 @@ def ebm_diagnostics(cfg: TrainConfig, ctx: Context) -> dict[str, float]:
         raise FileNotFoundError(f"run {cfg.run_id} has no checkpoint in {ctx.run(cfg).path}: train it first")
     torch.manual_seed(cfg.seed)
     fresh = build_model_for(cfg)
-    penalty = ComplexityPenalty.for_model(fresh, torch.zeros(2, *info.shape), lam=cfg.complexity_lambda,
-                                          layers=cfg.complexity_layers, **cfg.complexity_options)
-    initial = {k: v.detach().clone() for k, v in penalty.ebms.named_parameters()}
-    penalty.load_state_dict(state["penalty"])
+    with ComplexityPenalty.for_model(fresh, torch.zeros(2, *info.shape), lam=cfg.complexity_lambda,
+                                     layers=cfg.complexity_layers, **cfg.complexity_options) as penalty:
+        initial = {k: v.detach().clone() for k, v in penalty.ebms.named_parameters()}
+        penalty.load_state_dict(state["penalty"])
     trained = dict(penalty.ebms.named_parameters())
     drift = max(float((trained[k].detach() - v).norm() / v.norm()) for k, v in initial.items() if float(v.norm()) > 0)
     model = load_trained_model(cfg, ctx)
     x, _ = analysis_set_for(cfg, ctx.data_root)  # the images train() measured the run on
     rec = record_gates(model, x, kinds=cfg.kinds)
+    xt, _ = data_mod.load_tensors(cfg.dataset, "test", data_root=ctx.data_root, normalization=cfg.normalization)
+    held = record_gates(model, xt[:PL_STATES], kinds=cfg.kinds)
     f_sum = log_q_sum = 0.0
+    pl_model, pl_prior = [], []
     with torch.no_grad():
-        for name, ebm in zip(penalty.layer_names, penalty.ebms):
+        for k, (name, ebm) in enumerate(zip(penalty.layer_names, penalty.ebms)):
             sigma = rec[name].float()
             f_sum += float(ebm.f(sigma).mean())
             log_q_sum += float(-ebm.q.log_prob(sigma).mean())
-    return {"drift": drift, "f": f_sum, "neg_log_q": log_q_sum}
+            h = held[name].float()
+            pl_model.append(pseudo_log_likelihood(lambda s, k=k: penalty.layer_energy(k, s), h, gates=PL_GATES,
+                                                  seed=cfg.seed))
+            pl_prior.append(prior_pseudo_log_likelihood(ebm.q, h, gates=PL_GATES, seed=cfg.seed))
+    lv = penalty.langevin_settings
+    per_layer = {}
+    for pos, (a, b) in enumerate(zip(pl_model, pl_prior), start=1):
+        per_layer[f"pl_model_{pos}"], per_layer[f"pl_prior_{pos}"] = a, b
+    return {"variant": variant_of(cfg), "drift": drift, "f": f_sum, "neg_log_q": log_q_sum,
+            "pl_model": float(np.mean(pl_model)), "pl_prior": float(np.mean(pl_prior)),
+            "pl_gain": float(np.mean(pl_model) - np.mean(pl_prior)),
+            "langevin_step_size": lv["step_size"], "langevin_noise_std": lv["noise_std"],
+            "every": penalty.every, "per_position": penalty.per_position, **per_layer}
 
 
 def ebm_table(cfgs: Sequence[TrainConfig], ctx: Context) -> pd.DataFrame:
-    """:func:`ebm_diagnostics` of every run with λ > 0: model, lam, seed, drift, f, neg_log_q."""
+    """:func:`ebm_diagnostics` of every run with λ > 0: model, lam, seed, variant, drift, f, neg_log_q,
+    pl_model, pl_prior, pl_gain, Langevin step size and noise std, every, per_position, and per
+    penalised layer k pl_model_k, pl_prior_k."""
     return pd.DataFrame([{"model": c.model, "lam": c.complexity_lambda, "seed": c.seed, **ebm_diagnostics(c, ctx)}
                          for c in cfgs if c.complexity_lambda > 0])
 
@@ -251,7 +364,8 @@ def run_table(rows: pd.DataFrame, cfgs: Sequence[TrainConfig]) -> pd.DataFrame:
     penalised layers), H_pen_saturated (how many of them sit at log2 n), H_all,
     H_all_saturated, I_XSY (whole network), I_XSY_saturated (within 0.01 bit of
     log2 #classes), train_loss, test_loss, loss_gap, train_acc, test_acc,
-    complexity_loss (the unweighted energy of the last batch), log2_n, log2_classes.
+    complexity_loss (the unweighted energy of the last batch), log2_n, log2_classes, variant
+    (:func:`variant_of`), C_pen and TC_pen (means over the penalised layers; TC_pen NaN unless tracked).
     """
     final = _final(rows)
     out = []
@@ -271,7 +385,10 @@ def run_table(rows: pd.DataFrame, cfgs: Sequence[TrainConfig]) -> pd.DataFrame:
         ii = value("I_XSY")
         out.append({
             "model": cfg.model, "dataset": cfg.dataset, "lam": cfg.complexity_lambda, "seed": cfg.seed,
+            "variant": variant_of(cfg),
             "H_pen": float(np.mean([value("H", layer) for layer in pen])),
+            "C_pen": float(np.mean([value("C", layer) for layer in pen])),
+            "TC_pen": float(np.mean([value("TC", layer) for layer in pen])),
             "H_pen_saturated": int(sum(value("saturated_H", layer) > 0 for layer in pen)),
             "H_all": value("H"), "H_all_saturated": int(value("saturated_H") > 0),
             "I_XSY": ii, "I_XSY_saturated": int(ii >= log2_c - 0.01),
@@ -284,22 +401,25 @@ def run_table(rows: pd.DataFrame, cfgs: Sequence[TrainConfig]) -> pd.DataFrame:
 
 
 def layer_table(rows: pd.DataFrame, cfgs: Sequence[TrainConfig]) -> pd.DataFrame:
-    """H(Sigma_l) of each penalised layer per run (last epoch): model, lam, seed, layer, position, H."""
+    """H(Sigma_l) of each penalised layer per run (last epoch): model, lam, seed, variant, layer, position, H."""
     final = _final(rows)
     out = []
     for cfg in cfgs:
         r = final[(final.run_id == cfg.run_id) & (final.metric == "H")]
         for pos, layer in enumerate(penalised_layers(cfg), start=1):
             out.append({"model": cfg.model, "dataset": cfg.dataset, "lam": cfg.complexity_lambda, "seed": cfg.seed,
-                        "layer": layer, "position": pos,
+                        "variant": variant_of(cfg), "layer": layer, "position": pos,
                         "H": float(r[r.layer == layer].value.iloc[0])})
     return pd.DataFrame(out)
 
 
 def aggregate(runs: pd.DataFrame, metrics: Sequence[str] = tuple(METRICS)) -> pd.DataFrame:
-    """Mean, sample sd (0 for one seed) and number of seeds per (model, dataset, lam) and metric (long format)."""
-    long = runs.melt(id_vars=["model", "dataset", "lam", "seed"], value_vars=list(metrics), var_name="metric")
-    agg = long.groupby(["model", "dataset", "lam", "metric"]).value.agg(["mean", "std", "count"]).reset_index()
+    """Mean, sample sd (0 for one seed) and number of seeds per (model, dataset, lam[, variant]) and metric
+    (long format)."""
+    keys = ["model", "dataset", "lam"] + (["variant"] if "variant" in runs else [])
+    metrics = [m for m in metrics if m in runs]
+    long = runs.melt(id_vars=keys + ["seed"], value_vars=list(metrics), var_name="metric")
+    agg = long.groupby(keys + ["metric"]).value.agg(["mean", "std", "count"]).reset_index()
     agg["std"] = agg["std"].fillna(0.0)
     return agg.rename(columns={"count": "n"})
 
@@ -461,8 +581,12 @@ CLAIMS = {
 }
 
 
-def findings(runs: pd.DataFrame, setting: str) -> list[Finding]:
-    """Per model: the Figure 7 trends and the Figure 8 test-loss decrease, with computed verdicts.
+def findings(runs: pd.DataFrame, setting: str, ebm: pd.DataFrame | None = None) -> list[Finding]:
+    """Per model (and per penalty variant, when ``runs`` holds several): the Figure 7 trends and the
+    Figure 8 test-loss decrease, with computed verdicts; with several variants also :func:`ablation_findings`.
+
+    With one variant the keys are ``metric:model``; with several ``metric:model:variant`` (each variant
+    judged on its own λ > 0 runs and the shared λ = 0 baseline, :func:`variant_runs`).
 
     H of the penalised layers falling with λ is the quantity the loss penalises: a sanity check
     (``kind="sanity"``) that the penalty works, not a claim.  The claims (I(X;Σ;Y) and the loss
@@ -476,19 +600,19 @@ def findings(runs: pd.DataFrame, setting: str) -> list[Finding]:
     seeds of the deciding difference (λ = 0 against the largest λ, or against the best λ) that
     excludes 0 (the claimed sign).
     """
-    # the report's helpers are imported here to keep this chapter's edit inside its findings function
-    from tcomplex.experiments.report import (
-        THRESHOLDS,
-        class_headroom,
-        diff_ci,
-        enough,
-        excludes_zero,
-        fmt_ci,
-        judge,
-        learned,
-        mean_ci,
-    )
+    variants = sorted(set(runs.variant) - {BASELINE}) if "variant" in runs else []
+    out: list[Finding] = []
+    for variant in variants or [None]:
+        sel = variant_runs(runs, variant) if variant else runs
+        suffix = f":{variant}" if len(variants) > 1 else ""
+        tag = f" [{variant} penalty]" if len(variants) > 1 else ""
+        out += _trend_findings(sel, setting, suffix, tag)
+    if len(variants) > 1:
+        out += ablation_findings(runs, setting, ebm)
+    return out
 
+
+def _trend_findings(runs: pd.DataFrame, setting: str, suffix: str, tag: str) -> list[Finding]:
     out: list[Finding] = []
     for model in runs.model.unique():
         sel = runs[runs.model == model]
@@ -508,10 +632,10 @@ def findings(runs: pd.DataFrame, setting: str) -> list[Finding]:
             diff_text = f" Drop λ = 0 → λ = {top_lam:g}: {fmt_ci(d, lo, hi)} (Welch, over seeds)."
             holds = t.decreasing and t.below
             if metric == "H_pen":
-                out.append(Finding(f"{metric}:{model}", CHAPTER,
+                out.append(Finding(f"{metric}:{model}{suffix}", CHAPTER,
                                    "Sanity check, Fig. 7: H(Σ_l) of the penalised layers (the quantity the "
                                    "complexity loss penalises) decreases as λ grows.",
-                                   f"{ds}, {seeds} seed(s): {t.describe()}.{diff_text}", judge(holds), setting,
+                                   f"{ds}, {seeds} seed(s){tag}: {t.describe()}.{diff_text}", judge(holds), setting,
                                    kind="sanity"))
                 continue
             pre = [*nets, seeds_pre, points]
@@ -523,8 +647,8 @@ def findings(runs: pd.DataFrame, setting: str) -> list[Finding]:
                 pre.append(excludes_zero(f"loss gap at λ = 0 ({m0:.3f})", lo0, hi0))
             if holds:  # the claimed sign (a decrease) needs its interval
                 pre.append(excludes_zero(f"drop of {metric} from λ = 0 to λ = {top_lam:g}", lo, hi))
-            out.append(Finding(f"{metric}:{model}", CHAPTER, claim,
-                               f"{ds}, {seeds} seed(s): {t.describe()}.{diff_text}{acc_text}",
+            out.append(Finding(f"{metric}:{model}{suffix}", CHAPTER, claim,
+                               f"{ds}, {seeds} seed(s){tag}: {t.describe()}.{diff_text}{acc_text}",
                                judge(holds, pre), setting, preconditions=pre))
         imp = test_loss_improvement(sel, model)
         best = float(imp["best_lam"])
@@ -533,9 +657,9 @@ def findings(runs: pd.DataFrame, setting: str) -> list[Finding]:
         if imp["holds"]:
             pre.append(excludes_zero(f"test loss λ = 0 minus λ = {best:g}", lo, hi))
         out.append(Finding(
-            f"test_loss:{model}", CHAPTER,
+            f"test_loss:{model}{suffix}", CHAPTER,
             "Fig. 8 / App. C: the complexity loss sometimes decreases the testing loss.",
-            f"{ds}, {seeds} seed(s): best λ = {best:g} gives test loss {imp['best']:.3f} against "
+            f"{ds}, {seeds} seed(s){tag}: best λ = {best:g} gives test loss {imp['best']:.3f} against "
             f"{imp['base']:.3f} at λ = 0 (decrease {fmt_ci(d, lo, hi, 3)}, Welch over seeds; the best λ is "
             f"picked after the fact); test accuracy {acc[best]:.3f} against {acc[0.0]:.3f}.",
             judge(imp["holds"], pre), setting, preconditions=pre,
@@ -544,28 +668,188 @@ def findings(runs: pd.DataFrame, setting: str) -> list[Finding]:
 
 
 # ---------------------------------------------------------------------------
+# the ablation: learned energy model, authors' settings, prior alone
+# ---------------------------------------------------------------------------
+#: metrics compared between the variants
+ABLATION_METRICS: tuple[str, ...] = ("H_pen", "C_pen", "TC_pen", "I_XSY", "loss_gap", "test_loss", "test_acc")
+#: confidence level of the intervals of the ablation
+CONFIDENCE = 0.95
+
+
+def _t_half_width(sd: float, n: int) -> float:
+    from scipy import stats
+
+    if n < 2 or not math.isfinite(sd):
+        return float("nan")
+    return float(stats.t.ppf(0.5 + CONFIDENCE / 2, n - 1) * sd / math.sqrt(n))
+
+
+def ablation_table(runs: pd.DataFrame, metrics: Sequence[str] = ABLATION_METRICS) -> pd.DataFrame:
+    """Per model, variant (``baseline`` for λ = 0) and λ: mean, sample sd, n seeds and the half-width of
+    the 95% t-interval of the mean (NaN for one seed) of each metric (long format)."""
+    if "variant" not in runs:
+        raise ValueError("the runs have no variant column: build them with run_table")
+    metrics = [m for m in metrics if m in runs]
+    long = runs.melt(id_vars=["model", "variant", "lam", "seed"], value_vars=metrics, var_name="metric")
+    agg = long.groupby(["model", "variant", "lam", "metric"]).value.agg(["mean", "std", "count"]).reset_index()
+    agg = agg.rename(columns={"count": "n", "std": "sd"})
+    agg["ci95"] = [_t_half_width(sd, n) for sd, n in zip(agg.sd, agg.n)]
+    return agg
+
+
+def ablation_comparison(runs: pd.DataFrame, model: str, metric: str, a: str = "learned",
+                        b: str = "prior") -> pd.DataFrame:
+    """Variant ``a`` minus variant ``b`` at every λ > 0 both were run at: difference of the means over
+    seeds, its 95% Welch interval (lo, hi; NaN with fewer than two seeds each) and ``differs`` (the
+    interval excludes 0)."""
+    from scipy import stats
+
+    sel = runs[(runs.model == model) & (runs.lam > 0)]
+    rows = []
+    for lam in sorted(set(sel[sel.variant == a].lam) & set(sel[sel.variant == b].lam)):
+        xa = sel[(sel.variant == a) & (sel.lam == lam)][metric].to_numpy(float)
+        xb = sel[(sel.variant == b) & (sel.lam == lam)][metric].to_numpy(float)
+        diff = float(xa.mean() - xb.mean())
+        if len(xa) > 1 and len(xb) > 1:
+            va, vb = xa.var(ddof=1) / len(xa), xb.var(ddof=1) / len(xb)
+            se = math.sqrt(va + vb)
+            if se > 0:
+                dof = (va + vb) ** 2 / (va ** 2 / (len(xa) - 1) + vb ** 2 / (len(xb) - 1))
+                half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, dof) * se)
+            else:
+                half = 0.0
+            lo, hi = diff - half, diff + half
+        else:
+            lo = hi = float("nan")
+        rows.append({"model": model, "metric": metric, "lam": float(lam), "a": a, "b": b, "diff": diff,
+                     "lo": lo, "hi": hi, "n_a": len(xa), "n_b": len(xb),
+                     "differs": bool(math.isfinite(lo) and (lo > 0 or hi < 0))})
+    return pd.DataFrame(rows)
+
+
+def _interval(r: Any) -> str:
+    if math.isfinite(r.lo):
+        return f"{r.diff:+.3f} [{r.lo:+.3f}, {r.hi:+.3f}]"
+    return f"{r.diff:+.3f} (no interval: one seed)"
+
+
+def ablation_findings(runs: pd.DataFrame, setting: str, ebm: pd.DataFrame | None = None) -> list[Finding]:
+    """Does the paper's effect depend on the energy model learning p(σ_l)?
+
+    Per model: the learned energy model against the prior alone (Σ −log q ≈ C_l)
+    on H_pen, I(X;Σ;Y), the loss gap and the test loss at every λ > 0 both were run
+    at (95% Welch intervals, :func:`ablation_comparison`).  The claim "penalising
+    H(Σ_l) through a learned p_θ(σ_l) is what does it" has parts, one per metric:
+    "learned lower" for H_pen and I(X;Σ;Y) (an interval entirely below 0 at some λ),
+    "learned differs" for the loss gap and the test loss (an interval excluding 0).
+    REPRODUCED if the learned variant gives a lower H_pen or I(X;Σ;Y) than the prior
+    alone; PARTLY (naming the parts that held) if only another part holds (a
+    difference on the losses, or a higher H_pen / I(X;Σ;Y)); NOT_REPRODUCED if no
+    interval excludes 0 (the effect is that of penalising C_l); NOT_MEASURED when
+    the two variants share no λ.  The sign is read from the Welch interval itself.
+
+    Preconditions (:mod:`tcomplex.experiments.report`; a failed one makes the row
+    INCONCLUSIVE): every compared network learned (both variants, every λ > 0: a
+    network that collapsed to chance has a low H for a trivial reason),
+    ``min_seeds_curve`` seeds per variant and λ (a Welch interval over one seed
+    does not exist), headroom of H_pen below log2 n (``log2_n`` of
+    :func:`run_table`) and of I(X;Σ;Y) below log2 #classes (at the ceiling neither
+    variant can move).  ``ebm`` (:func:`ebm_table`) adds the drift and the
+    held-out pseudo-likelihood of each variant to the text.
+    """
+    out: list[Finding] = []
+    if "variant" not in runs:
+        return out
+    for model in runs.model.unique():
+        mine = runs[runs.model == model]
+        have = set(mine.variant)
+        if not {"learned", "prior"} <= have:
+            continue
+        ds = str(mine.dataset.iloc[0])
+        comps = {m: ablation_comparison(runs, model, m) for m in ("H_pen", "I_XSY", "loss_gap", "test_loss")}
+        texts, part_list = [], []
+        for m, c in comps.items():
+            if c.empty:
+                continue
+            cells = "; ".join(f"λ={r.lam:g}: {_interval(r)}" for r in c.itertuples())
+            texts.append(f"{m} learned − prior: {cells}")
+            if m in ("H_pen", "I_XSY"):
+                lower = bool((c.hi < 0).any())
+                part_list.append((f"learned lower on {m}", lower))
+                if not lower:
+                    part_list.append((f"learned differs on {m}", bool(c.differs.any())))
+            else:
+                part_list.append((f"learned differs on {m}", bool(c.differs.any())))
+        if "authors" in have:
+            ca = ablation_comparison(runs, model, "H_pen", "authors", "prior")
+            if not ca.empty:
+                texts.append("H_pen authors − prior: " + "; ".join(
+                    f"λ={r.lam:g}: {_interval(r)}" for r in ca.itertuples()))
+        if ebm is not None and not ebm.empty and "variant" in ebm:
+            e = ebm[ebm.model == model].groupby("variant")[["drift", "pl_model", "pl_prior", "pl_gain"]].mean()
+            texts.append("energy nets (mean over runs): " + "; ".join(
+                f"{v}: drift {r.drift:.2g}, held-out PL {r.pl_model:.3f} vs prior {r.pl_prior:.3f} nats/gate"
+                for v, r in e.iterrows()))
+        lams = sorted(set(mine[mine.variant == "learned"].lam) & set(mine[mine.variant == "prior"].lam))
+        both = mine[mine.variant.isin(["learned", "prior"]) & mine.lam.isin(lams)]
+        per_cell = int(both.groupby(["variant", "lam"]).seed.nunique().min()) if len(both) else 0
+        n_classes = data_mod.DATASETS[ds].num_classes
+        ceiling = float(both.log2_n.max()) if "log2_n" in both and len(both) else float("nan")
+        pre = [learned(f"{model} on {ds} (learned and prior, every λ > 0)", both.test_acc.tolist(), str(model), ds),
+               enough("seeds per variant and λ", per_cell, int(THRESHOLDS["min_seeds_curve"])),
+               headroom("H(Σ_l) of the penalised layers", both.H_pen.tolist(), ceiling),
+               class_headroom("I(X;Σ;Y)", both.I_XSY.tolist(), n_classes)]
+        lower_h = any(h for lab, h in part_list if lab.startswith("learned lower"))
+        other = any(h for lab, h in part_list if not lab.startswith("learned lower"))
+        v = judge(lower_h if part_list else None, pre, partly=other)
+        parts = ""
+        if v == PARTLY:
+            parts = (f"held: {', '.join(lab for lab, h in part_list if h)}; "
+                     f"not held: {', '.join(lab for lab, h in part_list if not h) or 'none'}")
+        seeds = mine.seed.nunique()
+        out.append(Finding(
+            f"ablation:{model}", CHAPTER,
+            "Sec. 4.3 / App. J: the complexity loss penalises H(Σ_l) through a learned energy model of p(σ_l); "
+            "ablation: does its effect differ from penalising the prior alone (Σ −log q ≈ C_l)?",
+            f"{ds}, {seeds} seed(s), {int(CONFIDENCE * 100)}% Welch intervals: " + " | ".join(texts) + ".",
+            v, setting, preconditions=pre, parts=parts,
+        ))
+    return out
+
+
+# ---------------------------------------------------------------------------
 # plots
 # ---------------------------------------------------------------------------
 def plot_vs_lambda(ax: Any, agg: pd.DataFrame, model: str, metric: str, *, ceiling: float | None = None,
-                   ceiling_label: str = "") -> Any:
+                   ceiling_label: str = "", variant: str | None = None, baseline: bool = True) -> Any:
     """Figure 7 / 8 style: mean ± sd over seeds against λ on a log axis.
 
     The λ = 0 baseline cannot sit on a log axis: it is drawn as a dashed
-    horizontal line with its ± sd band, as in Figure 8.
+    horizontal line with its ± sd band, as in Figure 8 (``baseline=False``: not
+    drawn, for a second variant on the same axes).  ``variant``: with an
+    :func:`aggregate` of several penalty variants, the λ > 0 curve of this one.
     """
     sel = agg[(agg.model == model) & (agg.metric == metric)].sort_values("lam")
+    if "variant" in sel:
+        if variant is None:
+            names = sorted(set(sel[sel.lam > 0].variant))
+            if len(names) > 1:
+                raise ValueError(f"the aggregate holds the variants {names}: pass variant=")
+        else:
+            sel = sel[(sel.lam == 0) | (sel.variant == variant)]
     if sel.empty:
         raise ValueError(f"no aggregated rows for {model!r} / {metric!r}")
     pos, base = sel[sel.lam > 0], sel[sel.lam == 0]
-    line = ax.plot(pos.lam, pos["mean"], marker="o", ms=4, label=f"{model}, λ > 0")[0]
+    label = f"{model}, λ > 0" + (f", {variant}" if variant else "")
+    line = ax.plot(pos.lam, pos["mean"], marker="o", ms=4, label=label)[0]
     if (pos.n > 1).any():
         ax.fill_between(pos.lam, pos["mean"] - pos["std"], pos["mean"] + pos["std"], color=line.get_color(),
                         alpha=0.2, lw=0)
-    if not base.empty:
+    if baseline and not base.empty:
         b, s = float(base["mean"].iloc[0]), float(base["std"].iloc[0])
-        ax.axhline(b, ls="--", color=line.get_color(), lw=1.2, label=f"{model}, λ = 0")
+        ax.axhline(b, ls="--", color="0.2", lw=1.2, label=f"{model}, λ = 0")
         if s > 0:
-            ax.axhspan(b - s, b + s, color=line.get_color(), alpha=0.08, lw=0)
+            ax.axhspan(b - s, b + s, color="0.2", alpha=0.08, lw=0)
     if ceiling is not None:
         ax.axhline(ceiling, ls=":", color="0.4", lw=1)
         ax.annotate(ceiling_label, (1.0, ceiling), xycoords=("axes fraction", "data"), ha="right", va="bottom",
