@@ -83,12 +83,11 @@ def ising(n: int, g: torch.Generator, coupling: float = 1.0) -> torch.Tensor:
     return s[idx]
 
 
-def resmlp_layers(seed: int = 0, data_root: str | None = None,
-                  model_name: str = "resmlp10") -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Hard gates of the model's last four gating layers: layer -> (training images, test images)."""
+def _trained(model_name: str, seed: int, data_root: str | None) -> tuple[Any, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``model_name`` after 2 epochs of SGD on N_FIT seeded MNIST training images (eval mode), with
+    those images (the fit set) and the test images (held out)."""
     import torch.nn.functional as F
 
-    from tcomplex import record_gates
     from tcomplex.experiments import data as data_mod
     from tcomplex.experiments import models as models_mod
 
@@ -106,7 +105,15 @@ def resmlp_layers(seed: int = 0, data_root: str | None = None,
             opt.zero_grad()
             loss.backward()
             opt.step()
-    model.eval()
+    return model.eval(), x, idx, xt
+
+
+def resmlp_layers(seed: int = 0, data_root: str | None = None,
+                  model_name: str = "resmlp10") -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Hard gates of the model's last four gating layers: layer -> (training images, test images)."""
+    from tcomplex import record_gates
+
+    model, x, idx, xt = _trained(model_name, seed, data_root)
     train = record_gates(model, x[idx], kinds=("relu",))
     test = record_gates(model, xt[:N_HELD], kinds=("relu",))
     return {name: (train[name].float(), test[name].float()) for name in train.names[-4:]}
@@ -137,28 +144,10 @@ def wide_table(labels: list[str], iters: int, seeds: int, data_root: str | None,
 
 def mnist_layer(seed: int = 0, data_root: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Hard gates of 16 gates of mlp_mnist's second ReLU layer (training images, test images)."""
-    import torch.nn.functional as F
-
     from tcomplex import record_gates
-    from tcomplex.experiments import data as data_mod
-    from tcomplex.experiments import models as models_mod
 
-    x, y = data_mod.load_tensors("mnist", "train", data_root=data_root)
-    xt, _ = data_mod.load_tensors("mnist", "test", data_root=data_root)
-    torch.manual_seed(seed)
-    model = models_mod.build_model("mlp_mnist", in_channels=1, input_size=28, num_classes=10)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:N_FIT]
-    for _ in range(2):
-        for i in range(0, N_FIT, 128):
-            b = idx[i:i + 128]
-            loss = F.cross_entropy(model(x[b]), y[b])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    model.eval()
-    names = record_gates(model, x[:2], kinds=("relu",)).names
-    layer = names[1]
+    model, x, idx, xt = _trained("mlp_mnist", seed, data_root)
+    layer = record_gates(model, x[:2], kinds=("relu",)).names[1]
     gates = torch.arange(0, 256, 16)
     train = record_gates(model, x[idx], kinds=("relu",))[layer][:, gates].float()
     test = record_gates(model, xt[:N_HELD], kinds=("relu",))[layer][:, gates].float()

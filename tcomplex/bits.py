@@ -313,28 +313,43 @@ def _kernels() -> dict[str, Any]:
                 pos = np.int64(j) * window + np.int64(off[i, j])
                 out[i, pos >> 6] |= one << np.uint64(pos & 63)
 
+    @njit(boundscheck=False, nogil=True)
+    def exp_table(inv, size):
+        """exp(inv * k) for k = 0 .. size - 1, computed as kernel_sums computes each value."""
+        out = np.empty(size, dtype=np.float64)
+        for k in range(size):
+            out[k] = np.exp(inv * np.float64(k))
+        return out
+
     @njit(parallel=True, boundscheck=False, nogil=True)
-    def kernel_sums(d2, inv, cls_c, row_tot, row_cls):
+    def kernel_sums(d2, inv, cls_c, row_tot, row_cls, table):
         """exp(inv * d2) (float64) summed per row, and per row and class if row_cls has columns.
 
+        ``table`` (may be empty) holds exp(inv * k) for the integer distances k < len(table):
+        Hamming distances of binary states are integers, so a lookup gives the very value
+        the exp would (same expression, same compiled exp) at a fraction of its cost.
         Every sum runs sequentially inside one thread, in a fixed order: the results do not
         depend on the number of threads.
         """
         a, b = d2.shape
         labelled = row_cls.shape[1] > 0
+        nt = table.shape[0]
         for i in prange(a):
             t = 0.0
-            if labelled:
-                for j in range(b):
-                    v = np.exp(inv * np.float64(d2[i, j]))
-                    t += v
+            for j in range(b):
+                x = d2[i, j]
+                k = np.int64(x)
+                if k < nt and np.float32(k) == x:
+                    v = table[k]
+                else:
+                    v = np.exp(inv * np.float64(x))
+                t += v
+                if labelled:
                     row_cls[i, cls_c[j]] += v
-            else:
-                for j in range(b):
-                    t += np.exp(inv * np.float64(d2[i, j]))
             row_tot[i] += t
 
-    _KERNELS.update(cross=cross, self_upper=self_upper, onehot=onehot, kernel_sums=kernel_sums, numba=numba)
+    _KERNELS.update(cross=cross, self_upper=self_upper, onehot=onehot, kernel_sums=kernel_sums,
+                    exp_table=exp_table, numba=numba)
     return _KERNELS
 
 
@@ -392,11 +407,15 @@ def kernel_block_sums(
     empty_i = np.zeros(0, dtype=np.int64)
     empty_f = np.zeros((0, 0), dtype=np.float64)
     block = np.ascontiguousarray(d2.numpy())
+    # a lookup table of the kernel values of integer distances, when it is much smaller than the block
+    top = float(block.max()) if block.size else 0.0
+    size = int(top) + 1 if top < 2**24 else 0
+    table = k["exp_table"](float(inv), size) if 0 < size and 4 * size <= block.size else np.zeros(0)
     k["kernel_sums"](block, float(inv), empty_i if cls_c is None else cls_c.numpy(),
-                     row_tot.numpy(), empty_f if row_cls is None else row_cls.numpy())
+                     row_tot.numpy(), empty_f if row_cls is None else row_cls.numpy(), table)
     if not sym:  # columns as the rows of the transposed block (contiguous: cache-friendly)
         k["kernel_sums"](np.ascontiguousarray(block.T), float(inv), empty_i if cls_r is None else cls_r.numpy(),
-                         col_tot.numpy(), empty_f if col_cls is None else col_cls.numpy())
+                         col_tot.numpy(), empty_f if col_cls is None else col_cls.numpy(), table)
 
 
 def hamming_distances(states: PackedStates) -> Tensor:

@@ -39,7 +39,7 @@ from torch import nn
 if TYPE_CHECKING:
     from tcomplex.experiments.train import TrainConfig
 
-__all__ = ["RunDir", "RunFileError", "atomic_write_bytes", "config_columns", "load_results", "ROW_COLUMNS"]
+__all__ = ["RunDir", "RunFileError", "atomic_write_bytes", "config_columns", "load_results", "pid_alive", "ROW_COLUMNS"]
 
 log = logging.getLogger("tcomplex.runs")
 
@@ -74,7 +74,8 @@ def _atomic(path: Path, write: Callable[[Path], None]) -> None:
             tmp.unlink()
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists (this process counts as alive)."""
     if pid == os.getpid():
         return True
     try:
@@ -146,7 +147,7 @@ class RunDir:
                 continue
             for f in folder.iterdir():
                 m = _TMP.search(f.name)
-                if m and not _pid_alive(int(m.group(1))):
+                if m and not pid_alive(int(m.group(1))):
                     f.unlink(missing_ok=True)
                     log.info("removed %s, left behind by a killed process", f)
 

@@ -56,7 +56,7 @@ from typing import Any, Union
 
 import pandas as pd
 
-from tcomplex.experiments.runs import RunDir
+from tcomplex.experiments.runs import RunDir, pid_alive
 from tcomplex.experiments.train import TrainConfig, load_results
 
 __all__ = [
@@ -439,16 +439,6 @@ def _set_parent_death_signal() -> None:
         pass
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _die_with(sweep_pid: int) -> None:
     """Worker initializer: end this worker as soon as the sweep's process ends, even by SIGKILL.
 
@@ -476,7 +466,7 @@ def _die_with(sweep_pid: int) -> None:
         if fd is not None:
             select.select([fd], [], [])  # readable once the process has exited
         else:
-            while _pid_alive(sweep_pid) and os.getppid() == server_pid:
+            while pid_alive(sweep_pid) and os.getppid() == server_pid:
                 time.sleep(0.5)
         if server_pid not in (sweep_pid, 1) and os.getppid() == server_pid:
             try:
