@@ -587,6 +587,8 @@ def findings(runs: pd.DataFrame, setting: str, ebm: pd.DataFrame | None = None) 
 def _trend_findings(runs: pd.DataFrame, setting: str, suffix: str, tag: str) -> list[Finding]:
     out: list[Finding] = []
     for model in runs.model.unique():
+        if runs[runs.model == model].lam.nunique() < 2:
+            continue  # this penalty variant was not trained for this model (a per-model variant list)
         ds = runs[runs.model == model].dataset.iloc[0]
         seeds = runs[runs.model == model].seed.nunique()
         acc = runs[runs.model == model].groupby("lam").test_acc.mean()
