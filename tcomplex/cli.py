@@ -102,8 +102,10 @@ def _one_line(exc: BaseException) -> str:
         return (f"dataset '{exc.dataset}' not found under {exc.root} (missing: {missing}); "
                 f"pass --data-root PATH or set TCOMPLEX_DATA")
     text = str(exc).strip() or type(exc).__name__
-    lines = text.splitlines()
-    return lines[0] if len(lines) == 1 else lines[0] + " ..."
+    lines = [ln for ln in text.splitlines() if ln.strip("- ")] or [type(exc).__name__]
+    first = lines[0] if len(lines) == 1 else lines[0] + " ..."
+    notes = getattr(exc, "__notes__", None) or []
+    return "; ".join([first, *notes])
 
 
 # ---------------------------------------------------------------------------

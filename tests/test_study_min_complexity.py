@@ -328,6 +328,15 @@ def test_ablation_intervals_and_verdicts():
     assert f.verdict == INCONCLUSIVE and [p.name for p in f.failed] == ["H(Σ_l) of the penalised layers has headroom"]
 
 
+def test_a_model_trained_in_one_variant_only_gets_that_variants_findings():
+    """The offline profile trains ResNet-20 in the learned variant only, beside a three-variant MLP."""
+    runs = ablation_runs([6.0, 4.0, 2.0], [6.0, 5.0, 4.0])
+    other = runs[runs.variant.isin(["baseline", "learned"])].assign(model="resnet20")
+    keys = {x.key for x in mc.findings(pd.concat([runs, other], ignore_index=True), "")}
+    assert {"H_pen:resnet20:learned", "test_loss:resnet20:learned", "H_pen:resmlp10:prior"} <= keys
+    assert not any(k.startswith(("H_pen:resnet20:prior", "test_loss:resnet20:prior")) for k in keys)
+
+
 def test_a_rise_then_fall_with_a_weak_rho_is_only_partly():
     # the shape seen on Fashion-MNIST: the gap grows with λ, then falls at the largest λ
     runs = synthetic_runs({"loss_gap": [0.89, 0.90, 1.10, 0.53]}, noise=0.01)

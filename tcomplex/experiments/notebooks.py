@@ -362,8 +362,12 @@ def run_notebook(
             str(_source(name, root)), str(tmp), parameters=params, kernel_name=KERNEL,
             progress_bar=progress, cwd=str(root), log_output=False,
         )
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except BaseException as exc:
+        # keep what ran, with the failing cell's traceback, beside (never over) the executed notebook
+        if tmp.exists():
+            failed = out.with_name(f".failed-{out.name}")
+            os.replace(tmp, failed)
+            exc.add_note(f"the partly executed notebook, with the traceback, is {failed}")
         raise
     nb = nbformat.read(tmp, as_version=4)
     nb.metadata[HASH_KEY] = {

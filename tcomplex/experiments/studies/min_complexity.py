@@ -616,6 +616,8 @@ def _trend_findings(runs: pd.DataFrame, setting: str, suffix: str, tag: str) -> 
     out: list[Finding] = []
     for model in runs.model.unique():
         sel = runs[runs.model == model]
+        if sel.lam.nunique() < 2:
+            continue  # this penalty variant was not trained for this model (a per-model variant list)
         ds = sel.dataset.iloc[0]
         seeds = sel.seed.nunique()
         acc = sel.groupby("lam").test_acc.mean()
