@@ -100,7 +100,9 @@ def test_run_id_is_stable_and_changes_with_each_field():
     assert TrainConfig.from_dict(json.loads(json.dumps(a.to_dict()))).run_id == a.run_id  # JSON round trip
     changed = [TrainConfig(seed=1), TrainConfig(lr=0.02), TrainConfig(epochs=11), TrainConfig(train_subset=100),
                TrainConfig(model_kwargs={"bias": True}), TrainConfig(kinds=("relu", "leaky_relu")),
-               TrainConfig(complexity_lambda=0.1), TrainConfig(data_seed=0), TrainConfig(normalization="half")]
+               TrainConfig(complexity_lambda=0.1), TrainConfig(data_seed=0), TrainConfig(normalization="half"),
+               TrainConfig(flip=True), TrainConfig(memory_format="channels_last"), TrainConfig(vae_ce_weight=10.0),
+               TrainConfig(schedule="log")]
     ids = {c.run_id for c in changed}
     assert a.run_id not in ids and len(ids) == len(changed)
     # free text and the device are not part of the identity
@@ -111,6 +113,56 @@ def test_run_ids_of_runs_made_before_data_seed_and_normalization_existed_are_kep
     # pinned ids of two configs, computed before those fields were added: the run caches stay valid
     assert TrainConfig().run_id == "mlp_mnist-mnist-s0-f424db156e"
     assert TrainConfig(model="lenet5", seed=3, train_subset=1000).run_id == "lenet5-mnist-s3-7e7b479a87"
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"memory_format": "nhwc"}, r"memory_format must be one of \['contiguous', 'channels_last'\], got 'nhwc'"),
+    ({"flip": True, "augment": True, "dataset": "cifar10"}, "already flips; set one of them"),
+    ({"vae_ce_weight": 0.0}, "vae_ce_weight must be > 0"),
+    ({"schedule": "exp"}, r"schedule must be one of \['none', 'cosine', 'step', 'log'\]"),
+])
+def test_training_options_are_validated(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        T.validate_config(TrainConfig(**kwargs))
+
+
+def test_log_schedule_goes_from_lr_to_a_hundredth_log_spaced():
+    cfg = TrainConfig(epochs=5, lr=0.01, schedule="log")
+    opt = T.make_optimizer(cfg, [torch.nn.Parameter(torch.zeros(1))])
+    sched = T.make_scheduler(cfg, opt)
+    lrs = []
+    for _ in range(cfg.epochs):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs == pytest.approx([0.01, 0.01 * 10 ** -0.5, 1e-3, 0.01 * 10 ** -1.5, 1e-4])
+
+
+def test_random_flip_flips_about_half_the_images_and_is_seeded():
+    x = torch.arange(64 * 3 * 2 * 4, dtype=torch.float32).view(64, 3, 2, 4)
+    out = data_mod.RandomFlip(seed=3)(x)
+    flipped = [bool(torch.equal(out[i], x[i].flip(-1))) for i in range(64)]
+    kept = [bool(torch.equal(out[i], x[i])) for i in range(64)]
+    assert all(f != k for f, k in zip(flipped, kept))  # every image is either flipped or kept
+    assert 16 < sum(flipped) < 48
+    assert torch.equal(data_mod.RandomFlip(seed=3)(x), out) and not torch.equal(data_mod.RandomFlip(seed=4)(x), out)
+
+
+def test_channels_last_flip_and_vae_weight_train_deterministically(data_root, tmp_path):
+    tiny = dict(epochs=1, train_subset=512, test_subset=256, analysis_per_class=5, eval_train_size=256,
+                track_every=1, track_log=False, per_layer=False, rates=False)
+    cl = _tiny(model="lenet5", memory_format="channels_last", flip=True, **tiny)
+    a = T.train(cl, tmp_path / "a", data_root=data_root, progress=False).rows
+    b = T.train(cl, tmp_path / "b", data_root=data_root, progress=False).rows
+    timed = lambda r: r[r.metric != "epoch_seconds"].reset_index(drop=True)  # noqa: E731
+    pd.testing.assert_frame_equal(timed(a), timed(b))
+    plain = T.train(_tiny(model="lenet5", **tiny), tmp_path / "c", data_root=data_root, progress=False).rows
+    loss = lambda r: r[(r.metric == "epoch_train_loss") & (r.layer == T.ALL)].value.item()  # noqa: E731
+    assert loss(a) != loss(plain)  # the flip changed the batches
+    vae = dict(model="vae_classifier", task="vae", **tiny)
+    w1 = T.train(_tiny(**vae), tmp_path / "d", data_root=data_root, progress=False).rows
+    w9 = T.train(_tiny(vae_ce_weight=9.0, **vae), tmp_path / "e", data_root=data_root, progress=False).rows
+    assert loss(w9) > loss(w1)  # the weighted cross-entropy is part of the training loss
 
 
 def test_data_seed_fixes_the_training_subset_across_seeds(data_root):

@@ -57,6 +57,7 @@ __all__ = [
     "VOC_CLASSES",
     "analysis_set",
     "batch_augmentation",
+    "RandomFlip",
     "clear_cache",
     "load_dataset",
     "load_tensors",
@@ -808,6 +809,21 @@ class RandomCropFlip:
         cols = torch.where(flip[:, None], cols.flip(1), cols) + ox[:, None]
         return padded[torch.arange(b)[:, None, None, None], torch.arange(c)[None, :, None, None],
                       rows, cols[:, None, None, :]]
+
+
+class RandomFlip:
+    """Seeded horizontal flip, with probability 1/2, of every image of a batch ``[B, C, H, W]``.
+
+    The ``RandomHorizontalFlip`` of the authors' MNIST loader, vectorised and driven by its
+    own generator (``TrainConfig.flip``).
+    """
+
+    def __init__(self, seed: int = 0) -> None:
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        flip = torch.rand(x.shape[0], generator=self.generator) < 0.5
+        return torch.where(flip.view(-1, *([1] * (x.dim() - 1))), x.flip(-1), x)
 
 
 def batch_augmentation(name: str, seed: int = 0) -> RandomCropFlip | None:
