@@ -64,7 +64,7 @@ from tcomplex.experiments.report import (
     run_accuracies,
 )
 from tcomplex.experiments.studies.common import Context, load_trained_model
-from tcomplex.experiments.train import TrainConfig, analysis_set_for
+from tcomplex.experiments.train import TrainConfig, analysis_set_for, recipe
 from tcomplex.gating import record_gates
 
 __all__ = [
@@ -115,9 +115,10 @@ def configs(models: Sequence[str], seeds: Sequence[int], *, dataset: str, epochs
     if eval_size is not None:
         extra = {"test_subset": eval_size, "eval_train_size": eval_size}
     return [
-        TrainConfig(model=m, dataset=dataset, epochs=epochs, seed=s, train_subset=train_subset,
-                    analysis_per_class=track_per_class, track_epochs=[epochs], per_layer=False,
-                    rates=False, tc=False, **extra)
+        TrainConfig(**{**recipe(m), **dict(
+            model=m, dataset=dataset, epochs=epochs, seed=s, train_subset=train_subset,
+            analysis_per_class=track_per_class, track_epochs=[epochs], per_layer=False,
+            rates=False, tc=False, **extra)})
         for m in models for s in seeds
     ]
 

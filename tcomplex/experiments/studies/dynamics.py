@@ -66,7 +66,7 @@ from tcomplex.experiments.report import (
     rise_then_saturate,
 )
 from tcomplex.experiments.measure import measure_complexity
-from tcomplex.experiments.train import TrainConfig, analysis_set_for
+from tcomplex.experiments.train import TrainConfig, analysis_set_for, recipe
 
 __all__ = [
     "CHAPTER",
@@ -222,6 +222,7 @@ def configs(runs: Sequence[Sequence[Any]], seeds: Sequence[int], analysis_images
         classes = data_mod.DATASETS[spec.dataset].num_classes
         for seed in seeds:
             out.append(TrainConfig(
+                **recipe(spec.model),
                 model=spec.model, dataset=spec.dataset, task="vae" if spec.group == "vae" else "classify",
                 epochs=spec.epochs, seed=int(seed), train_subset=spec.train_subset,
                 test_subset=eval_images, eval_train_size=eval_images or 10000,
