@@ -179,3 +179,82 @@ def test_fit_table_r2_against_the_target_variance():
     assert fit.r2.tolist() == pytest.approx([0.75, -1.0, 0.9])
     summary = mc.fit_summary(fit).set_index("arch")
     assert summary.loc["stacked", "runs_r2_positive"] == 1 and summary.loc["residual", "runs"] == 1
+
+
+# --- issue 13: fits gate H, rank correlations over (depth, seed) points -------------------------------------
+def _runs(r2_of=lambda arch, d, n, s: 0.9, h_of=lambda arch, d, n, s: _stacked_h(d, n) + 0.01 * s,
+          seeds=(0, 1), alpha=0.03):
+    """Synthetic alpha rows, final rows and task variances (Var = 1, so R² = 1 - test MSE)."""
+    a, f = [], []
+    for arch in ("stacked", "residual"):
+        for d in DEPTHS:
+            for n in NS:
+                for s in seeds:
+                    rid = f"{arch}-{d}-{n}-{s}"
+                    a.append({"run_id": rid, "arch": arch, "depth": d, "task_n": n, "seed": s, "alpha": alpha,
+                              "H": h_of(arch, d, n, s), "ceiling": CEIL, "saturated": False})
+                    f.append({"run_id": rid, "arch": arch, "depth": d, "task_n": n, "seed": s,
+                              "test_loss": 1.0 - r2_of(arch, d, n, s), "rate_mean": 0.4})
+    return pd.DataFrame(a), pd.DataFrame(f), pd.DataFrame({"task_n": NS, "var_target": 1.0})
+
+
+def test_only_fitted_runs_are_read():
+    # seed 1 of the deepest stacked target fails Task-31 (R² 0.2): its H (set absurdly high) must not be read
+    bad = lambda arch, d, n, s: arch == "stacked" and d == 24 and n == 31 and s == 1  # noqa: E731
+    alphas, final, var = _runs(r2_of=lambda *k: 0.2 if bad(*k) else 0.9,
+                               h_of=lambda arch, d, n, s: 99.0 if bad(arch, d, n, s) else _stacked_h(d, n))
+    read = mc.read_table(alphas, final, var, 0.5)
+    assert int((~read.read).sum()) == 1
+    table = mc.complexity_table(alphas, final, var, 0.5).set_index(["arch", "depth", "task_n"])
+    cell = table.loc[("stacked", 24, 31)]
+    assert cell.seeds == 1 and cell.seeds_run == 2 and cell.H == pytest.approx(_stacked_h(24, 31))
+    assert cell.r2 == pytest.approx(0.55) and cell.r2_read == pytest.approx(0.9) and cell.r2_min == pytest.approx(0.2)
+    # without the gate every run is read and the absurd H enters the mean
+    assert mc.complexity_table(alphas, final, var).set_index(["arch", "depth", "task_n"]).loc[
+        ("stacked", 24, 31)].H > 40
+    # one fitted seed at a point is fewer than min_seeds_point: the stacked verdicts are inconclusive, naming why
+    found = {f.key: f for f in mc.findings(table.reset_index(), 0.03, 0.1, "", read)}
+    for key in ("stacked_1", "stacked_2"):
+        assert found[key].verdict == INCONCLUSIVE
+        assert [p.name for p in found[key].failed] == ["enough fitted seeds per (depth, task) point"]
+        assert "55 of 56 fits read" in found[key].failed[0].measured
+    assert "enough fitted seeds per (depth, task) point" not in [p.name for p in found["residual_1"].failed]
+
+
+def test_point_without_a_fitted_seed_has_no_h_and_fails_the_fit_precondition():
+    alphas, final, var = _runs(r2_of=lambda arch, d, n, s: 0.1 if (arch == "residual" and n == 31) else 0.9,
+                               h_of=lambda arch, d, n, s: _residual_h(d, n) + 0.01 * s)
+    table = mc.complexity_table(alphas, final, var, 0.5)
+    res31 = table[(table.arch == "residual") & (table.task_n == 31)]
+    assert res31.H.isna().all() and (res31.seeds == 0).all()
+    read = mc.read_table(alphas, final, var, 0.5)
+    found = {f.key: f for f in mc.findings(table, 0.03, 0.1, "", read)}
+    failed = [p.name for p in found["residual_1"].failed]
+    assert found["residual_1"].verdict == INCONCLUSIVE
+    assert "residual target MLPs (fits whose H is read) fitted" in failed
+    assert "enough fitted seeds per (depth, task) point" in failed
+    assert found["stacked_1"].verdict == REPRODUCED  # the stacked fits are all read
+
+
+def test_rank_correlation_over_depth_seed_points_has_a_fisher_interval():
+    alphas, final, var = _runs(h_of=lambda arch, d, n, s: d / 6 + 0.1 * s)  # deeper is more complex, every task
+    read = mc.read_table(alphas, final, var, 0.5)
+    table = mc.complexity_table(alphas, final, var, 0.5)
+    on_points = mc.depth_order(table, read)
+    assert (on_points.points == 8).all() and (on_points.depths == 4).all()
+    assert (on_points.rho > 0.9).all() and (on_points.rho_low > 0).all()
+    # over the four means alone the Fisher-z interval (1 point of freedom) is far wider
+    on_means = mc.depth_order(table)
+    assert (on_means.points == 4).all()
+    width = lambda o: (o.rho_high - o.rho_low).mean()  # noqa: E731
+    assert width(on_points) < width(on_means) or on_means.rho.eq(1.0).all()
+    # seeds that disagree with the depth order widen the interval to include 0
+    noisy = mc.read_table(*_runs(h_of=lambda arch, d, n, s: (d / 6) * (1 if s == 0 else -1)), 0.5)
+    o = mc.depth_order(table, noisy)
+    assert (o.rho_low < 0).all() and (o.rho_high > 0).all()
+
+
+def test_read_table_needs_every_fit():
+    alphas, final, var = _runs()
+    with pytest.raises(ValueError, match="train them first"):
+        mc.read_table(alphas, final.iloc[1:], var, 0.5)

@@ -75,6 +75,7 @@ __all__ = [
     "alpha_table",
     "fit_table",
     "fit_summary",
+    "read_table",
     "complexity_table",
     "n_groups",
     "depth_order",
@@ -281,20 +282,48 @@ def fit_summary(fit: pd.DataFrame) -> pd.DataFrame:
                          "mean_activation_rate": g.rate_mean.mean()}).reset_index()
 
 
-def complexity_table(alphas: pd.DataFrame, final: pd.DataFrame, variance: pd.DataFrame) -> pd.DataFrame:
-    """Figure 5's data: per (alpha, arch, depth, task_n), H averaged over seeds with fit quality.
+def read_table(alphas: pd.DataFrame, final: pd.DataFrame, variance: pd.DataFrame,
+               min_r2: float | None = None) -> pd.DataFrame:
+    """Per run and alpha: H with the run's fit (``test_loss``, ``r2``, ``rate_mean``) and ``read``.
 
-    Columns: ``H`` (mean over seeds), ``H_sd``, ``seeds``, ``saturated`` (any
-    seed at the ceiling), ``ceiling`` (log2 n), ``test_mse``, ``r2`` (1 - test
-    MSE / Var(target), mean over seeds) and ``rate_mean`` (fraction of active gates).
+    ``read`` says whether the run's H is read (enters Figure 5 and the verdicts): every
+    run when ``min_r2`` is None, else only runs whose held-out R^2 (1 - test MSE /
+    Var(target)) reaches ``min_r2`` (the book passes ``THRESHOLDS["min_r2"]``): the H
+    of a target that has not learned its task describes a failed fit, not the task.
     """
     fit = fit_table(final, variance)
     t = alphas.merge(fit[["run_id", "test_loss", "r2", "rate_mean"]], on="run_id", how="left")
-    g = t.groupby(["alpha", "arch", "depth", "task_n"])
-    out = g.agg(H=("H", "mean"), H_sd=("H", "std"), seeds=("seed", "nunique"), saturated=("saturated", "any"),
-                ceiling=("ceiling", "max"), test_mse=("test_loss", "mean"), r2=("r2", "mean"),
-                rate_mean=("rate_mean", "mean")).reset_index()
-    return out
+    if t.r2.isna().any():
+        missing = sorted(set(t.run_id[t.r2.isna()]))
+        raise ValueError(f"runs without a final test MSE or task variance: {missing[:3]}; train them first")
+    t["read"] = True if min_r2 is None else (t.r2 >= float(min_r2))
+    return t
+
+
+def complexity_table(alphas: pd.DataFrame, final: pd.DataFrame, variance: pd.DataFrame,
+                     min_r2: float | None = None) -> pd.DataFrame:
+    """Figure 5's data: per (alpha, arch, depth, task_n), H averaged over the seeds read, with fit quality.
+
+    Columns: ``H`` (mean over the seeds whose H is read, :func:`read_table`; NaN when no
+    seed of the point fitted its task), ``H_sd``, ``seeds`` (seeds read), ``seeds_run``
+    (seeds trained), ``saturated`` (any seed read at the ceiling), ``ceiling`` (log2 n),
+    ``test_mse``, ``r2`` (1 - test MSE / Var(target), mean over all seeds), ``r2_min``
+    (the worst seed), ``r2_read`` (mean over the seeds read) and ``rate_mean`` (fraction
+    of active gates, mean over all seeds).  ``min_r2`` None reads every run.
+    """
+    t = read_table(alphas, final, variance, min_r2)
+    keys = ["alpha", "arch", "depth", "task_n"]
+    g = t.groupby(keys)
+    out = g.agg(seeds_run=("seed", "nunique"), ceiling=("ceiling", "max"), test_mse=("test_loss", "mean"),
+                r2=("r2", "mean"), r2_min=("r2", "min"), rate_mean=("rate_mean", "mean")).reset_index()
+    r = t[t.read].groupby(keys).agg(H=("H", "mean"), H_sd=("H", "std"), seeds=("seed", "nunique"),
+                                    saturated=("saturated", "any"), r2_read=("r2", "mean")).reset_index()
+    out = out.merge(r, on=keys, how="left")
+    out["seeds"] = out.seeds.fillna(0).astype(int)
+    out["saturated"] = out.saturated.astype("boolean").fillna(False).astype(bool)
+    cols = ["alpha", "arch", "depth", "task_n", "H", "H_sd", "seeds", "seeds_run", "saturated", "ceiling",
+            "test_mse", "r2", "r2_min", "r2_read", "rate_mean"]
+    return out[cols]
 
 
 # ---------------------------------------------------------------------------
@@ -307,26 +336,28 @@ def n_groups(task_ns: Sequence[int]) -> tuple[list[int], list[int]]:
     return ns[:k], ns[-k:]
 
 
-def _spearman(x: Sequence[float], y: Sequence[float]) -> float:
-    """Spearman rank correlation; NaN when either side is constant or has fewer than 2 values."""
-    xs, ys = pd.Series(list(x), dtype=float), pd.Series(list(y), dtype=float)
-    if len(xs) < 2 or xs.nunique() < 2 or ys.nunique() < 2:
-        return float("nan")
-    return float(xs.corr(ys, method="spearman"))
+def depth_order(table: pd.DataFrame, runs: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per (alpha, arch, task_n): Spearman rho between depth and H over the depths, with a 95% Fisher-z interval.
 
-
-def depth_order(table: pd.DataFrame) -> pd.DataFrame:
-    """Per (alpha, arch, task_n): Spearman rho between depth and H over the depths.
-
-    ``readable`` is False when an estimate of some depth sits at the ceiling
-    (then no ordering can be read). ``rho`` is NaN when all H are equal.
+    Without ``runs``, rho is taken over the per-depth means of ``table``
+    (:func:`complexity_table`); with ``runs`` (:func:`read_table`), over every
+    (depth, seed) point read, so that 4 depths x 2 seeds give 8 points and the
+    interval (standard error 1.03 / sqrt(points - 3), :func:`spearman_ci`) has a
+    usable width.  Points without a read H are left out; ``depths`` counts the depths
+    with one.  ``readable`` is False when an estimate of some depth sits at the
+    ceiling (then no ordering can be read). ``rho`` is NaN when all H are equal.
     """
     out = []
     for (alpha, arch, n), g in table.groupby(["alpha", "arch", "task_n"]):
-        g = g.sort_values("depth")
-        rho, lo, hi = spearman_ci(g.depth.to_numpy(float), g.H.to_numpy(float))
-        out.append({"alpha": alpha, "arch": arch, "task_n": int(n), "depths": len(g),
-                    "rho": _spearman(g.depth, g.H), "rho_low": lo, "rho_high": hi,
+        g = g[g.H.notna()].sort_values("depth")
+        if runs is not None:
+            pts = runs[np.isclose(runs.alpha, alpha) & (runs.arch == arch) & (runs.task_n == n) & runs.read]
+            x, y = pts.depth.to_numpy(float), pts.H.to_numpy(float)
+        else:
+            x, y = g.depth.to_numpy(float), g.H.to_numpy(float)
+        rho, lo, hi = spearman_ci(x, y) if len(x) >= 2 else (math.nan, math.nan, math.nan)
+        out.append({"alpha": alpha, "arch": arch, "task_n": int(n), "depths": len(g), "points": len(x),
+                    "rho": rho, "rho_low": lo, "rho_high": hi,
                     "readable": not bool(g.saturated.any()),
                     "H_by_depth": ", ".join(f"{int(d)}: {h:.2f}" for d, h in zip(g.depth, g.H))})
     return pd.DataFrame(out)
@@ -343,7 +374,7 @@ def curve_shapes(table: pd.DataFrame, tol: float) -> pd.DataFrame:
     """
     out = []
     for (alpha, arch, depth), g in table.groupby(["alpha", "arch", "depth"]):
-        g = g.sort_values("task_n")
+        g = g[g.H.notna()].sort_values("task_n")
         if len(g) < 3:
             continue
         s = dip_then_rise(g.task_n.to_numpy(), -g.H.to_numpy(), tol=tol)
@@ -361,6 +392,7 @@ def choose_alpha(table: pd.DataFrame, alphas: Sequence[float], max_saturated: fl
     """
     for a in alphas:
         sel = table[np.isclose(table.alpha, a)]
+        sel = sel[sel.H.notna()]
         if len(sel) and float(sel.saturated.mean()) <= max_saturated:
             return float(a)
     return None
@@ -402,7 +434,9 @@ def _ordering(order: pd.DataFrame, arch: str, ns: Sequence[int], sign: int, need
     sel = order[(order.arch == arch) & order.task_n.isin(list(ns))].sort_values("task_n")
     if sel.empty or sel.depths.max() < 2:
         return _Outcome(None, f"{arch}: fewer than two depths on tasks {list(ns)}.")
-    per_n = "; ".join(f"n={int(r.task_n)}: ρ={r.rho:+.2f}" + ("" if r.readable else " (saturated)")
+    per_n = "; ".join(f"n={int(r.task_n)}: ρ={fmt_ci(r.rho, r.rho_low, r.rho_high)}"
+                      + (f" over {int(r.points)} points" if "points" in sel else "")
+                      + ("" if r.readable else " (saturated)")
                       for r in sel.itertuples())
     rhos = sel.rho.fillna(0.0).to_numpy(float)
     agree = (sign * rhos) > 0
@@ -437,7 +471,7 @@ def _shape(shapes: pd.DataFrame, table: pd.DataFrame, arch: str, column: str) ->
     sel = shapes[shapes.arch == arch].sort_values("depth")
     if sel.empty:
         return _Outcome(None, f"{arch}: no curve with at least three task complexities.")
-    at = table[table.arch == arch]
+    at = table[(table.arch == arch) & table.H.notna()]
     intervals = []
     for r in sel.itertuples():
         g = at[at.depth == r.depth].set_index("task_n").sort_index()
@@ -461,7 +495,8 @@ def _shape(shapes: pd.DataFrame, table: pd.DataFrame, arch: str, column: str) ->
     return _Outcome(k == len(parts), text, parts, pre)
 
 
-def findings(table: pd.DataFrame, alpha: float | None, tol: float, setting: str) -> list[Finding]:
+def findings(table: pd.DataFrame, alpha: float | None, tol: float, setting: str,
+             runs: pd.DataFrame | None = None) -> list[Finding]:
     """The five claims of Section 4.2 ("maximum complexity") with computed verdicts at ``alpha``.
 
     Criteria (stated in the measured text): low/high tasks are the smallest and
@@ -474,6 +509,13 @@ def findings(table: pd.DataFrame, alpha: float | None, tol: float, setting: str)
     architecture learned (held-out R² >= ``THRESHOLDS["min_r2"]``), every H has headroom
     below log2 n, and at least ``THRESHOLDS["min_seeds_point"]`` seeds per point.
     ``alpha`` None (every alpha saturated) gives "not measured" everywhere.
+
+    When ``table`` comes from :func:`complexity_table` with ``min_r2`` (columns
+    ``r2_read`` and ``seeds_run``), H is read only from fits that reached R² >= min_r2;
+    the preconditions are then that those fits exist at every point (at least
+    ``min_seeds_point`` fitted seeds per (depth, task)) and their R².  ``runs``
+    (:func:`read_table`): the rank correlations over depths use every (depth, seed)
+    point read, with Fisher-z intervals (:func:`depth_order`).
     """
     claims = [
         ("stacked_1", "Sec. 4.2 / Fig. 5 left, stacked (1): for tasks of low complexity, deep MLPs learn more "
@@ -492,7 +534,7 @@ def findings(table: pd.DataFrame, alpha: float | None, tol: float, setting: str)
                         NOT_MEASURED, setting) for k, c in claims]
     at = table[np.isclose(table.alpha, alpha)]
     low, high = n_groups(at.task_n.unique())
-    order = depth_order(at)
+    order = depth_order(at, None if runs is None else runs[np.isclose(runs.alpha, alpha)])
     shapes = curve_shapes(at, tol)
     criteria = {
         "stacked_1": f"criterion: on the low tasks n ∈ {low}, mean ρ(depth, H) > 0 and ρ > 0 on more than half",
@@ -510,13 +552,26 @@ def findings(table: pd.DataFrame, alpha: float | None, tol: float, setting: str)
         "residual_3": _shape(shapes, at, "residual", "rise_then_fall"),
     }
     common: dict[str, list[Precondition]] = {}
+    gated = "r2_read" in at and "seeds_run" in at
     for arch, g in at.groupby("arch"):
         ceiling = float(g.ceiling.iloc[0])
-        common[str(arch)] = [
-            fitted(f"{arch} target MLPs", g.r2.tolist()),
-            headroom(f"H of the {arch} targets", g.H.tolist(), ceiling),
-            enough("seeds per (depth, task) point", int(g.seeds.min()), int(THRESHOLDS["min_seeds_point"])),
-        ]
+        if gated:  # H is read only from fits with R^2 >= min_r2 (complexity_table)
+            runs_total, runs_read = int(g.seeds_run.sum()), int(g.seeds.sum())
+            common[str(arch)] = [
+                fitted(f"{arch} target MLPs (fits whose H is read)", g.r2_read.tolist()),
+                headroom(f"H of the {arch} targets", g.H.dropna().tolist(), ceiling),
+                Precondition(f"enough fitted seeds per (depth, task) point",
+                             f">= {int(THRESHOLDS['min_seeds_point'])} seeds with R² >= {THRESHOLDS['min_r2']:.2f}",
+                             f"min {int(g.seeds.min())} ({runs_read} of {runs_total} fits read)",
+                             bool(g.seeds.min() >= THRESHOLDS["min_seeds_point"]), "enough",
+                             float(g.seeds.min()), float(THRESHOLDS["min_seeds_point"])),
+            ]
+        else:
+            common[str(arch)] = [
+                fitted(f"{arch} target MLPs", g.r2.tolist()),
+                headroom(f"H of the {arch} targets", g.H.tolist(), ceiling),
+                enough("seeds per (depth, task) point", int(g.seeds.min()), int(THRESHOLDS["min_seeds_point"])),
+            ]
     fit = at.groupby("arch").r2.median()
     fits = ", ".join(f"{a} median R² {r:.2f}" for a, r in fit.items())
     out = []
@@ -529,13 +584,15 @@ def findings(table: pd.DataFrame, alpha: float | None, tol: float, setting: str)
     return out
 
 
-def verdicts_by_alpha(table: pd.DataFrame, tol: float) -> pd.DataFrame:
-    """The verdict of every claim at every alpha of the table (is the reading stable in alpha? Appendix H)."""
+def verdicts_by_alpha(table: pd.DataFrame, tol: float, runs: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The verdict of every claim at every alpha of the table (is the reading stable in alpha? Appendix H);
+    ``runs`` as in :func:`findings`."""
     out = []
     for a in sorted(table.alpha.unique()):
-        sat = float(table[np.isclose(table.alpha, a)].saturated.mean())
+        at = table[np.isclose(table.alpha, a)]
+        sat = float(at[at.H.notna()].saturated.mean()) if at.H.notna().any() else math.nan
         row: dict[str, object] = {"alpha": a, "saturated_fraction": round(sat, 3)}
-        for f in findings(table, float(a), tol, ""):
+        for f in findings(table, float(a), tol, "", runs):
             row[f.key] = f.verdict
         out.append(row)
     return pd.DataFrame(out)
