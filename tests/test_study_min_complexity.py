@@ -343,3 +343,111 @@ def test_a_rise_then_fall_with_a_weak_rho_is_only_partly():
     t = mc.trend(runs, "resmlp10", "loss_gap")
     assert t.below and not t.decreasing and t.p > 0.05
     assert t.verdict == PARTLY
+
+
+# --- issue 13: per-model λ grids and scalings, the loss gap at a matched training accuracy -----------------
+def test_match_epochs_spread_over_the_run():
+    assert mc.match_epochs(15, 1) == [15]
+    assert mc.match_epochs(15, 3) == [5, 10, 15]
+    assert mc.match_epochs(2, 5) == [1, 2]
+    with pytest.raises(ValueError, match="points >= 1"):
+        mc.match_epochs(10, 0)
+
+
+def test_per_model_lambda_grid_scaling_and_tracked_epochs():
+    cfgs = mc.configs([["resmlp10", "mnist"],
+                       ["resnet20", "mnist", {"lambdas": [0.0, 0.1], "lambda_scaling": "authors", "track_points": 2}]],
+                      [0.0, 1e-3], [0], epochs=4, train_subset=100, test_subset=None, analysis_per_class=5)
+    res = [c for c in cfgs if c.model == "resnet20"]
+    mlp = [c for c in cfgs if c.model == "resmlp10"]
+    assert [c.complexity_lambda for c in res] == [0.0, 0.1] and [c.complexity_lambda for c in mlp] == [0.0, 1e-3]
+    assert res[1].complexity_options == {"fit": "learned", "every": 10, "per_position": True}
+    assert mc.lambda_scaling_of(res[1]) == "authors" and mc.lambda_scaling_of(mlp[1]) == "plain"
+    assert res[0].track_epochs == [2, 4] and mlp[0].track_epochs == [4]
+    with pytest.raises(ValueError, match="unknown lambda_scaling"):
+        mc.configs([["resnet20", "mnist", {"lambda_scaling": "per_gate"}]], [0.0], [0], epochs=1, train_subset=10,
+                   test_subset=None, analysis_per_class=5)
+    with pytest.raises(ValueError, match="track_points must be >= 1"):
+        mc.resolve_setups([["resnet20", "mnist", {"track_points": 0}]], seeds=[0], epochs=1, lr=0.01,
+                          train_subset=None)
+
+
+MLAMS = [0.0, 1e-3, 1e-2, 1e-1]
+
+
+def _epoch_rows(acc_curve, gap_of, seeds=(0, 1, 2), test_acc=0.95):
+    """Training rows of a λ grid tracked at 3 epochs: train_acc = acc_curve(λ index, epoch), gap = gap_of(λ index, acc)."""
+    cfgs = mc.configs([["resmlp10", "mnist"]], MLAMS, list(seeds), epochs=3, train_subset=100, test_subset=None,
+                      analysis_per_class=5, track_points=3)
+    rows = []
+    for c in cfgs:
+        i = MLAMS.index(c.complexity_lambda)
+        for e in c.track_epochs:
+            acc = acc_curve(i, e) + 0.002 * c.seed
+            gap = gap_of(i, acc) + 0.003 * (c.seed - 1)
+            for metric, v in (("train_acc", acc), ("train_loss", 1.0 - acc), ("test_loss", 1.0 - acc + gap),
+                              ("loss_gap", gap), ("test_acc", test_acc)):
+                rows.append({"run_id": c.run_id, "epoch": e, "layer": "__all__", "metric": metric, "value": v})
+    return cfgs, pd.DataFrame(rows)
+
+
+def _plateau(i, e):
+    """Every λ starts at 0.83; λ index 0 climbs to 0.98, a larger λ plateaus lower (0.98 - 0.05 i)."""
+    return min({1: 0.83, 2: 0.90, 3: 0.98}[e], 0.98 - 0.05 * i)
+
+
+def test_matched_gap_removes_the_underfitting_confound():
+    # the gap is one function of the training accuracy whatever λ: at the last epoch it shrinks with λ
+    # (the penalised nets fit less), at a matched accuracy it does not
+    cfgs, rows = _epoch_rows(_plateau, lambda i, acc: 2.0 * (acc - 0.5))
+    ep = mc.epoch_table(rows, cfgs)
+    assert len(ep) == 12 * 3 and set(ep.epoch) == {1, 2, 3}
+    last = ep[ep.epoch == 3]
+    assert mc.trend(last, "resmlp10", "loss_gap").verdict == REPRODUCED  # the confounded reading
+    m = mc.matched_table(ep, "train_acc")
+    # the target is the best accuracy every λ reached: the plateau of λ = 0.1 (0.83 + mean seed offset)
+    assert m.target.iloc[0] == pytest.approx(0.83 + 0.002, abs=1e-9)
+    assert (m.matched_epoch == 1).all() and m.within.all()  # every λ is at 0.83 after one epoch
+    found = {f.key: f for f in mc.matched_findings(m, "")}
+    f = found["loss_gap_matched:resmlp10"]
+    assert f.verdict == NOT_REPRODUCED, f.failed
+    summary = mc.matched_summary(m)
+    assert (summary.seeds == 3).all() and summary.low.notna().all()
+
+
+def test_matched_gap_that_falls_with_lambda_is_reproduced():
+    cfgs, rows = _epoch_rows(lambda i, e: {1: 0.80, 2: 0.90, 3: 0.98}[e], lambda i, acc: (1.0 - 0.2 * i) * acc)
+    m = mc.matched_table(mc.epoch_table(rows, cfgs), "train_acc")
+    assert (m.matched_epoch == 3).all() and m.within.all()
+    f = mc.matched_findings(m, "")[0]
+    assert f.verdict == REPRODUCED, f.failed
+    assert "matched loss gap" in " ".join(p.name for p in f.preconditions)
+    # matched on the training loss instead: the same epochs, the same verdict
+    m2 = mc.matched_table(mc.epoch_table(rows, cfgs), "train_loss")
+    assert (m2.matched_epoch == 3).all() and mc.matched_findings(m2, "")[0].verdict == REPRODUCED
+
+
+def test_runs_that_never_reach_the_target_make_the_matched_reading_inconclusive():
+    # an explicit target of 0.95 training accuracy: λ = 0.1 plateaus at 0.83, far outside the tolerance
+    cfgs, rows = _epoch_rows(_plateau, lambda i, acc: (1.0 - 0.2 * i) * acc)
+    m = mc.matched_table(mc.epoch_table(rows, cfgs), "train_acc", target=0.95)
+    assert not m[m.lam == 0.1].within.any()
+    f = mc.matched_findings(m, "")[0]
+    assert f.verdict == INCONCLUSIVE
+    assert any(p.name.startswith("every run matched at train_acc 0.950") for p in f.failed)
+    # networks that did not learn (final test accuracy at chance) are inconclusive too
+    cfgs, rows = _epoch_rows(lambda i, e: 0.9, lambda i, acc: 0.1, test_acc=0.1)
+    f = mc.matched_findings(mc.matched_table(mc.epoch_table(rows, cfgs)), "")[0]
+    assert f.verdict == INCONCLUSIVE and f.failed[0].name.endswith("learned")
+    with pytest.raises(ValueError, match="by must be one of"):
+        mc.matched_table(mc.epoch_table(rows, cfgs), "test_acc")
+
+
+def test_findings_include_the_matched_reading_per_variant():
+    cfgs, rows = _epoch_rows(lambda i, e: {1: 0.80, 2: 0.90, 3: 0.98}[e], lambda i, acc: (1.0 - 0.2 * i) * acc)
+    m = mc.matched_table(mc.epoch_table(rows, cfgs))
+    runs = synthetic_runs({"H_pen": [7.6, 6.0, 3.0, 0.5]}, noise=0.05, model="resmlp10")
+    runs["variant"] = np.where(runs.lam == 0, "baseline", "learned")
+    runs["dataset"] = "mnist"
+    keys = [f.key for f in mc.findings(runs, "", matched=m)]
+    assert "loss_gap_matched:resmlp10" in keys and "loss_gap:resmlp10" in keys

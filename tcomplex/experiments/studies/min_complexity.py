@@ -52,6 +52,7 @@ from tcomplex.experiments.report import (
     PARTLY,
     THRESHOLDS,
     Finding,
+    Precondition,
     class_headroom,
     diff_ci,
     enough,
@@ -83,6 +84,7 @@ __all__ = [
     "VARIANTS",
     "LAMBDA_SCALINGS",
     "variant_of",
+    "lambda_scaling_of",
     "variant_runs",
     "ablation_table",
     "ablation_comparison",
@@ -91,6 +93,12 @@ __all__ = [
     "ebm_table",
     "run_table",
     "layer_table",
+    "match_epochs",
+    "MATCH_TOLERANCE",
+    "epoch_table",
+    "matched_table",
+    "matched_summary",
+    "matched_findings",
     "aggregate",
     "Trend",
     "trend",
@@ -163,16 +171,22 @@ TOLERANCE: dict[str, float] = {"H_pen": 0.05, "I_XSY": 0.05, "H_all": 0.05, "C_p
 # the runs
 # ---------------------------------------------------------------------------
 #: what an entry of ``model_datasets`` may override, per model
-SETUP_KEYS = ("seeds", "epochs", "lr", "train_subset", "variants")
+SETUP_KEYS = ("seeds", "epochs", "lr", "train_subset", "variants", "lambdas", "lambda_scaling", "track_points")
 
 
 def resolve_setups(model_datasets: Sequence[Sequence[Any]], *, seeds: Sequence[int], epochs: int, lr: float,
-                   train_subset: int | None, variants: Sequence[str] = ("learned",)) -> list[dict[str, Any]]:
+                   train_subset: int | None, variants: Sequence[str] = ("learned",),
+                   lambdas: Sequence[float] | None = None, lambda_scaling: str = "plain",
+                   track_points: int = 1) -> list[dict[str, Any]]:
     """The per-model settings: each entry is ``[model, dataset]`` or ``[model, dataset, {overrides}]``.
 
     Overrides (keys of :data:`SETUP_KEYS`) replace the chapter-wide ``seeds``,
-    ``epochs``, ``lr``, ``train_subset`` and ``variants`` for that model, so that an expensive
-    network can get fewer seeds or epochs than a cheap one within one budget.
+    ``epochs``, ``lr``, ``train_subset``, ``variants``, ``lambdas`` (the λ grid),
+    ``lambda_scaling`` (a key of :data:`LAMBDA_SCALINGS`) and ``track_points``
+    (:func:`match_epochs`) for that model, so that an expensive network can get
+    fewer seeds or epochs than a cheap one within one budget, and a network whose
+    penalty scale differs (a conv net under the authors' per-position scaling) its
+    own λ grid.
     """
     out = []
     for entry in model_datasets:
@@ -184,8 +198,16 @@ def resolve_setups(model_datasets: Sequence[Sequence[Any]], *, seeds: Sequence[i
         if unknown:
             raise ValueError(f"{model}: unknown override(s) {unknown}; allowed: {list(SETUP_KEYS)}")
         setup = {"model": model, "dataset": dataset, "seeds": list(seeds), "epochs": epochs, "lr": lr,
-                 "train_subset": train_subset, "variants": list(variants)}
+                 "train_subset": train_subset, "variants": list(variants),
+                 "lambdas": None if lambdas is None else [float(x) for x in lambdas],
+                 "lambda_scaling": lambda_scaling, "track_points": int(track_points)}
         setup.update(extra)
+        if setup["lambda_scaling"] not in LAMBDA_SCALINGS:
+            raise ValueError(f"{model}: unknown lambda_scaling {setup['lambda_scaling']!r}; "
+                             f"known: {sorted(LAMBDA_SCALINGS)}")
+        if int(setup["track_points"]) < 1:
+            raise ValueError(f"{model}: track_points must be >= 1 (1: the last epoch only), "
+                             f"got {setup['track_points']}")
         out.append(setup)
     return out
 
@@ -206,10 +228,21 @@ def describe_grid(lambdas: Sequence[float]) -> str:
     return f"{head}{rng} ({len(pos)} value{'s' if len(pos) > 1 else ''})"
 
 
+def match_epochs(epochs: int, points: int) -> list[int]:
+    """``points`` tracked epochs evenly spread over a run of ``epochs``, the last one included.
+
+    ``points = 1``: ``[epochs]`` (Figure 7 compares trained networks).  More points let
+    :func:`matched_table` compare the loss gap at a matched training accuracy or loss.
+    """
+    if points < 1 or epochs < 1:
+        raise ValueError(f"need epochs >= 1 and points >= 1, got epochs={epochs}, points={points}")
+    return sorted({max(1, round(epochs * k / points)) for k in range(1, points + 1)})
+
+
 def configs(model_datasets: Sequence[Sequence[Any]], lambdas: Sequence[float], seeds: Sequence[int], *,
             epochs: int, train_subset: int | None, test_subset: int | None, analysis_per_class: int,
             lr: float = 0.01, resmlp_init: str = "torch_default", variants: Sequence[str] = ("learned",),
-            lambda_scaling: str = "plain", tc: bool = False) -> list[TrainConfig]:
+            lambda_scaling: str = "plain", tc: bool = False, track_points: int = 1) -> list[TrainConfig]:
     """One run per (model, dataset) x lambda x seed (x variant for lambda > 0); lambda = 0 is the
     task-loss-only baseline, shared by the variants.
 
@@ -218,9 +251,10 @@ def configs(model_datasets: Sequence[Sequence[Any]], lambdas: Sequence[float], s
     ``lambda_scaling``: a key of :data:`LAMBDA_SCALINGS`; ``tc``: also track
     TC(Sigma_l) per layer (Eq. 28).
 
-    ``model_datasets`` entries may override seeds, epochs, lr and train_subset
-    (:func:`resolve_setups`).  Only the last epoch is tracked (Figure 7 compares
-    trained networks).  The residual MLP gets ``resmlp_init``: the authors'
+    ``model_datasets`` entries may override seeds, epochs, lr, train_subset, variants,
+    the λ grid, the λ scaling and ``track_points`` (:func:`resolve_setups`).  The tracked
+    epochs are :func:`match_epochs` ``(epochs, track_points)``: the last epoch only by
+    default.  The residual MLP gets ``resmlp_init``: the authors'
     ``ResMLP`` never applies its kaiming init, so their runs used PyTorch's
     default Linear init (``"torch_default"``).
     """
@@ -228,25 +262,36 @@ def configs(model_datasets: Sequence[Sequence[Any]], lambdas: Sequence[float], s
         raise ValueError(f"unknown lambda_scaling {lambda_scaling!r}; known: {sorted(LAMBDA_SCALINGS)}")
     out = []
     for st in resolve_setups(model_datasets, seeds=seeds, epochs=epochs, lr=lr, train_subset=train_subset,
-                             variants=variants):
+                             variants=variants, lambdas=lambdas, lambda_scaling=lambda_scaling,
+                             track_points=track_points):
         unknown = sorted(set(st["variants"]) - set(VARIANTS))
         if unknown or not st["variants"]:
             raise ValueError(f"{st['model']}: unknown or no penalty variant(s) {unknown or st['variants']}; "
                              f"known: {list(VARIANTS)}")
         kwargs = {"init": resmlp_init} if st["model"] == "resmlp10" else {}
-        for lam in lambdas:
+        tracked = match_epochs(int(st["epochs"]), int(st["track_points"]))
+        for lam in st["lambdas"]:
             for variant in (st["variants"] if lam > 0 else (BASELINE,)):
-                options = {} if lam == 0 else {"fit": variant, **LAMBDA_SCALINGS[lambda_scaling]}
+                options = {} if lam == 0 else {"fit": variant, **LAMBDA_SCALINGS[st["lambda_scaling"]]}
                 label = f"{CHAPTER} lambda={lam:g}" + ("" if lam == 0 else f" {variant}")
                 for seed in st["seeds"]:
                     out.append(TrainConfig(**{**recipe(st["model"]), **dict(
                         model=st["model"], dataset=st["dataset"], epochs=st["epochs"], seed=seed, lr=st["lr"],
                         train_subset=st["train_subset"], test_subset=test_subset,
-                        analysis_per_class=analysis_per_class, track_epochs=[st["epochs"]], rates=False, tc=tc,
+                        analysis_per_class=analysis_per_class, track_epochs=tracked, rates=False, tc=tc,
                         model_kwargs=kwargs, complexity_lambda=float(lam), complexity_layers=list(PENALISED_LAYERS),
                         complexity_options=options, label=label,
                     )}))
     return out
+
+
+def lambda_scaling_of(cfg: TrainConfig) -> str:
+    """The key of :data:`LAMBDA_SCALINGS` a run's complexity options use (``plain`` for λ = 0)."""
+    opts = {k: v for k, v in cfg.complexity_options.items() if k != "fit"}
+    for name, extra in LAMBDA_SCALINGS.items():
+        if opts == extra:
+            return name
+    return "custom"
 
 
 def variant_of(cfg: TrainConfig) -> str:
@@ -410,6 +455,82 @@ def layer_table(rows: pd.DataFrame, cfgs: Sequence[TrainConfig]) -> pd.DataFrame
             out.append({"model": cfg.model, "dataset": cfg.dataset, "lam": cfg.complexity_lambda, "seed": cfg.seed,
                         "variant": variant_of(cfg), "layer": layer, "position": pos,
                         "H": float(r[r.layer == layer].value.iloc[0])})
+    return pd.DataFrame(out)
+
+
+#: how close a run's tracked epoch must come to the common target of :func:`matched_table` for the matched
+#: comparison to count: 0.02 of training accuracy (two points) or 0.05 nats of training loss
+MATCH_TOLERANCE: dict[str, float] = {"train_acc": 0.02, "train_loss": 0.05}
+
+
+def epoch_table(rows: pd.DataFrame, cfgs: Sequence[TrainConfig]) -> pd.DataFrame:
+    """Every tracked epoch of every run: model, dataset, lam, variant, seed, epoch, train_acc,
+    train_loss, test_loss, loss_gap, test_acc and run_id (the rows :func:`matched_table` picks from)."""
+    sel = rows[(rows.layer == ALL) & rows.metric.isin(["train_acc", "train_loss", "test_loss", "loss_gap",
+                                                        "test_acc"])]
+    wide = sel.pivot_table(index=["run_id", "epoch"], columns="metric", values="value").reset_index()
+    wide.columns.name = None
+    meta = pd.DataFrame([{"run_id": c.run_id, "model": c.model, "dataset": c.dataset, "lam": c.complexity_lambda,
+                          "variant": variant_of(c), "seed": c.seed} for c in cfgs]).drop_duplicates("run_id")
+    missing = sorted(set(meta.run_id) - set(wide.run_id))
+    if missing:
+        raise ValueError(f"no tracked rows for runs {missing[:3]}: train them first")
+    out = meta.merge(wide, on="run_id", how="left")
+    cols = ["model", "dataset", "lam", "variant", "seed", "epoch", "train_acc", "train_loss", "test_loss",
+            "loss_gap", "test_acc", "run_id"]
+    return out[cols].sort_values(["model", "lam", "variant", "seed", "epoch"]).reset_index(drop=True)
+
+
+def matched_table(epochs: pd.DataFrame, by: str = "train_acc", target: float | None = None) -> pd.DataFrame:
+    """Figure 7's loss gap compared at a matched training accuracy (or training loss), one row per run.
+
+    A network that stops learning (a large λ) also has a small test-minus-training loss
+    gap, so comparing gaps at the last epoch confounds the penalty with under-fitting.
+    Here every run contributes the tracked epoch (:func:`epoch_table`) whose ``by``
+    (``"train_acc"`` or ``"train_loss"``) is closest to a common ``target`` per model
+    (ties: the earlier epoch).  The default target is the best value *every* λ reached:
+    for accuracy the smallest, over the λ (and variants), of the mean over seeds of each
+    run's highest tracked training accuracy; for loss the largest of the mean lowest
+    training losses.  Columns: model, dataset, lam, variant, seed, by, target,
+    matched_epoch, matched_value, distance (|matched_value - target|), within (distance
+    <= :data:`MATCH_TOLERANCE`), loss_gap (at the matched epoch), train_loss, test_loss,
+    test_acc_final (the run's last tracked test accuracy) and run_id.
+    """
+    if by not in MATCH_TOLERANCE:
+        raise ValueError(f"by must be one of {sorted(MATCH_TOLERANCE)}, got {by!r}")
+    if epochs.empty:
+        raise ValueError("no tracked epochs to match")
+    higher = by == "train_acc"
+    out = []
+    for model, g in epochs.groupby("model", sort=False):
+        per_run = g.groupby(["lam", "variant", "seed"])[by].agg("max" if higher else "min").reset_index()
+        cell = per_run.groupby(["lam", "variant"])[by].mean()
+        goal = float(cell.min() if higher else cell.max()) if target is None else float(target)
+        for run_id, r in g.groupby("run_id", sort=False):
+            r = r.sort_values("epoch")
+            dist = (r[by] - goal).abs()
+            best = r.loc[dist.idxmin()]
+            last = r.iloc[-1]
+            out.append({"model": model, "dataset": best.dataset, "lam": float(best.lam), "variant": best.variant,
+                        "seed": int(best.seed), "by": by, "target": goal, "matched_epoch": int(best.epoch),
+                        "matched_value": float(best[by]), "distance": float(dist.min()),
+                        "within": bool(dist.min() <= MATCH_TOLERANCE[by]),
+                        "loss_gap": float(best.loss_gap), "train_loss": float(best.train_loss),
+                        "test_loss": float(best.test_loss), "test_acc_final": float(last.test_acc),
+                        "run_id": run_id})
+    return pd.DataFrame(out).sort_values(["model", "lam", "variant", "seed"]).reset_index(drop=True)
+
+
+def matched_summary(matched: pd.DataFrame) -> pd.DataFrame:
+    """Per model, variant and λ: the matched loss gap's mean over seeds with its 95% t interval
+    (``low``, ``high``; NaN with one seed), the mean matched value and epoch, and the seeds within
+    :data:`MATCH_TOLERANCE` of the target."""
+    out = []
+    for (model, variant, lam), g in matched.groupby(["model", "variant", "lam"]):
+        m, lo, hi = mean_ci(g.loss_gap)
+        out.append({"model": model, "variant": variant, "lam": lam, "seeds": len(g), "target": g.target.iloc[0],
+                    "matched_value": float(g.matched_value.mean()), "matched_epoch": float(g.matched_epoch.mean()),
+                    "within": int(g.within.sum()), "loss_gap": m, "low": lo, "high": hi})
     return pd.DataFrame(out)
 
 
@@ -581,7 +702,8 @@ CLAIMS = {
 }
 
 
-def findings(runs: pd.DataFrame, setting: str, ebm: pd.DataFrame | None = None) -> list[Finding]:
+def findings(runs: pd.DataFrame, setting: str, ebm: pd.DataFrame | None = None,
+             matched: pd.DataFrame | None = None) -> list[Finding]:
     """Per model (and per penalty variant, when ``runs`` holds several): the Figure 7 trends and the
     Figure 8 test-loss decrease, with computed verdicts; with several variants also :func:`ablation_findings`.
 
@@ -607,8 +729,68 @@ def findings(runs: pd.DataFrame, setting: str, ebm: pd.DataFrame | None = None) 
         suffix = f":{variant}" if len(variants) > 1 else ""
         tag = f" [{variant} penalty]" if len(variants) > 1 else ""
         out += _trend_findings(sel, setting, suffix, tag)
+    if matched is not None:
+        out += matched_findings(matched, setting)
     if len(variants) > 1:
         out += ablation_findings(runs, setting, ebm)
+    return out
+
+
+MATCHED_CLAIM = ("Fig. 7: the gap between testing and training loss decreases as λ grows — compared at a matched "
+                 "training {what} (a network that stops learning also has a small gap).")
+
+
+def matched_findings(matched: pd.DataFrame, setting: str) -> list[Finding]:
+    """The loss-gap claim of Figure 7 read at a matched training accuracy or loss (:func:`matched_table`).
+
+    Per model (and per penalty variant with the shared λ = 0 baseline, keys
+    ``loss_gap_matched:model[:variant]``): the claim holds when :func:`trend` on the
+    matched gaps finds a significant decrease beyond the spread.  Preconditions: every
+    network learned (final test accuracy at every λ, :func:`learned`), every run's
+    matched epoch within :data:`MATCH_TOLERANCE` of the common target (else the
+    gaps are not compared at the same fit), ``min_seeds_curve`` seeds per λ,
+    ``min_points_rank`` λ values, a matched gap at λ = 0 whose 95% interval over seeds
+    excludes 0, and, where the decrease is read, a Welch interval of the drop from
+    λ = 0 to the largest λ that excludes 0.
+    """
+    out: list[Finding] = []
+    variants = sorted(set(matched.variant) - {BASELINE})
+    for variant in variants or [None]:
+        sel_v = variant_runs(matched, variant) if variant else matched
+        suffix = f":{variant}" if len(variants) > 1 else ""
+        tag = f" [{variant} penalty]" if len(variants) > 1 else ""
+        for model in sel_v.model.unique():
+            sel = sel_v[sel_v.model == model]
+            if sel.lam.nunique() < 2 or (sel.lam == 0).sum() == 0:
+                continue
+            ds = str(sel.dataset.iloc[0])
+            by, goal = str(sel.by.iloc[0]), float(sel.target.iloc[0])
+            what = "accuracy" if by == "train_acc" else "loss"
+            top_lam = float(sel.lam.max())
+            t = trend(sel, model, "loss_gap")
+            d, lo, hi = diff_ci(sel[sel.lam == 0].loss_gap, sel[sel.lam == top_lam].loss_gap)
+            m0, lo0, hi0 = mean_ci(sel[sel.lam == 0].loss_gap)
+            per_lam = int(sel.groupby("lam").seed.nunique().min())
+            tol = MATCH_TOLERANCE[by]
+            within = int(sel.within.sum())
+            pre = [learned(f"{model} on {ds} (every λ)", sel.test_acc_final.tolist(), model, ds),
+                   Precondition(f"every run matched at {by} {goal:.3f}", f"|{by} − target| <= {tol:g}",
+                                f"max distance {sel.distance.max():.3f} ({within}/{len(sel)} runs within)",
+                                bool(within == len(sel)), "enough", float(sel.distance.max()), tol),
+                   enough("seeds per λ", per_lam, int(THRESHOLDS["min_seeds_curve"])),
+                   enough("λ values for the rank correlation", int(sel.lam.nunique()),
+                          int(THRESHOLDS["min_points_rank"])),
+                   excludes_zero(f"matched loss gap at λ = 0 ({m0:.3f})", lo0, hi0)]
+            holds = t.decreasing and t.below
+            if holds:
+                pre.append(excludes_zero(f"drop of the matched loss gap from λ = 0 to λ = {top_lam:g}", lo, hi))
+            epochs = sel.groupby("lam").matched_epoch.mean()
+            text = (f"{ds}, {sel.seed.nunique()} seed(s){tag}, gap read at the tracked epoch whose {by} is closest "
+                    f"to {goal:.3f} (mean matched epoch per λ: "
+                    + ", ".join(f"λ={k:g}: {v:.1f}" for k, v in epochs.items())
+                    + f"): {t.describe()}. Drop λ = 0 → λ = {top_lam:g}: {fmt_ci(d, lo, hi, 3)} (Welch, over seeds).")
+            out.append(Finding(f"loss_gap_matched:{model}{suffix}", CHAPTER, MATCHED_CLAIM.format(what=what), text,
+                               judge(holds, pre), setting, preconditions=pre))
     return out
 
 
