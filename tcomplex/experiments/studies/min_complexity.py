@@ -31,7 +31,13 @@ held-out gating states under the penalty's energy and under the prior alone;
 Lambda scaling (:data:`LAMBDA_SCALINGS`): ``plain`` (the default; the penalty
 at every batch, the energy summed over all gates) or ``authors`` (their code:
 the penalty added at every 10th iteration, a conv layer's energy divided by its
-H x W positions).
+H x W positions); a model may have its own scaling and λ grid (:func:`resolve_setups`).
+
+Matched comparison (issue 13): a network that stops learning also has a small loss
+gap, so with several tracked epochs per run (``track_points``, :func:`match_epochs`)
+the gap is also read at the epoch whose training accuracy (or loss) is closest to a
+target every λ reached (:func:`matched_table`), with intervals over seeds
+(:func:`matched_summary`) and a verdict of its own (:func:`matched_findings`).
 """
 
 from __future__ import annotations
@@ -286,7 +292,8 @@ def configs(model_datasets: Sequence[Sequence[Any]], lambdas: Sequence[float], s
 
 
 def lambda_scaling_of(cfg: TrainConfig) -> str:
-    """The key of :data:`LAMBDA_SCALINGS` a run's complexity options use (``plain`` for λ = 0)."""
+    """The key of :data:`LAMBDA_SCALINGS` a run's complexity options use (``plain`` for λ = 0; ``custom``
+    for options that match none)."""
     opts = {k: v for k, v in cfg.complexity_options.items() if k != "fit"}
     for name, extra in LAMBDA_SCALINGS.items():
         if opts == extra:
@@ -410,7 +417,8 @@ def run_table(rows: pd.DataFrame, cfgs: Sequence[TrainConfig]) -> pd.DataFrame:
     H_all_saturated, I_XSY (whole network), I_XSY_saturated (within 0.01 bit of
     log2 #classes), train_loss, test_loss, loss_gap, train_acc, test_acc,
     complexity_loss (the unweighted energy of the last batch), log2_n, log2_classes, variant
-    (:func:`variant_of`), C_pen and TC_pen (means over the penalised layers; TC_pen NaN unless tracked).
+    (:func:`variant_of`), lambda_scaling (:func:`lambda_scaling_of`), C_pen and TC_pen (means over the
+    penalised layers; TC_pen NaN unless tracked).
     """
     final = _final(rows)
     out = []
@@ -440,7 +448,8 @@ def run_table(rows: pd.DataFrame, cfgs: Sequence[TrainConfig]) -> pd.DataFrame:
             "train_loss": value("train_loss"), "test_loss": value("test_loss"), "loss_gap": value("loss_gap"),
             "train_acc": value("train_acc"), "test_acc": value("test_acc"),
             "complexity_loss": value("complexity_loss"),
-            "log2_n": math.log2(n), "log2_classes": log2_c, "run_id": cfg.run_id,
+            "log2_n": math.log2(n), "log2_classes": log2_c, "lambda_scaling": lambda_scaling_of(cfg),
+            "run_id": cfg.run_id,
         })
     return pd.DataFrame(out)
 
