@@ -258,3 +258,14 @@ def test_read_table_needs_every_fit():
     alphas, final, var = _runs()
     with pytest.raises(ValueError, match="train them first"):
         mc.read_table(alphas, final.iloc[1:], var, 0.5)
+
+
+def test_no_curve_with_three_read_points_gives_not_measured_shapes():
+    # every Task-8 and Task-16..31 fit fails: 4 read tasks remain per depth for the stacked targets, but the residual
+    # targets keep only n = 0, 1 -- no curve of three points, and the shape claims are "not measured", not a crash
+    alphas, final, var = _runs(r2_of=lambda arch, d, n, s: 0.1 if (arch == "residual" and n >= 2) else 0.9)
+    table = mc.complexity_table(alphas, final, var, 0.5)
+    shapes = mc.curve_shapes(table[table.arch == "residual"], tol=0.1)
+    assert shapes.empty and "rise_then_fall" in shapes.columns
+    found = {f.key: f for f in mc.findings(table, 0.03, 0.1, "", mc.read_table(alphas, final, var, 0.5))}
+    assert found["residual_2"].verdict == NOT_MEASURED and found["residual_3"].verdict == NOT_MEASURED

@@ -382,7 +382,9 @@ def curve_shapes(table: pd.DataFrame, tol: float) -> pd.DataFrame:
                     "H_first": -s["first"], "H_max": -s["min"], "H_last": -s["last"],
                     "rise": s["drop"], "fall": s["rise"], "rises_first": bool(s["dips"]),
                     "rise_then_fall": bool(s["holds"]), "readable": not bool(g.saturated.any())})
-    return pd.DataFrame(out)
+    cols = ["alpha", "arch", "depth", "n_at_max", "H_first", "H_max", "H_last", "rise", "fall", "rises_first",
+            "rise_then_fall", "readable"]
+    return pd.DataFrame(out, columns=cols)  # no curve with 3 read points: empty, with its columns
 
 
 def choose_alpha(table: pd.DataFrame, alphas: Sequence[float], max_saturated: float) -> float | None:
