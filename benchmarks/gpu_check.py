@@ -646,7 +646,8 @@ def section_chapter1(ck: Check, budget: Budget) -> dict[str, Any]:
         p2 = study.prop2(table)
         eq6 = study.eq6_table(cfgs[0], ctx)
         bw = study.bandwidth_table(cfgs[0], ctx)
-        found = study.findings(rows, table, eq6, bw, "")
+        sweep = study.prop_sweep(cfgs, ctx, params["sweep_alphas"])
+        found = study.findings(rows, table, eq6, bw, "", sweep=sweep, prop_alphas=params["prop_alphas"])
         t_rest = time.perf_counter() - t_rest0
         summary = study.summary_numbers(rows)
     res: dict[str, Any] = {
