@@ -617,7 +617,7 @@ def section_chapter1(ck: Check, budget: Budget) -> dict[str, Any]:
 
     params = dict(load_profile("quick", ROOT)["notebooks"]["01_metrics"])
     if ck.tiny:
-        params.update(epochs=1, train_subset=500, analysis_per_class=10, track_every=1)
+        params.update(epochs=1, seeds=[0], train_subset=500, analysis_per_class=10, track_every=1)
     root = data_mod.resolve_data_root(ck.args.data_root)
     missing = [e for e in data_mod.DATASETS["mnist"].expected if not (root / e).is_file()]
     if missing:

@@ -220,6 +220,8 @@ def test_prop_sweep_on_a_trained_run_is_cached(tmp_path, data_root, one_torch_th
         study.prop_sweep(cfgs, ctx, [0.1])
     train_many(cfgs, ctx)
     sw = study.prop_sweep(cfgs, ctx, [0.1, 1.0])
+    fixed = study.prop_sweep(cfgs, ctx, [0.1], kernel="fixed")
+    assert ctx.run(cfgs[0]).table_path("prop_sweep_dims_fixed").is_file() and fixed.sigma2.nunique() == 1
     assert set(sw.alpha) == {0.1, 1.0} and (sw.n == 50).all() and len(sw) == 2 * 8
     path = ctx.run(cfgs[0]).table_path("prop_sweep_dims")
     stamp = path.stat().st_mtime_ns
@@ -229,3 +231,42 @@ def test_prop_sweep_on_a_trained_run_is_cached(tmp_path, data_root, one_torch_th
                                   sw[sw.alpha == 1.0].reset_index(drop=True), check_dtype=False)
     with pytest.raises(ValueError, match="positive numbers"):
         study.prop_sweep(cfgs, ctx, [0.0])
+    with pytest.raises(ValueError, match="kernel 'fixed' with bandwidth 'dims'"):
+        study.prop_sweep(cfgs, ctx, [0.1], bandwidth="variance", kernel="fixed")
+
+
+def test_eq4_is_never_negative_so_proposition_1_on_it_is_a_sanity_check():
+    """Why Proposition 1 is a sanity check here: Eq. 4 with one sigma0^2 for all classes stays >= 0 for random
+    binary states, labels and kernel widths, including labels drawn independently of the states (where the true
+    I(Σ;Y) is 0 and an unbiased estimate would be negative about half the time)."""
+    g = torch.Generator().manual_seed(0)
+    low = math.inf
+    for trial in range(300):
+        n = int(torch.randint(4, 40, (1,), generator=g))
+        d = int(torch.randint(1, 12, (1,), generator=g))
+        states = torch.rand(n, d, generator=g) < float(torch.rand(1, generator=g))
+        labels = torch.randint(0, int(torch.randint(2, 5, (1,), generator=g)), (n,), generator=g)
+        if labels.unique().numel() < 2:
+            continue
+        alpha = float(10 ** (torch.rand(1, generator=g) * 3 - 2))
+        low = min(low, float(est.kde_interaction_information(states, labels, alpha=alpha, warn=False)))
+    assert -1e-9 <= low < 0.05
+    found = _found(HOLDS)
+    assert found["prop1"].kind == "sanity" and found["prop1_paper_alpha"].kind == "sanity"
+    assert found["prop2"].kind == "claim" and found["fig1"].kind == "claim"
+
+
+def test_a_fixed_kernel_is_the_whole_networks_and_keeps_h_from_rising():
+    for seed in range(3):
+        rec, y = _states(False, seed=seed)  # noise first: the per-suffix kernel sees the label layer rise
+        fixed = study.suffix_information(rec, y, alpha=0.05, kernel="fixed")
+        total = sum(rec[k].shape[1] for k in rec.names)
+        assert fixed.sigma2.tolist() == pytest.approx([0.05 * total] * len(fixed))
+        suf = fixed[fixed.scope == "suffix"].sort_values("l")
+        assert (suf.H.diff().dropna() <= 1e-12).all()
+        assert suf.H.iloc[1] == pytest.approx(
+            float(est.kde_entropy(rec.concat(["b"]), alpha=0.05 * total / 40, warn=False)), abs=1e-9)
+    with pytest.raises(ValueError, match="kernel='fixed' needs bandwidth='dims'"):
+        study.suffix_information(rec, y, alpha=0.05, kernel="fixed", bandwidth="variance")
+    with pytest.raises(ValueError, match="kernel must be"):
+        study.suffix_information(rec, y, alpha=0.05, kernel="wide")
