@@ -113,6 +113,11 @@ def test_a_quantity_rising_with_l_breaks_its_part_of_proposition_2():
     # every part rising: not reproduced
     allrise = _sweep([4.0, 5.0, 6.0], [1.0, 1.5, 2.0])
     assert _found(allrise)["prop2"].verdict == NOT_REPRODUCED
+    # the fixed-kernel diagnostic is reported beside the verdict, never instead of it
+    found = {f.key: f for f in study.findings(_rows(1.8), _suffix(7.0), EQ6, _bw([6.0]), "", sweep=rises,
+                                              prop_alphas=[0.1], fixed_sweep=HOLDS)}
+    assert found["prop2"].verdict == PARTLY
+    assert "whole network's kernel: I(T;Σ;Y) rises at 0/2 steps, drops with CI > 0 at 2/2" in found["prop2"].measured
 
 
 def test_a_noisy_difference_whose_interval_contains_zero_is_no_violation():

@@ -373,7 +373,7 @@ def _prop1_finding(sweep: pd.DataFrame, alphas: Sequence[float], nets: list[Prec
 
 
 def _prop2_finding(sweep: pd.DataFrame, alphas: Sequence[float], nets: list[Precondition],
-                   setting: str) -> Finding:
+                   setting: str, fixed: pd.DataFrame | None = None) -> Finding:
     iv = prop2_intervals(sweep, alphas)
     pre = [*nets, *_sweep_preconditions(sweep, alphas, list(PROP2_PARTS))]
     parts, texts = [], []
@@ -387,6 +387,11 @@ def _prop2_finding(sweep: pd.DataFrame, alphas: Sequence[float], nets: list[Prec
             w = bad.sort_values("mean").iloc[0]
             texts.append(f"{short[part]} at α = {a:g}: rises at {len(bad)}/{len(g)} steps l → l+1, largest at "
                          f"l = {int(w.l)}: drop {fmt_ci(w['mean'], w.low, w.high, 3)}")
+    if fixed is not None:
+        fx = prop2_intervals(fixed, alphas)
+        fx = fx[fx.part == "I_TSY"]
+        texts.append(f"diagnostic, every suffix read with the whole network's kernel: I(T;Σ;Y) rises at "
+                     f"{int(fx.violated.sum())}/{len(fx)} steps, drops with CI > 0 at {int(fx.strict.sum())}/{len(fx)}")
     v, ptxt = judged(True, pre, parts)
     return Finding(
         "prop2", CHAPTER,
@@ -398,12 +403,15 @@ def _prop2_finding(sweep: pd.DataFrame, alphas: Sequence[float], nets: list[Prec
 
 
 def findings(rows: pd.DataFrame, table: pd.DataFrame, eq6: pd.DataFrame, bw: pd.DataFrame,
-             setting: str, *, sweep: pd.DataFrame, prop_alphas: Sequence[float]) -> list[Finding]:
+             setting: str, *, sweep: pd.DataFrame, prop_alphas: Sequence[float],
+             fixed_sweep: pd.DataFrame | None = None) -> list[Finding]:
     """The chapter's claims and sanity checks.
 
     Claims: Proposition 2 (its three parts) at the operating ``prop_alphas`` of the alpha
     ``sweep`` (:func:`prop_sweep`), with intervals over seeds; Figure 1 as tracked during
-    training at the paper's alpha (``rows`` and ``table``); the bandwidth rule.  Sanity
+    training at the paper's alpha (``rows`` and ``table``); the bandwidth rule (``fixed_sweep``,
+    optional: the same sweep with ``kernel="fixed"``, whose I(T;Σ;Y) steps are added to
+    Proposition 2's text as a diagnostic; the verdict reads the paper's per-suffix kernel).  Sanity
     checks: Proposition 1 on Eq. 4 (at the operating alphas and during training: the
     estimator with one sigma0^2 for all classes is never negative, so it checks the code,
     not the network), Eq. 6 and Prop. 2 on the plug-in distribution (identities of the
@@ -438,7 +446,7 @@ def findings(rows: pd.DataFrame, table: pd.DataFrame, eq6: pd.DataFrame, bw: pd.
     n_room_dims = int((bw["H (dims)"] <= bw.log2_n - margin).sum())
     return [
         _prop1_finding(sweep, prop_alphas, nets, setting),
-        _prop2_finding(sweep, prop_alphas, nets, setting),
+        _prop2_finding(sweep, prop_alphas, nets, setting, fixed_sweep),
         Finding(
             "prop1_paper_alpha", CHAPTER,
             "Sanity check, Proposition 1 on the estimator during training, at the paper's α (every tracked epoch "
