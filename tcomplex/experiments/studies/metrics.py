@@ -43,7 +43,7 @@ from tcomplex.gating import Recording, record_gates, record_gates_with_and_witho
 
 __all__ = ["configs", "suffix_table", "prop1", "prop2", "eq6_table", "bandwidth_table", "findings",
            "suffix_information", "prop_sweep", "operating_alphas", "prop1_intervals", "prop2_intervals",
-           "PROP2_PARTS"]
+           "PROP2_PARTS", "SWEEP_COLUMNS"]
 
 CHAPTER = "01_metrics"
 
