@@ -350,23 +350,30 @@ def _kernels() -> dict[str, Any]:
         ``idx`` [n, channels * out_h * out_w] (row-major over channel, output row, output column);
         1-D pools pass out_h = k_h = 1, s_h = p_h = 0.  The winner of output (oh, ow) sits at
         delta = idx - ((oh s_h - p_h) W + ow s_w - p_w) = r W + c with r < k_h, 0 <= c < k_w <= W,
-        so r is the number of whole rows W in delta (found by comparison, no division).
+        so r is the number of whole rows W in delta (counted by comparisons, no division or branch).
         """
         one = np.uint64(1)
         for i in prange(idx.shape[0]):
             j = np.int64(0)
+            word = np.int64(0)  # positions grow with j: gather a word's bits, store it once
+            acc = np.uint64(0)
             for ch in range(channels):
                 for oh in range(out_h):
                     row0 = (np.int64(oh) * s_h - p_h) * plane_w - p_w
                     for ow in range(out_w):
                         delta = idx[i, j] - row0 - np.int64(ow) * s_w
                         r = np.int64(0)
-                        while delta >= plane_w:
-                            delta -= plane_w
-                            r += 1
-                        pos = j * window + r * k_w + delta
-                        out[i, pos >> 6] |= one << np.uint64(pos & 63)
+                        for t in range(1, k_h):  # branch-free: r = #{t < k_h : delta >= t W}
+                            r += np.int64(delta >= t * plane_w)
+                        pos = j * window + r * (k_w - plane_w) + delta
+                        w = pos >> 6
+                        if w != word:
+                            out[i, word] = acc
+                            word = w
+                            acc = np.uint64(0)
+                        acc |= one << np.uint64(pos & 63)
                         j += 1
+            out[i, word] = acc
 
     @njit(boundscheck=False, nogil=True)
     def exp_table(inv, size):

@@ -908,6 +908,8 @@ class GateRecorder:
         self.store = store
         self.store_device = None if store_device is None else torch.device(store_device)
         self.check_nan = check_nan
+        self._nan_free: Tensor | None = None  # the last ReLU output found free of NaN (and its version)
+        self._nan_free_version = -1
         self._modules = gating_modules(model, self.kinds)
         self._handles: list[Any] = []
         self._patched: list[tuple[nn.Module, Any]] = []  # (module, the forward set on it)
@@ -1096,6 +1098,7 @@ class GateRecorder:
                 "cannot be recorded batch by batch"
             )
         self._last = {}
+        self._nan_free = None
         for key in self._order:
             name = self._names[key]
             state = self._batch[key]
@@ -1158,13 +1161,18 @@ class GateRecorder:
         if not args or not isinstance(args[0], Tensor):
             raise TypeError(f"gating layer {name!r} was called without a tensor input")
         x = args[0]
+        if x is self._nan_free and x._version == self._nan_free_version:
+            return x  # the output of the ReLU just checked (e.g. the input of the max-pool after it)
         # amax propagates NaN and is several times cheaper than isnan(x).any()
         if self.check_nan and x.is_floating_point() and x.numel() and torch.isnan(x.amax()):
-            raise ValueError(
-                f"NaN in the input of gating layer {name!r}: the model produced NaN activations "
-                "(diverged training or NaN inputs); gating states of NaN are undefined"
-            )
+            self._nan_error(name)
         return x
+
+    def _nan_error(self, name: str) -> None:
+        raise ValueError(
+            f"NaN in the input of gating layer {name!r}: the model produced NaN activations "
+            "(diverged training or NaN inputs); gating states of NaN are undefined"
+        )
 
     def _make_pre_hook(self, name: str, module: nn.Module):
         kind = _kind_of(module)
@@ -1211,6 +1219,8 @@ class GateRecorder:
             if not self._wanted(key):
                 return
             y = self._checked_input(name, (output,))  # relu keeps NaN, so this checks the input
+            if self.check_nan:  # a max-pool right after this ReLU gets the same tensor: checked once
+                self._nan_free, self._nan_free_version = y, y._version
             # relu(x) is x where x > 0 and +-0 elsewhere, so relu(x) != 0 is exactly x > 0 (NaN
             # aside: it would read as 1, hence the comparison when NaN is not ruled out)
             state = (y.bool() if self.check_nan else y > 0).flatten(1)

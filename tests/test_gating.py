@@ -958,3 +958,20 @@ def test_pool_winners_packed_from_indices_equal_the_offsets_route(nd, case):
     assert torch.equal(words, pack_onehot(ref.reshape(4, -1).to(torch.uint8), k**nd))
     # a window wider than the plane's row: the general route (None)
     assert pack_pool_winners(idx, (plane[0], 1) if nd == 2 else (1,), kk, ss, pp) is None
+
+
+def test_nan_is_named_at_the_first_relu_and_a_following_pool_is_not_checked_twice():
+    net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3), nn.ReLU())
+    x = torch.randn(5, 4)
+    x[2, 1] = float("nan")
+    with pytest.raises(ValueError, match="NaN in the input of gating layer '1'"):
+        tc.record_gates(net, x)
+    # ReLU then max-pool on its output: one check of the shared tensor, states unchanged
+    conv = nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.MaxPool2d(2))
+    img = torch.randn(4, 1, 8, 8)
+    rec = tc.record_gates(conv, img)
+    y = conv[1](conv[0](img))
+    assert torch.equal(rec["1"], (y > 0).flatten(1))
+    img[1, 0, 4, 4] = float("nan")
+    with pytest.raises(ValueError, match="NaN in the input of gating layer '1'"):
+        tc.record_gates(conv, img)
