@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import http.server
 import json
+import re
 import os
 import shutil
 import threading
@@ -118,6 +119,15 @@ def test_book_pages_load_with_figures_equations_and_working_links(served_book):
                     "div.cell_input", "els => els.filter(e => e.checkVisibility({contentVisibilityAuto: true})).length")
                 assert shown_code == 0, f"{chapter}: {shown_code} code cells shown unfolded"
                 assert "runs_root" not in text, f"{chapter}: a parameter cell is shown"
+                nans = re.findall(r".{0,40}\bnan\b.{0,40}", text, flags=re.I)
+                assert not nans, f"{chapter}: 'nan' shown: {nans[:3]}"
+            # no page wider than the window, no content wider than its column
+            too_wide = page.evaluate(
+                "() => [document.documentElement.scrollWidth - window.innerWidth,"
+                " ...[...document.querySelectorAll('article')].map(a => a.scrollWidth - a.clientWidth)]")
+            assert max(too_wide) <= 1, f"{chapter}: wider than its column by {max(too_wide)} px"
+            typeset = page.eval_on_selector_all("mjx-container", "els => els.map(e => e.getBoundingClientRect().width)")
+            assert all(w > 0 for w in typeset), f"{chapter}: {sum(w == 0 for w in typeset)} equations not typeset"
             if SCREENSHOTS:
                 page.screenshot(path=str(Path(SCREENSHOTS) / f"{chapter}.png"), full_page=True)
             hrefs = page.eval_on_selector_all("a[href]", "els => els.map(e => e.href)")
@@ -220,7 +230,6 @@ def test_a_rerun_with_parameters_is_a_variant_that_lands_in_the_book(tmp_path, m
     assert cli.main(["book", "--profile", "quick", "--variant", "nope"]) == 2
     assert cli.main([cheap.get(a, a) for a in book_cmd[1:]]) == 0  # renders only: the copied notebooks are current
     html = tmp_path / "book" / "_build" / "quick" / "html"
-    import re
 
     page = re.sub(r"<[^>]+>", "", (html / "variants" / name / "01_metrics.html").read_text())
     assert f"Variant {name}" in page and "epochs = 1" in page and "train_subset = 1000" in page
