@@ -185,7 +185,11 @@ def test_rendered_pages_hide_code_parameters_and_test_markers():
     code = [c for c in page["cells"] if c["cell_type"] == "code"]
     params = [c for c in code if {"parameters", "injected-parameters"} & set(c["metadata"]["tags"])]
     assert len(params) == 2 and all("remove-cell" in c["metadata"]["tags"] for c in params)
-    assert all("hide-input" in c["metadata"]["tags"] for c in code if c not in params)
+    # nbval's check cells (the verdicts, shown to the reader by the findings table) are removed too
+    n_checks = sum("# NBVAL_CHECK_OUTPUT" in "".join(c["source"]) for c in src["cells"])
+    removed = [c for c in code if c not in params and "remove-cell" in c["metadata"]["tags"]]
+    assert n_checks >= 1 and len(removed) == n_checks
+    assert all("hide-input" in c["metadata"]["tags"] for c in code if c not in params and c not in removed)
     assert not any("NBVAL" in "".join(c["source"]) for c in code)
     assert any("NBVAL_CHECK_OUTPUT" in "".join(c["source"]) for c in src["cells"])  # only the page loses them
 
