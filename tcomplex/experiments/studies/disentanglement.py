@@ -88,7 +88,7 @@ from tcomplex.experiments.train import (
     analysis_set_for,
     build_model_for,
     check_data,
-    recipe,
+    recipe_config,
     train,
 )
 from tcomplex.gating import record_gates
@@ -169,10 +169,9 @@ def configs(models: Sequence[str], seeds: Sequence[int], *, dataset: str, epochs
         raise ValueError(f"short_epochs must be >= 1 (or None for no short training length), got {short_epochs}")
     track = sorted({short_epochs, epochs}) if short_epochs is not None and short_epochs < epochs else [epochs]
     return [
-        TrainConfig(**{**recipe(m), **dict(
-            model=m, dataset=dataset, epochs=epochs, seed=s, train_subset=train_subset,
-            analysis_per_class=track_per_class, track_epochs=track, per_layer=False,
-            rates=False, tc=False, **extra)})
+        recipe_config(m, dataset=dataset, epochs=epochs, seed=s, train_subset=train_subset,
+                      analysis_per_class=track_per_class, track_epochs=track, per_layer=False,
+                      rates=False, tc=False, **extra)
         for m in models for s in seeds
     ]
 
