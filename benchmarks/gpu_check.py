@@ -699,10 +699,11 @@ def paper_configs(profile: str = "paper") -> dict[str, list[Any]]:
     out["02_disentanglement"] = (
         disentanglement.configs(p["mnist_models"], p["seeds"], dataset=p["dataset"], epochs=p["epochs"],
                                 train_subset=p["train_subset"], track_per_class=p["track_per_class"],
-                                eval_size=p["eval_size"])
+                                eval_size=p["eval_size"], short_epochs=p.get("short_epochs"))
         + disentanglement.configs(p["resnet_models"], p["resnet_seeds"], dataset=p["dataset"],
                                   epochs=p["resnet_epochs"], train_subset=p["resnet_train_subset"],
-                                  track_per_class=p["track_per_class"], eval_size=p["eval_size"]))
+                                  track_per_class=p["track_per_class"], eval_size=p["eval_size"],
+                                  short_epochs=p.get("short_epochs")))
     p = nb["03_training_dynamics"]
     out["03_training_dynamics"] = dynamics.configs(p["runs"], p["seeds"], p["analysis_images"], p["track_every"],
                                                    p["eval_images"])

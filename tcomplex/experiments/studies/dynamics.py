@@ -66,7 +66,7 @@ from tcomplex.experiments.report import (
     rise_then_saturate,
 )
 from tcomplex.experiments.measure import measure_complexity
-from tcomplex.experiments.train import TrainConfig, analysis_set_for, recipe
+from tcomplex.experiments.train import TrainConfig, analysis_set_for, recipe_config
 
 __all__ = [
     "CHAPTER",
@@ -221,9 +221,8 @@ def configs(runs: Sequence[Sequence[Any]], seeds: Sequence[int], analysis_images
     for spec in parse_runs(runs):
         classes = data_mod.DATASETS[spec.dataset].num_classes
         for seed in seeds:
-            out.append(TrainConfig(
-                **recipe(spec.model),
-                model=spec.model, dataset=spec.dataset, task="vae" if spec.group == "vae" else "classify",
+            out.append(recipe_config(
+                spec.model, dataset=spec.dataset, task="vae" if spec.group == "vae" else "classify",
                 epochs=spec.epochs, seed=int(seed), train_subset=spec.train_subset,
                 test_subset=eval_images, eval_train_size=eval_images or 10000,
                 model_kwargs=_model_kwargs(spec.model), track_every=track_every, track_log=True,
