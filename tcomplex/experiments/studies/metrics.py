@@ -38,7 +38,7 @@ from tcomplex.experiments.report import (
     mean_ci,
 )
 from tcomplex.experiments.studies.common import Context, load_trained_model
-from tcomplex.experiments.train import TrainConfig, analysis_set_for, recipe
+from tcomplex.experiments.train import TrainConfig, analysis_set_for, recipe_config
 from tcomplex.gating import Recording, record_gates, record_gates_with_and_without_sampling
 
 __all__ = ["configs", "suffix_table", "prop1", "prop2", "eq6_table", "bandwidth_table", "findings",
@@ -50,11 +50,10 @@ CHAPTER = "01_metrics"
 
 def configs(model: str, dataset: str, epochs: int, seeds: list[int], train_subset: int | None,
             analysis_per_class: int, track_every: int) -> list[TrainConfig]:
-    """The training runs of chapter 1 (suffix entropies tracked), on top of :func:`recipe` ``(model)``."""
+    """The training runs of chapter 1 (suffix entropies tracked), on top of :func:`~tcomplex.experiments.train.recipe_config`."""
     return [
-        TrainConfig(**{**recipe(model), "model": model, "dataset": dataset, "epochs": epochs, "seed": s,
-                       "train_subset": train_subset, "analysis_per_class": analysis_per_class,
-                       "track_every": track_every, "suffix": True, "rates": False})
+        recipe_config(model, dataset=dataset, epochs=epochs, seed=s, train_subset=train_subset,
+                      analysis_per_class=analysis_per_class, track_every=track_every, suffix=True, rates=False)
         for s in seeds
     ]
 
