@@ -54,6 +54,7 @@ from tcomplex.experiments.report import (
     THRESHOLDS,
     Finding,
     Precondition,
+    accuracy_threshold,
     enough,
     fisher_ci,
     headroom,
@@ -62,7 +63,7 @@ from tcomplex.experiments.report import (
 )
 from tcomplex.experiments.studies.common import Context, fmt_value, train_many
 from tcomplex.experiments.runs import RunDir
-from tcomplex.experiments.train import TrainConfig, TrainState, recipe, train
+from tcomplex.experiments.train import TrainConfig, TrainState, recipe_config, train
 from tcomplex.gating import ALPHA_FC, record_gates
 
 __all__ = [
@@ -137,9 +138,9 @@ def alpha_config(model: str, dataset: str, epochs: int, seed: int, train_subset:
                  analysis_per_class: int, track_every: int) -> TrainConfig:
     """The run behind Figure 9: ``model`` on ``dataset``, states tracked every ``track_every``
     epochs plus the log-spaced early epochs (so the early change is visible)."""
-    return TrainConfig(**recipe(model), model=model, dataset=dataset, epochs=epochs, seed=seed, train_subset=train_subset,
-                       analysis_per_class=analysis_per_class, track_every=track_every, track_log=True,
-                       per_layer=False, rates=False)
+    return recipe_config(model, dataset=dataset, epochs=epochs, seed=seed, train_subset=train_subset,
+                         analysis_per_class=analysis_per_class, track_every=track_every, track_log=True,
+                         per_layer=False, rates=False)
 
 
 def _states_root(ctx: Context) -> Path:
@@ -226,7 +227,7 @@ def alpha_accuracy(cfgs: Sequence[TrainConfig], ctx: Context) -> pd.DataFrame:
     rows = []
     for cfg in cfgs:
         for f in sorted(record_training_states(cfg, ctx).glob("epoch_*.json")):
-            rows.append({"seed": cfg.seed, **json.loads(f.read_text())})
+            rows.append({"model": cfg.model, "dataset": cfg.dataset, "seed": cfg.seed, **json.loads(f.read_text())})
     return pd.DataFrame(rows)
 
 
@@ -399,7 +400,13 @@ def plot_alpha_curves(metrics: pd.DataFrame, accuracy: pd.DataFrame) -> Any:
         axes[1, col].set_title(titles[metric].split(" [")[0] + ", standardised (unsaturated α)")
     acc = accuracy.groupby("epoch").test_acc.mean()
     axes[0, 2].plot(acc.index, acc.values, marker="o", ms=3, color="k")
-    axes[0, 2].set_title("test accuracy")
+    if {"model", "dataset"} <= set(accuracy.columns) and len(accuracy):
+        need = accuracy_threshold(str(accuracy.model.iloc[0]), str(accuracy.dataset.iloc[0]))
+        axes[0, 2].axhline(need, color="0.5", ls=":", lw=1)
+        axes[0, 2].annotate("learned", (0.01, need), xycoords=("axes fraction", "data"), va="bottom", fontsize=8,
+                            color="0.4")
+    axes[0, 2].set_ylim(0, 1.02)  # the whole range: a network at chance shows as one
+    axes[0, 2].set_title("test accuracy (mean over seeds)")
     for ax in axes.flat[:5]:
         if log_x:
             ax.set_xscale("symlog", linthresh=1)
@@ -465,10 +472,10 @@ def table1_config(cell: Table1Cell, seed: int, test_subset: int | None) -> Train
     """Training of one cell: the substrate's defaults (SGD, lr 0.01, momentum 0.9,
     weight decay 5e-4, batch 128); complexity measured only at the last epoch
     (``track_epochs=[epochs]``, whole network only) since Table 1 needs none."""
-    return TrainConfig(**recipe(cell.model), model=cell.model, dataset=cell.dataset, epochs=cell.epochs, seed=seed,
-                       train_subset=cell.train_subset, test_subset=test_subset, track_every=0, track_log=False,
-                       track_epochs=[cell.epochs], per_layer=False, rates=False,
-                       analysis_per_class=TABLE1_ANALYSIS_PER_CLASS, eval_train_size=TABLE1_EVAL_TRAIN)
+    return recipe_config(cell.model, dataset=cell.dataset, epochs=cell.epochs, seed=seed,
+                         train_subset=cell.train_subset, test_subset=test_subset, track_every=0, track_log=False,
+                         track_epochs=[cell.epochs], per_layer=False, rates=False,
+                         analysis_per_class=TABLE1_ANALYSIS_PER_CLASS, eval_train_size=TABLE1_EVAL_TRAIN)
 
 
 def table1_verdict(ours: float, paper: float, substituted: bool) -> str:

@@ -44,7 +44,7 @@ import pandas as pd
 import torch
 from scipy import stats
 
-from tcomplex.estimators import SATURATION_TOLERANCE
+from tcomplex.estimators import HEADROOM_FRACTION_CLASSES
 from tcomplex.experiments import data as data_mod
 from tcomplex.experiments import models as models_mod
 from tcomplex.experiments.report import (
@@ -66,7 +66,7 @@ from tcomplex.experiments.report import (
     rise_then_saturate,
 )
 from tcomplex.experiments.measure import measure_complexity
-from tcomplex.experiments.train import TrainConfig, analysis_set_for, recipe
+from tcomplex.experiments.train import TrainConfig, analysis_set_for, recipe_config
 
 __all__ = [
     "CHAPTER",
@@ -221,9 +221,8 @@ def configs(runs: Sequence[Sequence[Any]], seeds: Sequence[int], analysis_images
     for spec in parse_runs(runs):
         classes = data_mod.DATASETS[spec.dataset].num_classes
         for seed in seeds:
-            out.append(TrainConfig(
-                **recipe(spec.model),
-                model=spec.model, dataset=spec.dataset, task="vae" if spec.group == "vae" else "classify",
+            out.append(recipe_config(
+                spec.model, dataset=spec.dataset, task="vae" if spec.group == "vae" else "classify",
                 epochs=spec.epochs, seed=int(seed), train_subset=spec.train_subset,
                 test_subset=eval_images, eval_train_size=eval_images or 10000,
                 model_kwargs=_model_kwargs(spec.model), track_every=track_every, track_log=True,
@@ -339,7 +338,7 @@ def shape_table(curves_: pd.DataFrame, tol: float) -> pd.DataFrame:
                 ceiling = float(g.log2_n.iloc[0])
             else:
                 ceiling = float(g.log2_classes.iloc[0])
-                stuck = bool(v[i_min] >= (1 - SATURATION_TOLERANCE) * ceiling)
+                stuck = bool(ceiling - v[i_min] < HEADROOM_FRACTION_CLASSES * ceiling)
             entry: dict[str, Any] = {**entry_base, "metric": metric, "ceiling": ceiling,
                                      "first": v[0], "min": v[i_min], "min_epoch": int(e[i_min]),
                                      "last": v[-1], "last_epoch": int(e[-1]), "stuck": stuck}
