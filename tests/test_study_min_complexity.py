@@ -451,3 +451,11 @@ def test_findings_include_the_matched_reading_per_variant():
     runs["dataset"] = "mnist"
     keys = [f.key for f in mc.findings(runs, "", matched=m)]
     assert "loss_gap_matched:resmlp10" in keys and "loss_gap:resmlp10" in keys
+
+
+def test_a_trend_from_two_runs_is_described_without_a_p_value():
+    kw = dict(model="m", metric="H_pen", rho=-1.0, base_mean=3.0, base_sd=0.1, top_lam=0.01, top_mean=2.0,
+              top_sd=0.1, spread=0.1, n_runs=2, n_saturated=0, decreasing=False, below=True)
+    two = mc.Trend(p=float("nan"), **kw).describe()
+    assert "nan" not in two and "Spearman ρ = -1.00 (2 runs)" in two
+    assert "(p = 0.003, 9 runs)" in mc.Trend(p=0.003, **{**kw, "n_runs": 9}).describe()

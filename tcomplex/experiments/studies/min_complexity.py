@@ -593,9 +593,10 @@ class Trend:
 
     def describe(self) -> str:
         sat = f"; {self.n_saturated}/{self.n_runs} runs at the estimator's ceiling" if self.n_saturated else ""
+        pval = "" if self.p != self.p else f"p = {self.p:.2g}, "  # no p-value from two runs
         return (f"{self.model}: λ=0 {self.base_mean:.2f} ± {self.base_sd:.2f} → λ={self.top_lam:g} "
                 f"{self.top_mean:.2f} ± {self.top_sd:.2f} (drop {self.drop:.2f}, spread {self.spread:.2f}); "
-                f"Spearman ρ = {self.rho:.2f} (p = {self.p:.2g}, {self.n_runs} runs){sat}")
+                f"Spearman ρ = {self.rho:.2f} ({pval}{self.n_runs} runs){sat}")
 
 
 def _saturation_column(metric: str) -> str | None:
