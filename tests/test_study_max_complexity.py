@@ -269,3 +269,20 @@ def test_no_curve_with_three_read_points_gives_not_measured_shapes():
     assert shapes.empty and "rise_then_fall" in shapes.columns
     found = {f.key: f for f in mc.findings(table, 0.03, 0.1, "", mc.read_table(alphas, final, var, 0.5))}
     assert found["residual_2"].verdict == NOT_MEASURED and found["residual_3"].verdict == NOT_MEASURED
+
+
+def test_figure5_panels_span_up_to_the_ceiling_and_say_when_nothing_is_read():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = pd.DataFrame({"arch": ["stacked"] * 3, "depth": [6] * 3, "task_n": [0, 2, 8], "H": [8.2, 8.19, 8.21],
+                          "H_sd": [0.0] * 3, "seeds": [2] * 3, "saturated": [True, True, True]})
+    fig, (a, b) = plt.subplots(1, 2)
+    mc.plot_vs_n(a, table, "stacked", "H", ceiling=8.23)
+    assert a.get_ylim() == pytest.approx((0.0, 8.23 * 1.08))  # not zoomed into 8.19-8.21
+    assert not a.texts
+    mc.plot_vs_n(b, table.assign(H=float("nan")), "stacked", "H", ceiling=8.23)
+    assert "no target's H is read" in b.texts[0].get_text()
+    plt.close(fig)

@@ -617,8 +617,11 @@ def plot_vs_n(ax: Any, table: pd.DataFrame, arch: str, value: str = "H", *, ceil
     """Figure 5: ``value`` against task complexity n, one line per target depth.
 
     When ``value`` is H, points at the ceiling log2 n are marked with a cross;
-    a band shows +/- one sd over seeds when there are several.
+    a band shows +/- one sd over seeds when there are several.  An H panel spans 0 to just above
+    the ceiling; a panel with nothing to draw says why.
     """
+    from matplotlib.ticker import MaxNLocator
+
     sel = table[table.arch == arch]
     for depth, g in sel.groupby("depth"):
         g = g.sort_values("task_n")
@@ -631,5 +634,11 @@ def plot_vs_n(ax: Any, table: pd.DataFrame, arch: str, value: str = "H", *, ceil
             ax.plot(sat.task_n, sat[value], ls="none", marker="x", ms=8, mew=2, color=line.get_color())
     if ceiling is not None:
         ax.axhline(ceiling, ls="--", lw=1, color="0.4")
+        if value == "H":  # the whole range up to the ceiling: a curve sitting at the ceiling shows as one
+            ax.set_ylim(0, ceiling * 1.08)
+    if sel[value].notna().sum() == 0:
+        what = "no target's H is read (no fit reached the R² threshold)" if value == "H" else f"no {value} values"
+        ax.text(0.5, 0.5, what, transform=ax.transAxes, ha="center", va="center", fontsize=9, color="0.3")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # n counts ReLU layers
     ax.set_xlabel("task complexity n (ReLU layers of the task MLP)")
     ax.set_ylabel(value)
