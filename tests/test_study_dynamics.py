@@ -20,12 +20,13 @@ def _rows(run_id: str, group: str, model: str, values: dict[str, list[float]], *
           per_class: int = 200, dataset: str = "mnist", seed: int = 0, layer: str = "__all__",
           saturated: list[float] | None = None, hist: dict[int, list[float]] | None = None,
           train_subset: float = float("nan"), n_epochs: int | None = None,
-          normalization: str = "dataset") -> pd.DataFrame:
+          normalization: str = "dataset", extra: dict | None = None) -> pd.DataFrame:
     """Tidy rows shaped like the training substrate's output (after :func:`D.with_groups`)."""
     base = {"run_id": run_id, "group": group, "model": model, "dataset": dataset, "seed": seed,
             "normalization": normalization,
             "analysis_per_class": per_class, "train_subset": train_subset, "epochs": n_epochs or max(epochs),
-            "optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "batch_size": 128, "bandwidth": "dims"}
+            "optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "batch_size": 128, "bandwidth": "dims",
+            "schedule": "none", "flip": False, **(extra or {})}
     out = []
     for metric, vals in values.items():
         for e, v in zip(epochs, vals):
@@ -241,22 +242,51 @@ def test_authors_comparison_matches_their_curve():
     assert table.loc[("H", "epoch 500"), "our_value"] == pytest.approx(10.65)
     f = D.authors_finding(table.reset_index(), cur, rows)
     assert f.verdict == REPRODUCED and "7.35 @ 55" in f.measured
-    assert f.setting.startswith("input normalised with mean 0.1307")  # the only difference left
+    assert f.setting == ("lr schedule none (their repository's loop: log-spaced 0.01 to 1e-4); no horizontal flip "
+                         "(their MNIST loader: random horizontal flip); input normalised with mean 0.1307, std 0.3081 "
+                         "(theirs 0.5, 0.5)")
 
 
 def test_authors_comparison_prefers_runs_with_their_input_normalisation():
     ours = _rows("a", "plain", "mlp_mnist", {"H": [10.96] * 15, "I_XSY": [3.3] * 15, **_common(15)},
                  saturated=[1.0] * 15)
+    loop = {"schedule": "log", "flip": True}
     theirs = _rows("b", "plain", "mlp_mnist", {"H": _dip(10.85, 7.35, 10.65), "I_XSY": _dip(3.28, 1.5, 3.25),
-                                               **_common(15)}, normalization="half")
-    rows = pd.concat([ours, theirs])
+                                               **_common(15)}, normalization="half",
+                   extra={**loop, "setting": D.setting_label("half", loop)})
+    half = _rows("c", "plain", "mlp_mnist", {"H": _dip(10.0, 9.0, 10.0), "I_XSY": _dip(3.0, 2.0, 3.0),
+                                             **_common(15)}, normalization="half", extra={"setting": "input 0.5/0.5"})
+    rows = pd.concat([ours.assign(setting=""), theirs, half])
     cur = D.curves(rows)
     table = D.authors_table(cur)
+    assert table.groupby("setting", sort=False).compared.first().to_dict() == {
+        "input 0.5/0.5, flip, schedule=log": True, "input 0.5/0.5": False, "": False}
     f = D.authors_finding(table, cur, rows)
     assert f.verdict == REPRODUCED and f.setting == ""  # no difference of setting left
+    assert "Other MLP-MNIST settings (not compared): [input 0.5/0.5] H min 9.00 @ 55; [recipe] H min 10.96" in f.measured
+    # their normalisation without their loop and loader: compared when it is the closest, with the differences named
+    rows = pd.concat([ours.assign(setting=""), half])
+    cur = D.curves(rows)
+    f = D.authors_finding(D.authors_table(cur), cur, rows)
+    assert f.setting.startswith("lr schedule none") and "flip" in f.setting and "input normalised" not in f.setting
     # without the "half" run the comparison falls back to the other one (stuck at the ceiling)
     f = D.authors_finding(D.authors_table(D.curves(ours)), D.curves(ours), ours)
     assert f.verdict == NOT_REPRODUCED and "input normalised" in f.setting
+
+
+def test_run_lines_may_set_training_options_and_name_their_setting():
+    a, b = D.configs([["plain", "mlp_mnist", "mnist", 2, None, "half", {"schedule": "log", "flip": True}],
+                      ["plain", "mlp_alpha", "mnist", 2, None, {"lr": 0.01}]], [0], 2000, 0, None)
+    assert (a.schedule, a.flip, a.normalization, a.lr) == ("log", True, "half", 0.01)
+    assert b.lr == 0.01 and b.normalization == "dataset"  # the option wins over the recipe (mlp_alpha: lr 0.003)
+    rows = pd.DataFrame({"run_id": [a.run_id, b.run_id], "value": [1.0, 2.0]})
+    assert D.with_groups(rows, [a, b]).setting.tolist() == ["input 0.5/0.5, flip, schedule=log", "lr=0.01"]
+    (plain,) = D.configs([["plain", "mlp_alpha", "mnist", 2, None]], [0], 2000, 0, None)
+    assert D.with_groups(rows.assign(run_id=plain.run_id), [plain]).setting.tolist() == ["", ""]
+    with pytest.raises(ValueError, match=r"unknown training options \['alpha'\].*valid: \['schedule'"):
+        D.configs([["plain", "mlp_mnist", "mnist", 2, None, {"alpha": 0.1}]], [0], 2000, 0, None)
+    with pytest.raises(ValueError, match="a run is"):
+        D.configs([["plain", "mlp_mnist", "mnist", 2]], [0], 2000, 0, None)
 
 
 def test_run_lines_may_name_the_input_normalisation():

@@ -121,13 +121,18 @@ AUTHORS_MLP_MNIST_SOURCE = (
     "(sjtu-xai-lab/transformation-complexity), values read off and quoted in the project's "
     "issue and design notes (DESIGN.md, 'Known facts about the estimators')"
 )
-#: The setting behind :data:`AUTHORS_MLP_MNIST` (their code: 200 images per class
-#: from the training set, sigma0^2 = alpha * d, full MNIST, constant SGD).
+#: The setting behind :data:`AUTHORS_MLP_MNIST` as far as their public code shows it (200 images per
+#: class from the training set, sigma0^2 = alpha * d, full MNIST, SGD from lr 0.01).  Their repository
+#: holds no script that trains the plotted MLP; its one training loop decays the learning rate
+#: log-spaced from 0.01 to 1e-4 over the run (our ``schedule="log"``) and its MNIST loader applies a
+#: random horizontal flip by default (our ``flip=True``): both are assumed here.
 AUTHORS_SETTING: dict[str, Any] = {
     "model": "mlp_mnist", "dataset": "mnist", "bandwidth": "dims", "alpha": 0.01,
     "analysis_images": 2000, "optimizer": "sgd", "lr": 0.01, "momentum": 0.9,
-    "batch_size": 128, "epochs": 500, "train_subset": None,
+    "batch_size": 128, "epochs": 500, "train_subset": None, "schedule": "log", "flip": True,
 }
+#: The training options of the authors' repository loop and loader (a run line's options dict).
+AUTHORS_LOOP_OPTIONS: dict[str, Any] = {"schedule": "log", "flip": True}
 #: The authors' input normalisation of MNIST (their ``datasets/mnist.py``:
 #: ``transforms.Normalize(mean=[.5], std=[.5])``); ours uses the dataset's own
 #: mean and std (0.1307, 0.3081).
@@ -164,6 +169,11 @@ PAPER_RUNS: list[list[Any]] = [
 # ---------------------------------------------------------------------------
 # runs
 # ---------------------------------------------------------------------------
+#: Training options a run line may set (its optional last element, a dict), on top of the model's recipe:
+#: e.g. ``{"schedule": "log", "flip": True}``, the loop and MNIST loader of the authors' repository.
+RUN_OPTIONS = ("schedule", "flip", "lr", "optimizer", "momentum", "weight_decay", "batch_size")
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """One line of the notebook's ``runs`` parameter."""
@@ -174,15 +184,25 @@ class RunSpec:
     epochs: int
     train_subset: int | None
     normalization: str = "dataset"
+    options: tuple[tuple[str, Any], ...] = ()
 
     @classmethod
     def parse(cls, item: Sequence[Any]) -> RunSpec:
-        """From ``[group, model, dataset, epochs, train_subset]`` and an optional
-        input normalisation (see :data:`tcomplex.experiments.data.NORMALIZATIONS`)."""
+        """From ``[group, model, dataset, epochs, train_subset]``, an optional input normalisation
+        (see :data:`tcomplex.experiments.data.NORMALIZATIONS`) and an optional dict of training
+        options (:data:`RUN_OPTIONS`, e.g. ``{"schedule": "log", "flip": True}``)."""
+        item = list(item)
+        opts: dict[str, Any] = {}
+        if len(item) in (6, 7) and isinstance(item[-1], dict):
+            opts = dict(item.pop())
         if len(item) not in (5, 6):
             raise ValueError(
-                f"a run is [group, model, dataset, epochs, train_subset] or [..., normalization], got {item!r}"
+                f"a run is [group, model, dataset, epochs, train_subset], optionally + normalization and + a dict "
+                f"of training options, got {item!r}"
             )
+        unknown = sorted(set(opts) - set(RUN_OPTIONS))
+        if unknown:
+            raise ValueError(f"unknown training options {unknown} in {item!r}; valid: {list(RUN_OPTIONS)}")
         group, model, dataset, epochs, subset = item[:5]
         norm = str(item[5]) if len(item) == 6 else "dataset"
         if group not in GROUPS:
@@ -191,7 +211,22 @@ class RunSpec:
             raise ValueError(f"unknown dataset {dataset!r} in {item!r}; datasets: {sorted(data_mod.DATASETS)}")
         if norm not in data_mod.NORMALIZATIONS:
             raise ValueError(f"unknown normalization {norm!r} in {item!r}; valid: {list(data_mod.NORMALIZATIONS)}")
-        return cls(str(group), str(model), str(dataset), int(epochs), None if subset is None else int(subset), norm)
+        return cls(str(group), str(model), str(dataset), int(epochs), None if subset is None else int(subset), norm,
+                   tuple(sorted(opts.items())))
+
+    @property
+    def setting(self) -> str:
+        """The run line's departures from the recipe, in words ("" for none): input 0.5/0.5, options."""
+        return setting_label(self.normalization, dict(self.options))
+
+
+def setting_label(normalization: str, options: dict[str, Any]) -> str:
+    """A curve's setting as text: ``"input 0.5/0.5"`` for the authors' normalisation, then
+    the training options (``schedule=log, flip``); "" for the recipe's defaults."""
+    bits = ["input 0.5/0.5"] if normalization == "half" else []
+    for key, value in sorted(options.items()):
+        bits.append(key if value is True else f"{key}={value}")
+    return ", ".join(bits)
 
 
 def parse_runs(runs: Sequence[Sequence[Any]]) -> list[RunSpec]:
@@ -222,7 +257,7 @@ def configs(runs: Sequence[Sequence[Any]], seeds: Sequence[int], analysis_images
         classes = data_mod.DATASETS[spec.dataset].num_classes
         for seed in seeds:
             out.append(TrainConfig(
-                **recipe(spec.model),
+                **{**recipe(spec.model), **dict(spec.options)},
                 model=spec.model, dataset=spec.dataset, task="vae" if spec.group == "vae" else "classify",
                 epochs=spec.epochs, seed=int(seed), train_subset=spec.train_subset,
                 test_subset=eval_images, eval_train_size=eval_images or 10000,
@@ -242,7 +277,14 @@ def with_groups(rows: pd.DataFrame, configs_: Sequence[TrainConfig]) -> pd.DataF
     out["group"] = out.run_id.map(groups)
     # rows cached before the field existed lack the column
     out["normalization"] = out.run_id.map({c.run_id: c.normalization for c in configs_})
+    out["setting"] = out.run_id.map({c.run_id: _config_setting(c) for c in configs_})
     return out
+
+
+def _config_setting(cfg: TrainConfig) -> str:
+    base = TrainConfig(**recipe(cfg.model))
+    opts = {k: getattr(cfg, k) for k in RUN_OPTIONS if getattr(cfg, k) != getattr(base, k)}
+    return setting_label(cfg.normalization, opts)
 
 
 def _describe(specs: Sequence[RunSpec], group: str) -> str:
@@ -279,7 +321,7 @@ def paper_comparisons(runs: Sequence[Sequence[Any]], analysis_images: int) -> li
 # aggregation
 # ---------------------------------------------------------------------------
 _CURVE_METRICS = ("H", "I_XSY", "saturated_H", "C", "width", "test_acc", "train_acc", "epoch_seconds")
-_KEYS = ["run_id", "group", "model", "dataset", "normalization", "seed", "n"]
+_KEYS = ["run_id", "group", "model", "dataset", "normalization", "setting", "seed", "n"]
 
 
 def curves(rows: pd.DataFrame) -> pd.DataFrame:
@@ -292,6 +334,11 @@ def curves(rows: pd.DataFrame) -> pd.DataFrame:
     log2_n (ceiling of H) and log2_classes (ceiling of I(X;Sigma;Y)).
     """
     sel = rows[(rows.layer == ALL) & rows.metric.isin(_CURVE_METRICS)].copy()
+    if "normalization" not in sel:
+        sel["normalization"] = "dataset"
+    if "setting" not in sel:  # rows made without :func:`with_groups`: the setting follows the normalisation
+        sel["setting"] = sel.normalization.map(lambda n: setting_label(n, {}))
+    sel["setting"] = sel.setting.fillna("")
     sel["n"] = sel.apply(lambda r: r.analysis_per_class * data_mod.DATASETS[r.dataset].num_classes, axis=1)
     wide = sel.pivot_table(index=_KEYS + ["epoch"], columns="metric", values="value").reset_index()
     wide.columns.name = None
@@ -443,17 +490,38 @@ def cost_table(rows: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def _authors_runs(frame: pd.DataFrame) -> pd.DataFrame:
-    """The MLP-MNIST runs (plain group) compared with the authors' curve: those with the
-    authors' input normalisation ("half") when there are any, else all."""
+def _mlp_mnist_runs(frame: pd.DataFrame) -> pd.DataFrame:
     sel = frame[(frame.group == "plain") & (frame.model == "mlp_mnist") & (frame.dataset == "mnist")]
-    half = sel[sel.normalization == "half"]
-    return half if len(half) else sel
+    if "setting" not in sel:
+        sel = sel.assign(setting=sel.normalization.map(lambda n: setting_label(n, {})))
+    return sel.assign(setting=sel.setting.fillna(""))
+
+
+def authors_setting_order(settings: Sequence[str]) -> list[str]:
+    """MLP-MNIST settings, closest to the authors' first: their loop and loader with their input
+    normalisation (:data:`AUTHORS_LOOP_OPTIONS`, "half"), their normalisation alone, the recipe, others."""
+    prefer = [setting_label("half", AUTHORS_LOOP_OPTIONS), setting_label("half", {}), ""]
+    present = sorted(set(settings))
+    return [p for p in prefer if p in present] + [p for p in present if p not in prefer]
+
+
+def _authors_runs(frame: pd.DataFrame) -> pd.DataFrame:
+    """The MLP-MNIST runs (plain group) compared with the authors' curve: those of the setting
+    closest to theirs (:func:`authors_setting_order`)."""
+    sel = _mlp_mnist_runs(frame)
+    if sel.empty:
+        return sel
+    return sel[sel.setting == authors_setting_order(sel.setting.tolist())[0]]
 
 
 def _authors_curve(curves_: pd.DataFrame) -> pd.DataFrame:
     """Our MLP-MNIST curve on MNIST (:func:`_authors_runs`), mean over seeds, per epoch."""
     return _authors_runs(curves_).groupby("epoch")[["H", "I_XSY", "saturated_H"]].mean().reset_index()
+
+
+def _setting_curve(curves_: pd.DataFrame, setting: str) -> pd.DataFrame:
+    sel = _mlp_mnist_runs(curves_)
+    return sel[sel.setting == setting].groupby("epoch")[["H", "I_XSY", "saturated_H"]].mean().reset_index()
 
 
 def authors_table(curves_: pd.DataFrame) -> pd.DataFrame:
@@ -464,10 +532,18 @@ def authors_table(curves_: pd.DataFrame) -> pd.DataFrame:
     our last epoch (against their epoch 500).  ``agrees``: within
     :data:`AUTHORS_TOL_BITS` and, for the minimum, at an epoch within a factor
     :data:`AUTHORS_EPOCH_FACTOR` of 55.  Empty when no MLP-MNIST run exists.
+    One block per MLP-MNIST setting (column ``setting``), closest to the authors' first
+    (:func:`authors_setting_order`); ``compared`` marks the block the verdict reads.
     """
-    ours = _authors_curve(curves_)
-    if ours.empty:
+    sel = _mlp_mnist_runs(curves_)
+    if sel.empty:
         return pd.DataFrame()
+    order = authors_setting_order(sel.setting.tolist())
+    return pd.concat([_authors_points(_setting_curve(curves_, st)).assign(setting=st, compared=st == order[0])
+                      for st in order], ignore_index=True)
+
+
+def _authors_points(ours: pd.DataFrame) -> pd.DataFrame:
     theirs = {e: {"H": h, "I_XSY": i} for e, h, i in AUTHORS_MLP_MNIST}
     e_min_theirs = min(theirs, key=lambda e: theirs[e]["H"])
     last_theirs = max(theirs)
@@ -542,6 +618,11 @@ def _authors_setting_diffs(curves_: pd.DataFrame, rows: pd.DataFrame) -> list[st
     for key in ("optimizer", "lr", "momentum", "batch_size", "bandwidth"):
         if first[key] != AUTHORS_SETTING[key]:
             diffs.append(f"{key} {first[key]} (theirs {AUTHORS_SETTING[key]})")
+    if first.get("schedule", "none") != AUTHORS_SETTING["schedule"]:
+        diffs.append(f"lr schedule {first.get('schedule', 'none')} (their repository's loop: log-spaced 0.01 to 1e-4)")
+    flip = first.get("flip", False)
+    if not (isinstance(flip, (bool, np.bool_)) and flip) and str(flip) != "True":
+        diffs.append("no horizontal flip (their MNIST loader: random horizontal flip)")
     if first.normalization != "half":
         info = data_mod.DATASETS["mnist"]
         diffs.append(f"input normalised with mean {info.mean[0]}, std {info.std[0]} "
@@ -552,9 +633,18 @@ def _authors_setting_diffs(curves_: pd.DataFrame, rows: pd.DataFrame) -> list[st
 # ---------------------------------------------------------------------------
 # verdicts
 # ---------------------------------------------------------------------------
+def _curve_label(model: str, dataset: str, setting: str = "") -> str:
+    """``model/dataset``, with the run line's setting in brackets when it has one."""
+    return f"{model}/{dataset}" + (f" [{setting}]" if isinstance(setting, str) and setting else "")
+
+
+def _with_setting(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame if "setting" in frame else frame.assign(setting="")
+
+
 def _per_model(shapes: pd.DataFrame) -> str:
     parts = []
-    for (model, dataset), g in shapes.groupby(["model", "dataset"], sort=False):
+    for (model, dataset, setting), g in _with_setting(shapes).groupby(["model", "dataset", "setting"], sort=False):
         bits = []
         for metric, gm in g.groupby("metric"):
             label = "H" if metric == "H" else "I(X;Σ;Y)"
@@ -567,7 +657,7 @@ def _per_model(shapes: pd.DataFrame) -> str:
                       f"{fmt_mean_sd(mins['drop'])} bits, rise {fmt_mean_sd(mins['rise'])} bits")
         elif len(mins):
             detail = f"; H rise {fmt_mean_sd(mins['rise'])} bits"
-        parts.append(f"{model}/{dataset}: " + ", ".join(bits) + detail)
+        parts.append(f"{_curve_label(model, dataset, setting)}: " + ", ".join(bits) + detail)
     return "; ".join(parts)
 
 
@@ -591,9 +681,9 @@ def group_preconditions(curves_: pd.DataFrame, group: str, metrics: Sequence[str
     sel = curves_[curves_.group == group] if "group" in curves_ else curves_.iloc[0:0]
     if sel.empty:
         return [learned(f"{group} networks", [], "", "")]
-    for (model, dataset), g in sel.groupby(["model", "dataset"], sort=False):
-        label = f"{model} on {dataset}"
-        pre.append(learned(label, _final_acc(sel, str(model), str(dataset)), str(model), str(dataset)))
+    for (model, dataset, setting), g in _with_setting(sel).groupby(["model", "dataset", "setting"], sort=False):
+        label = f"{model} on {dataset}" + (f" [{setting}]" if setting else "")
+        pre.append(learned(label, _final_acc(g, str(model), str(dataset)), str(model), str(dataset)))
         pre.append(enough(f"seeds ({label})", int(g.seed.nunique()), int(THRESHOLDS["min_seeds_curve"])))
         for metric in metrics:
             if metric == "H":
@@ -610,8 +700,9 @@ def _curve_parts(shapes: pd.DataFrame, columns: Sequence[str]) -> tuple[list[tup
     Returns (parts, the interval precondition: every deciding difference of a curve that holds has
     an interval above 0 (a curve that does not hold claims no sign), text)."""
     parts, decided, texts = [], [], []
-    for (model, dataset, metric), g in shapes.groupby(["model", "dataset", "metric"], sort=False):
-        label = f"{model}/{dataset} {'H' if metric == 'H' else 'I(X;Σ;Y)'}"
+    for (model, dataset, setting, metric), g in _with_setting(shapes).groupby(["model", "dataset", "setting", "metric"],
+                                                                                sort=False):
+        label = f"{_curve_label(model, dataset, setting)} {'H' if metric == 'H' else 'I(X;Σ;Y)'}"
         held = bool(g.holds.sum() > len(g) / 2)
         parts.append((label, held))
         cis = []
@@ -671,13 +762,13 @@ def findings(shapes: pd.DataFrame, rates: pd.DataFrame, gaps: pd.DataFrame, auth
             f"(epoch {r.min_epoch}) → {r.gate_entropy_last:.3f} (epoch {r.last_epoch})"
             for r in rates.itertuples())
         parts, decided, cis = [], [], []
-        for (model, dataset), g in rates.groupby(["model", "dataset"], sort=False):
+        for (model, dataset, setting), g in _with_setting(rates).groupby(["model", "dataset", "setting"], sort=False):
             held = bool(g.removed.sum() > len(g) / 2)
-            parts.append((f"{model}/{dataset}", held))
+            parts.append((_curve_label(model, dataset, setting), held))
             m, lo, hi = mean_ci((g.gate_entropy_0 - g.gate_entropy_min).tolist())
             if held:
                 decided.append(bool(np.isfinite(lo) and lo > 0))
-            cis.append(f"{model}/{dataset} fall of C/d {fmt_ci(m, lo, hi, 3)}")
+            cis.append(f"{_curve_label(model, dataset, setting)} fall of C/d {fmt_ci(m, lo, hi, 3)}")
         pre = [*group_preconditions(curves_, "plain", ("H",)),
                Precondition("fall of C/d where it is read: intervals above 0", "95% t interval over seeds above 0",
                             f"{sum(decided)}/{len(decided)} intervals", all(decided), "interval")]
@@ -762,6 +853,13 @@ def authors_finding(authors: pd.DataFrame, curves_: pd.DataFrame, rows: pd.DataF
              "(epoch 55) → 10.65 (epoch 500); I(X;Σ;Y) 3.28 → 1.5 → 3.25.")
     if authors.empty:
         return Finding("authors_curve", CHAPTER, claim, "no MLP-MNIST run", NOT_MEASURED)
+    others = ""
+    if "compared" in authors:
+        rest = authors[~authors.compared.astype(bool)]
+        others = "; ".join(
+            f"[{st or 'recipe'}] H min {r.our_value:.2f} @ {int(r.our_epoch)}"
+            for st, r in rest[(rest.metric == "H") & (rest.point == "minimum")].set_index("setting").iterrows())
+        authors = authors[authors.compared.astype(bool)]
     diffs = _authors_setting_diffs(curves_, rows)
     get = authors.set_index(["metric", "point"])
 
@@ -772,7 +870,7 @@ def authors_finding(authors: pd.DataFrame, curves_: pd.DataFrame, rows: pd.DataF
     measured = (f"ours: H {show('H', 'epoch 0')} (theirs 10.85 @ 0), min {show('H', 'minimum')} (theirs 7.35 @ 55), "
                 f"last {show('H', 'our last epoch')} (theirs 10.65 @ 500); I(X;Σ;Y) {show('I_XSY', 'epoch 0')}, min "
                 f"{show('I_XSY', 'minimum')}, last {show('I_XSY', 'our last epoch')} (theirs 3.28, 1.5, 3.25)."
-                + init_note(init_table))
+                + init_note(init_table) + (f" Other MLP-MNIST settings (not compared): {others}." if others else ""))
     n_diff = [d for d in diffs if d.startswith("n =")]
     if n_diff:
         return Finding("authors_curve", CHAPTER, claim,
@@ -810,7 +908,7 @@ def plot_group(axes: Sequence[Any], curves_: pd.DataFrame, group: str) -> None:
     """H(Sigma), I(X;Sigma;Y) and test accuracy against epochs (symlog), one line per
     model/dataset (mean ± sd over seeds), with the ceilings dashed."""
     sel = curves_[curves_.group == group].copy()
-    sel["name"] = sel.model + " / " + sel.dataset + np.where(sel.normalization == "half", " (input 0.5/0.5)", "")
+    sel["name"] = [_curve_label(m, d, st) for m, d, st in zip(sel.model, sel.dataset, sel.setting)]
     for ax, metric, title, ceiling in zip(
             axes, ["H", "I_XSY", "test_acc"], ["H(Σ) [bits]", "I(X;Σ;Y) [bits]", "test accuracy"],
             ["log2_n", "log2_classes", None]):
@@ -855,13 +953,18 @@ def plot_vae(axes: Sequence[Any], rows: pd.DataFrame) -> None:
 
 
 def plot_authors(axes: Sequence[Any], curves_: pd.DataFrame) -> None:
-    """Our MLP-MNIST curves (one line per seed and input normalisation) with the authors'
+    """Our MLP-MNIST curves (one line per setting: mean ± sd over seeds) with the authors'
     published points as markers."""
-    sel = curves_[(curves_.group == "plain") & (curves_.model == "mlp_mnist") & (curves_.dataset == "mnist")]
+    sel = _mlp_mnist_runs(curves_)
     for ax, (idx, metric, title) in zip(axes, [(1, "H", "H(Σ) [bits]"), (2, "I_XSY", "I(X;Σ;Y) [bits]")]):
-        for (norm, seed), g in sel.groupby(["normalization", "seed"]):
-            inp = "authors' input 0.5/0.5" if norm == "half" else "MNIST mean/std"
-            ax.plot(g.epoch, g[metric], marker="o", ms=3, label=f"ours, {inp}, seed {seed} (n = {int(g.n.iloc[0])})")
+        for setting in authors_setting_order(sel.setting.tolist()):
+            g = sel[sel.setting == setting]
+            st = g.groupby("epoch")[metric].agg(["mean", "std"]).reset_index()
+            line = ax.plot(st.epoch, st["mean"], marker="o", ms=3,
+                           label=f"ours [{setting or 'recipe'}], {g.seed.nunique()} seeds (n = {int(g.n.iloc[0])})")[0]
+            if g.seed.nunique() > 1:
+                ax.fill_between(st.epoch, st["mean"] - st["std"], st["mean"] + st["std"], color=line.get_color(),
+                                alpha=0.2, lw=0)
         ax.plot([p[0] for p in AUTHORS_MLP_MNIST], [p[idx] for p in AUTHORS_MLP_MNIST], ls="none", marker="X",
                 ms=11, color="crimson", label="authors (published, n = 2000)")
         _symlog(ax)
