@@ -95,6 +95,13 @@ __all__ = [
     "plot_rates",
     "plot_vae",
     "plot_authors",
+    "DIP_STEPS",
+    "log_steps",
+    "dip_configs",
+    "dip_curves",
+    "dip_table",
+    "dip_findings",
+    "plot_dip",
 ]
 
 CHAPTER = "03_training_dynamics"
@@ -894,6 +901,195 @@ def authors_finding(authors: pd.DataFrame, curves_: pd.DataFrame, rows: pd.DataF
     v, parts_text = judged(True, pre, parts) if dip_ok else (judge(False, pre), "")
     return Finding("authors_curve", CHAPTER, claim, measured, v, "; ".join(diffs), preconditions=pre,
                    parts=parts_text)
+
+
+# ---------------------------------------------------------------------------
+# the dip at sub-epoch resolution: learning rates x alphas
+# ---------------------------------------------------------------------------
+def log_steps(last: int) -> list[int]:
+    """Optimiser steps 0, 1, 2, 4, ..., up to ``last`` (powers of 2): log-spaced sub-epoch tracking."""
+    if last < 0:
+        raise ValueError(f"last step must be >= 0, got {last}")
+    out, k = [0], 1
+    while k <= last:
+        out.append(k)
+        k *= 2
+    return out
+
+
+#: Optimiser steps tracked by the dip study (issue 13): 0, 1, 2, 4, ..., 512.
+DIP_STEPS: list[int] = log_steps(512)
+
+
+def dip_configs(model: str, dataset: str, normalization: str, epochs: int, train_subset: int | None,
+                lrs: Sequence[float], alphas: Sequence[float], seeds: Sequence[int], steps: Sequence[int],
+                analysis_images: int, eval_images: int | None) -> list[TrainConfig]:
+    """Runs of the dip study: one per learning rate x alpha x seed, on ``model``'s recipe.
+
+    Every epoch is tracked (``track_every=1``) and, with ``track_steps``, the listed optimiser
+    steps (Section 4.2's dip looked for within the first epoch as well as per epoch).  The alpha
+    (Eq. 2, sigma0^2 = alpha * d) only changes the measurement, not the training: runs that
+    differ only in alpha train identically (their measurement uses a forked RNG).
+    """
+    if not lrs or not alphas or not seeds:
+        raise ValueError(f"the dip study needs learning rates, alphas and seeds; got lrs={list(lrs)}, "
+                         f"alphas={list(alphas)}, seeds={list(seeds)}")
+    classes = data_mod.DATASETS[dataset].num_classes if dataset in data_mod.DATASETS else 0
+    if not classes:
+        raise ValueError(f"unknown dataset {dataset!r}; datasets: {sorted(data_mod.DATASETS)}")
+    out = []
+    for alpha in alphas:
+        for lr in lrs:
+            for seed in seeds:
+                out.append(TrainConfig(
+                    **{**recipe(model), "lr": float(lr)}, model=model, dataset=dataset, epochs=int(epochs),
+                    seed=int(seed), train_subset=train_subset, test_subset=eval_images,
+                    eval_train_size=eval_images or 10000, normalization=normalization, alpha=float(alpha),
+                    track_every=1, track_log=False, track_steps=[int(s) for s in steps], per_layer=False,
+                    rates=False, analysis_per_class=analysis_images // classes, label="dip"))
+    return out
+
+
+_DIP_METRICS = ("H", "I_XSY", "saturated_H", "test_acc", "train_loss")
+
+
+def _wide(frame: pd.DataFrame, index: str) -> pd.DataFrame:
+    sel = frame[(frame.layer == ALL) & frame.metric.isin(_DIP_METRICS)]
+    out = sel.pivot_table(index=["run_id", index], columns="metric", values="value").reset_index()
+    out.columns.name = None
+    return out
+
+
+def dip_curves(epoch_rows: pd.DataFrame, step_rows: pd.DataFrame, configs_: Sequence[TrainConfig]) -> pd.DataFrame:
+    """One curve per dip run on an optimiser-step axis: the ``track_steps`` rows and the epoch
+    rows (epoch e at step e x steps per epoch; epoch 0 is step 0, measured once).
+
+    Columns: run_id, lr, alpha, seed, step, epoch (step / steps per epoch), source ("step" or
+    "epoch"), H, I_XSY, saturated_H, test_acc, train_loss, log2_n, log2_classes.
+    """
+    if step_rows.empty:
+        raise ValueError("the dip runs have no step rows: they must be trained with track_steps")
+    info = {c.run_id: c for c in configs_}
+    steps = _wide(step_rows[step_rows.run_id.isin(info)], "step")
+    frac = step_rows[step_rows.step > 0].groupby("run_id").apply(
+        lambda g: int(round(float(g.step.iloc[0]) / float(g.epoch_fraction.iloc[0]))), include_groups=False)
+    epochs = _wide(epoch_rows[epoch_rows.run_id.isin(info) & (epoch_rows.epoch > 0)], "epoch")
+    epochs["step"] = epochs.epoch * epochs.run_id.map(frac)
+    steps["source"], epochs["source"] = "step", "epoch"
+    out = pd.concat([steps, epochs.drop(columns="epoch")], ignore_index=True)
+    out = out.sort_values(["run_id", "step", "source"], ascending=[True, True, False])
+    out = out.drop_duplicates(["run_id", "step"]).reset_index(drop=True)  # a step on an epoch's end: once
+    out["step"] = out.step.astype(int)
+    out["epoch"] = out.step / out.run_id.map(frac)
+    for key in ("lr", "alpha", "seed"):
+        out[key] = out.run_id.map({r: getattr(c, key) for r, c in info.items()})
+    out["log2_n"] = out.run_id.map(
+        {r: math.log2(c.analysis_per_class * data_mod.DATASETS[c.dataset].num_classes) for r, c in info.items()})
+    out["log2_classes"] = out.run_id.map({r: math.log2(data_mod.DATASETS[c.dataset].num_classes)
+                                          for r, c in info.items()})
+    cols = ["run_id", "lr", "alpha", "seed", "step", "epoch", "source", *_DIP_METRICS, "log2_n", "log2_classes"]
+    return out.reindex(columns=cols).sort_values(["alpha", "lr", "seed", "step"]).reset_index(drop=True)
+
+
+def dip_table(curves_: pd.DataFrame, tol: float) -> pd.DataFrame:
+    """Per dip run and metric (H, I(X;Σ;Y)): :func:`~tcomplex.experiments.report.dip_then_rise` on
+    the step axis, where the minimum lies (step and epoch), the headroom of the curve's top below
+    its ceiling and the final test accuracy.  ``dips``: the drop from step 0 exceeds ``tol``;
+    ``holds``: it dips, then rises by more than ``tol``."""
+    out = []
+    for (run_id, alpha, lr, seed), g in curves_.groupby(["run_id", "alpha", "lr", "seed"], sort=False):
+        g = g.sort_values("step")
+        for metric in ("H", "I_XSY"):
+            d = dip_then_rise(g.step.to_numpy(float), g[metric].to_numpy(float), tol)
+            ceiling = float(g.log2_n.iloc[0] if metric == "H" else g.log2_classes.iloc[0])
+            i_min = int(np.argmin(g[metric].to_numpy(float)))
+            out.append({"run_id": run_id, "alpha": alpha, "lr": lr, "seed": seed, "metric": metric,
+                        "first": d["first"], "min": d["min"], "min_step": int(d["min_epoch"]),
+                        "min_epoch": float(g.epoch.iloc[i_min]), "last": d["last"], "drop": d["drop"],
+                        "rise": d["rise"], "dips": d["dips"], "holds": d["holds"], "ceiling": ceiling,
+                        "headroom": ceiling - float(g[metric].max()),
+                        "final_test_acc": float(g.test_acc.iloc[-1]), "last_step": int(g.step.iloc[-1])})
+    return pd.DataFrame(out)
+
+
+def dip_findings(table: pd.DataFrame, curves_: pd.DataFrame, model: str, dataset: str, setting: str
+                 ) -> list[Finding]:
+    """One finding per (alpha, learning rate) of the dip study: Section 4.2 (1) at sub-epoch resolution.
+
+    Parts: H and I(X;Σ;Y), each held when most seeds dip then rise.  Preconditions (as for the
+    epoch curves, :func:`group_preconditions`): the networks learned (final test accuracy), at least
+    ``THRESHOLDS["min_seeds_curve"]`` seeds, headroom of H below log2 n and of I(X;Σ;Y) below
+    log2 #classes at every tracked step, and 95% t intervals over seeds of the drop and the rise of
+    the curves that hold, above 0.  A learning rate at which the network does not learn in the run
+    is inconclusive (whatever its curve does), with its accuracy.
+    """
+    found = []
+    for (alpha, lr), g in table.groupby(["alpha", "lr"], sort=True):
+        cur = curves_[(curves_.alpha == alpha) & (curves_.lr == lr)]
+        label = f"{model} on {dataset}, α = {alpha:g}, lr = {lr:g}"
+        pre = [learned(label, g[g.metric == "H"].final_test_acc.tolist(), model, dataset),
+               enough(f"seeds ({label})", int(g.seed.nunique()), int(THRESHOLDS["min_seeds_curve"])),
+               headroom(f"H ({label})", cur.H.tolist(), float(cur.log2_n.max())),
+               class_headroom(f"I(X;Σ;Y) ({label})", cur.I_XSY.tolist(),
+                              int(round(2 ** float(cur.log2_classes.iloc[0]))))]
+        parts, decided, texts = [], [], []
+        for metric, gm in g.groupby("metric", sort=True):
+            name = "H" if metric == "H" else "I(X;Σ;Y)"
+            held = bool(gm.holds.sum() > len(gm) / 2)
+            parts.append((name, held))
+            cis = []
+            for col in ("drop", "rise"):
+                m, lo, hi = mean_ci(gm[col].tolist())
+                if held:
+                    decided.append(bool(np.isfinite(lo) and lo > 0))
+                cis.append(f"{col} {fmt_ci(m, lo, hi)}")
+            texts.append(f"{name}: {int(gm.holds.sum())}/{len(gm)} seeds dip then rise, {int(gm.dips.sum())} dip; "
+                         f"minimum at step(s) {sorted(gm.min_step.astype(int).tolist())} (epoch "
+                         f"{', '.join(f'{e:.2f}' for e in sorted(gm.min_epoch))}); {', '.join(cis)}")
+        pre.append(Precondition("deciding differences of the curves that hold: intervals above 0",
+                                "95% t interval over seeds above 0", f"{sum(decided)}/{len(decided)} intervals",
+                                all(decided), "interval"))
+        v, parts_text = judged(True, pre, parts)
+        steps = sorted(cur[cur.source == "step"].step.unique().astype(int).tolist())
+        measured = (f"tracked at optimiser steps {steps} and every epoch to step {int(cur.step.max())} "
+                    f"(tolerance as the chapter's): " + "; ".join(texts) + ".")
+        found.append(Finding(
+            f"dip_steps_alpha{alpha:g}_lr{lr:g}", CHAPTER,
+            f"Sec. 4.2 (1), Fig. 3a at sub-epoch resolution ({model}, α = {alpha:g}, lr = {lr:g}): H(Σ) and "
+            "I(X;Σ;Y) decreased first and increased later.", measured, v, setting, preconditions=pre,
+            parts=parts_text))
+    return found
+
+
+def plot_dip(axes: Any, curves_: pd.DataFrame) -> None:
+    """H(Σ) (top row, one panel per alpha) and test accuracy (bottom row) against the optimiser
+    step (symlog), one line per learning rate (mean ± sd over seeds); dashed: log2 n; dotted: the
+    end of epoch 1."""
+    alphas = sorted(curves_.alpha.unique())
+    for j, alpha in enumerate(alphas):
+        sel = curves_[curves_.alpha == alpha]
+        for row, metric in enumerate(("H", "test_acc")):
+            ax = axes[row][j]
+            for lr, g in sel.groupby("lr", sort=True):
+                st = g.groupby("step")[metric].agg(["mean", "std"]).reset_index()
+                line = ax.plot(st.step, st["mean"], marker="o", ms=3, label=f"lr {lr:g}")[0]
+                if g.seed.nunique() > 1:
+                    ax.fill_between(st.step, st["mean"] - st["std"], st["mean"] + st["std"],
+                                    color=line.get_color(), alpha=0.2, lw=0)
+            if metric == "H":
+                ax.axhline(float(sel.log2_n.iloc[0]), ls="--", lw=1, color="0.4")
+                ax.set_title(f"H(Σ) [bits], α = {alpha:g}")
+            else:
+                ax.set_title(f"test accuracy, α = {alpha:g}")
+            one = sel[sel.source == "epoch"]
+            if len(one):
+                first_epoch = one[np.isclose(one.epoch, 1.0)].step
+                if len(first_epoch):
+                    ax.axvline(float(first_epoch.iloc[0]), ls=":", lw=1, color="0.4")
+            ax.set_xscale("symlog", linthresh=1)
+            ax.set_xlim(left=-0.3)
+            ax.set_xlabel("optimiser step")
+        axes[0][j].legend(fontsize=8)
 
 
 # ---------------------------------------------------------------------------
