@@ -474,3 +474,30 @@ def test_dip_study_on_a_tiny_real_run(tmp_path):
     assert (cur.H <= math.log2(100) + 1e-9).all() and cur.H.nunique() > 1
     table = D.dip_table(cur, 0.1)
     assert set(table.metric) == {"H", "I_XSY"} and (table.last_step == 8).all()
+
+
+def test_dip_summary_and_note_say_whether_and_when_h_dips():
+    cfgs, steps, epochs = _dip_study({0.01: 0.95, 1e-4: 0.5})
+    cur = D.dip_curves(epochs, steps, cfgs)
+    table = D.dip_table(cur, 0.1)
+    summary = D.dip_summary(table).set_index(["lr", "metric"])
+    assert summary.loc[(0.01, "H"), "dip"] == 3 and summary.loc[(0.01, "H"), "min_step"] == 4
+    assert summary.loc[(0.01, "H"), "final_test_acc"] == pytest.approx(0.95)
+    note = D.dip_note(table, 0.1)
+    assert "**α = 0.04:** lr 0.0001: H dipped by more than 0.1 bits in 3/3 seeds" in note
+    assert "minimum at step 4 (epoch 0.40), drop 1.00" in note
+    flat_cfgs, s2, e2 = _dip_study({0.01: 0.95}, dip=False)
+    flat = D.dip_table(D.dip_curves(e2, s2, flat_cfgs), 0.1)
+    assert "no drop larger than tol" in D.dip_note(flat, 0.1)
+    assert D.dip_setting(cfgs).startswith("2 epochs of all training images (paper 500 of all)")
+    assert D.dip_setting([]) == ""
+
+
+def test_matched_note_names_what_was_and_was_not_matched():
+    note = D.matched_note(["n = 200 analysis images (theirs 2000)", "5 epochs (theirs 500)",
+                           "no horizontal flip (their MNIST loader: random horizontal flip)"])
+    matched, rest = note.split("**Not matched here:**")
+    assert "lr 0.01" in matched and "momentum 0.9" in matched and "input normalised with mean 0.5" in matched
+    assert "n = 2000" not in matched and "500 epochs" not in matched and "horizontal flip" not in matched
+    assert "5 epochs (theirs 500)" in rest and "script that trained their plotted MLP is not public" in rest
+    assert D.matched_note([]).endswith("no MLP-MNIST run to compare.")

@@ -694,6 +694,10 @@ def train(
         checkpoint a rerun resumes from.  A finished run is not retrained and
         calls nothing.
 
+    With ``config.track_steps`` the metrics are also measured after those optimiser steps
+    (sub-epoch resolution, e.g. the first epoch at steps 0, 1, 2, 4, ...), on a forked RNG so that
+    training is unchanged; their rows are kept apart (:func:`read_step_rows`, ``RunResult.steps``).
+
     Every epoch ends with an atomic checkpoint, so a killed run resumes from the
     last finished epoch (whatever ``track_epochs`` says) and gives the rows of an
     uninterrupted run (randomness is a function of (seed, epoch)).

@@ -28,7 +28,14 @@ Finally the MNIST MLP is compared with the authors' published curve
 (:data:`AUTHORS_MLP_MNIST`), measured under their convention (sigma0^2 = alpha*d,
 alpha = 0.01, n = 2000, bits).  A run line may end with the input normalisation
 ("dataset": MNIST's mean/std; "half": mean 0.5, std 0.5 as in the authors' code); the
-comparison uses the MLP-MNIST runs with the authors' normalisation when there are any.
+comparison uses the MLP-MNIST runs of the setting closest to theirs (:func:`authors_setting_order`):
+a run line may add training options (:data:`RUN_OPTIONS`), e.g. the learning-rate decay and the
+horizontal flip of the authors' repository (:data:`AUTHORS_LOOP_OPTIONS`).
+
+The dip study (:func:`dip_configs` ... :func:`dip_findings`) tracks the authors' MLP after the
+optimiser steps 0, 1, 2, 4, ..., 512 (``TrainConfig.track_steps``) and after every epoch, over a sweep
+of learning rates and at two alphas (the paper's and one with headroom below log2 n), and judges
+finding 1 per (alpha, learning rate) with the same rule and preconditions.
 """
 
 from __future__ import annotations
@@ -66,7 +73,7 @@ from tcomplex.experiments.report import (
     rise_then_saturate,
 )
 from tcomplex.experiments.measure import measure_complexity
-from tcomplex.experiments.train import TrainConfig, analysis_set_for, recipe
+from tcomplex.experiments.train import TrainConfig, analysis_set_for, read_step_rows, recipe
 
 __all__ = [
     "CHAPTER",
@@ -102,6 +109,16 @@ __all__ = [
     "dip_table",
     "dip_findings",
     "plot_dip",
+    "step_rows",
+    "dip_summary",
+    "dip_note",
+    "dip_setting",
+    "authors_setting_diffs",
+    "matched_note",
+    "RUN_OPTIONS",
+    "AUTHORS_LOOP_OPTIONS",
+    "authors_setting_order",
+    "setting_label",
 ]
 
 CHAPTER = "03_training_dynamics"
@@ -608,6 +625,45 @@ def init_normalisation_table(seeds: Sequence[int], analysis_images: int,
     return pd.DataFrame(out)
 
 
+def authors_setting_diffs(curves_: pd.DataFrame, rows: pd.DataFrame) -> list[str]:
+    """How our compared MLP-MNIST runs (:func:`_authors_runs`) differ from :data:`AUTHORS_SETTING`, in words."""
+    return _authors_setting_diffs(curves_, rows)
+
+
+#: (how a difference of :func:`authors_setting_diffs` starts, what of the authors' setting it is about)
+_AUTHORS_ITEMS: tuple[tuple[str, str], ...] = (
+    ("n = ", "n = 2000 analysis images (200 per class of the training set)"),
+    ("training images", "all 60000 training images"),
+    ("epochs (theirs", "500 epochs"),
+    ("optimizer", "SGD"),
+    ("lr 0", "lr 0.01"),
+    ("momentum", "momentum 0.9"),
+    ("batch_size", "batch 128"),
+    ("bandwidth", "σ0² = α·d with α = 0.01, in bits"),
+    ("lr schedule", "the repository loop's lr decay (log-spaced 0.01 to 1e-4)"),
+    ("no horizontal flip", "the repository loader's random horizontal flip"),
+    ("input normalised", "input normalised with mean 0.5, std 0.5"),
+)
+
+
+def matched_note(diffs: Sequence[str]) -> str:
+    """Markdown: what of the authors' MLP-MNIST setting our compared runs matched, what they did
+    not (``diffs`` from :func:`authors_setting_diffs`), and what cannot be matched at all."""
+    if not diffs or diffs == ["no MLP-MNIST run"]:
+        return "**Authors' setting:** no MLP-MNIST run to compare."
+    def differs(prefix: str) -> bool:
+        return any(d.startswith(prefix) or (prefix == "training images" and prefix in d)
+                   or (prefix == "epochs (theirs" and prefix in d) for d in diffs)
+    matched = [what for prefix, what in _AUTHORS_ITEMS if not differs(prefix)]
+    return ("**What of the authors' setting was matched.** The architecture (784-1024-256-128-64-10 without "
+            "biases), weight decay 5e-4 and the estimator" + (", " + ", ".join(matched) if matched else "") + ". "
+            "**Not matched here:** " + "; ".join(diffs) + ". **Cannot be matched:** the script that trained "
+            "their plotted MLP is not public, so its learning-rate schedule, flip, seed and the number of runs "
+            "behind the curve are assumptions (the schedule and flip are those of the repository's one loop and "
+            "MNIST loader; the lr decay is applied per epoch here); their curve gives three points, read off the "
+            "published plot.")
+
+
 def _authors_setting_diffs(curves_: pd.DataFrame, rows: pd.DataFrame) -> list[str]:
     """How our MLP-MNIST runs differ from the authors' setting, in words."""
     sel = _authors_runs(rows)
@@ -1059,6 +1115,56 @@ def dip_findings(table: pd.DataFrame, curves_: pd.DataFrame, model: str, dataset
             "I(X;Σ;Y) decreased first and increased later.", measured, v, setting, preconditions=pre,
             parts=parts_text))
     return found
+
+
+def step_rows(configs_: Sequence[TrainConfig], root: str | os.PathLike[str]) -> pd.DataFrame:
+    """The ``track_steps`` rows of the (trained) runs of ``configs_`` under ``root``, in one frame."""
+    frames = [read_step_rows(root, c) for c in configs_]
+    frames = [f for f in frames if len(f)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def dip_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """:func:`dip_table` per (alpha, lr, metric): seeds, how many dip / dip then rise, the median
+    step and epoch of the minimum, the mean drop and rise, the least headroom and the mean final accuracy."""
+    rows = []
+    for (alpha, lr, metric), g in table.groupby(["alpha", "lr", "metric"], sort=True):
+        rows.append({"alpha": alpha, "lr": lr, "metric": metric, "seeds": len(g), "dip": int(g.dips.sum()),
+                     "dip_then_rise": int(g.holds.sum()), "min_step": float(g.min_step.median()),
+                     "min_epoch": float(g.min_epoch.median()), "drop": float(g["drop"].mean()),
+                     "rise": float(g.rise.mean()), "headroom": float(g.headroom.min()),
+                     "final_test_acc": float(g.final_test_acc.mean())})
+    return pd.DataFrame(rows)
+
+
+def dip_note(table: pd.DataFrame, tol: float) -> str:
+    """Markdown: per alpha, whether and when H dipped at each learning rate (medians over seeds)."""
+    if table.empty:
+        return "No dip runs."
+    out = []
+    summary = dip_summary(table)
+    for alpha, g in summary[summary.metric == "H"].groupby("alpha", sort=True):
+        bits = []
+        for r in g.itertuples():
+            when = (f"minimum at step {r.min_step:.0f} (epoch {r.min_epoch:.2f}), drop {r.drop:.2f}, rise "
+                    f"{r.rise:.2f} bits" if r.dip else "no drop larger than tol")
+            bits.append(f"lr {r.lr:g}: H dipped by more than {tol:g} bits in {r.dip}/{r.seeds} seeds and rose "
+                        f"again in {r.dip_then_rise}; {when}; final test accuracy {r.final_test_acc:.3f}; "
+                        f"least headroom {r.headroom:.2f} bits")
+        out.append(f"* **α = {alpha:g}:** " + "; ".join(bits) + ".")
+    return "**Whether and when H dips** (medians over seeds):\n\n" + "\n".join(out)
+
+
+def dip_setting(configs_: Sequence[TrainConfig]) -> str:
+    """The dip study's setting beside the paper's (500 epochs of all images, lr 0.01), in words."""
+    if not configs_:
+        return ""
+    c = configs_[0]
+    n = c.analysis_per_class * data_mod.DATASETS[c.dataset].num_classes
+    images = "all" if c.train_subset is None else str(c.train_subset)
+    return (f"{c.epochs} epochs of {images} training images (paper 500 of all), tracked at optimiser steps "
+            f"{c.track_steps} and every epoch; n = {n} analysis images (paper 2000); "
+            f"{'input 0.5/0.5' if c.normalization == 'half' else 'input MNIST mean/std'}")
 
 
 def plot_dip(axes: Any, curves_: pd.DataFrame) -> None:
