@@ -723,3 +723,16 @@ def test_kill_between_checkpoint_and_step_rows_loses_no_step_row(steps_reference
     resumed = T.train(cfg, tmp_path, data_root=data_root, progress=False)
     assert resumed.resumed_from == 1
     _same_step_rows(resumed.steps, steps_reference.steps)
+
+
+def test_sigkill_in_the_epoch_after_measured_steps_gives_the_rows_of_an_uninterrupted_run(
+        steps_reference, data_root, tmp_path):
+    cfg = _tiny(track_steps=STEP_LIST, **STEPS)
+    run = T.run_dir(tmp_path, cfg)
+    # epoch 1's steps file is written after its checkpoint; epoch 2 (step 8 measured there) is slowed down
+    _kill_when(_killable(cfg, tmp_path, data_root, 0.5), lambda: (run / "rows" / "steps_00001.csv").exists())
+    assert not (run / "rows" / "steps_00002.csv").exists() and not (run / "finished.json").exists()
+    resumed = T.train(cfg, tmp_path, data_root=data_root, progress=False)
+    assert resumed.resumed_from == 1
+    _same_step_rows(resumed.steps, steps_reference.steps)
+    _assert_same_rows(resumed.rows, steps_reference.rows)
