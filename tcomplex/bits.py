@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    "PackedStates", "pack_bits", "pack_onehot", "unpack_bits", "hamming_block", "hamming_distances",
+    "PackedStates", "pack_bits", "pack_onehot", "pack_pool_winners", "unpack_bits", "hamming_block", "hamming_distances",
     "kernel_block_sums",
 ]
 
@@ -81,6 +81,36 @@ def pack_onehot(offsets: Tensor, window: int, *, route: str = "auto") -> Tensor:
         return pack_bits((offsets[:, :, None] == codes).reshape(n, d_out * window), route=route)
     out = np.zeros((n, _words(d_out * window)), dtype=np.uint64)
     _kernels()["onehot"](offsets.numpy(), np.int64(window), out)
+    return torch.from_numpy(out.view(np.int64))
+
+
+def pack_pool_winners(indices: Tensor, plane: Sequence[int], kernel: Sequence[int], stride: Sequence[int],
+                      padding: Sequence[int]) -> Tensor | None:
+    """Words of the one-hot max-pool states straight from ``max_pool``'s indices, or None.
+
+    ``indices`` ``[n, C, *out]`` are the flat plane indices ``max_pool1d/2d(return_indices=True)``
+    returns; output j's window takes gates ``j * window .. j * window + window - 1`` (row-major in
+    the window) and only its winner's gate is 1 (Appendix A), as :func:`pack_onehot` packs them
+    from window offsets.  One compiled pass on the CPU; None where it does not apply (not the
+    CPU, 3-D pools, a window wider than the padded plane's row, more than 2^31 indices), and the
+    caller takes the general route.  Dilation must be 1.
+    """
+    nd = len(plane)
+    if indices.device.type != "cpu" or nd not in (1, 2) or indices.dim() != nd + 2:
+        return None
+    if nd == 1:
+        plane, kernel, stride, padding = (1, *plane), (1, *kernel), (0, *stride), (0, *padding)
+    out_h, out_w = (1, indices.shape[-1]) if nd == 1 else tuple(indices.shape[-2:])
+    if kernel[1] > plane[1] or indices.numel() >= 2**31:
+        return None
+    n, channels = indices.shape[0], indices.shape[1]
+    window = int(kernel[0]) * int(kernel[1])
+    flat = indices.reshape(n, -1)
+    if not flat.is_contiguous():
+        flat = flat.contiguous()
+    out = np.zeros((n, _words(flat.shape[1] * window)), dtype=np.uint64)
+    _kernels()["pool_winners"](flat.numpy(), channels, out_h, out_w, int(plane[1]), int(kernel[0]), int(kernel[1]),
+                               int(stride[0]), int(stride[1]), int(padding[0]), int(padding[1]), window, out)
     return torch.from_numpy(out.view(np.int64))
 
 
@@ -313,6 +343,38 @@ def _kernels() -> dict[str, Any]:
                 pos = np.int64(j) * window + np.int64(off[i, j])
                 out[i, pos >> 6] |= one << np.uint64(pos & 63)
 
+    @njit(parallel=True, boundscheck=False, nogil=True)
+    def pool_winners(idx, channels, out_h, out_w, plane_w, k_h, k_w, s_h, s_w, p_h, p_w, window, out):
+        """Set the one-hot bit of every window's winner from max_pool's flat plane indices.
+
+        ``idx`` [n, channels * out_h * out_w] (row-major over channel, output row, output column);
+        1-D pools pass out_h = k_h = 1, s_h = p_h = 0.  The winner of output (oh, ow) sits at
+        delta = idx - ((oh s_h - p_h) W + ow s_w - p_w) = r W + c with r < k_h, 0 <= c < k_w <= W,
+        so r is the number of whole rows W in delta (counted by comparisons, no division or branch).
+        """
+        one = np.uint64(1)
+        for i in prange(idx.shape[0]):
+            j = np.int64(0)
+            word = np.int64(0)  # positions grow with j: gather a word's bits, store it once
+            acc = np.uint64(0)
+            for ch in range(channels):
+                for oh in range(out_h):
+                    row0 = (np.int64(oh) * s_h - p_h) * plane_w - p_w
+                    for ow in range(out_w):
+                        delta = idx[i, j] - row0 - np.int64(ow) * s_w
+                        r = np.int64(0)
+                        for t in range(1, k_h):  # branch-free: r = #{t < k_h : delta >= t W}
+                            r += np.int64(delta >= t * plane_w)
+                        pos = j * window + r * (k_w - plane_w) + delta
+                        w = pos >> 6
+                        if w != word:
+                            out[i, word] = acc
+                            word = w
+                            acc = np.uint64(0)
+                        acc |= one << np.uint64(pos & 63)
+                        j += 1
+            out[i, word] = acc
+
     @njit(boundscheck=False, nogil=True)
     def exp_table(inv, size):
         """exp(inv * k) for k = 0 .. size - 1, computed as kernel_sums computes each value."""
@@ -348,7 +410,7 @@ def _kernels() -> dict[str, Any]:
                     row_cls[i, cls_c[j]] += v
             row_tot[i] += t
 
-    _KERNELS.update(cross=cross, self_upper=self_upper, onehot=onehot, kernel_sums=kernel_sums,
+    _KERNELS.update(cross=cross, self_upper=self_upper, onehot=onehot, pool_winners=pool_winners, kernel_sums=kernel_sums,
                     exp_table=exp_table, numba=numba)
     return _KERNELS
 

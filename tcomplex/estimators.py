@@ -85,7 +85,14 @@ BLOCK_BYTES = 256 * 2**20
 #: triangle is multiplied, so n = 2000 in 4 blocks does 10/16 of one n x n GEMM's work
 #: (measured fastest at n = 2000 among 250..2000-row blocks, d = 1472 and 16384).
 BLOCK_ROWS = 512
-SATURATION_TOLERANCE = 0.01
+#: An estimate within this many bits of its ceiling log2 n (H, I(X;Sigma), Eq. 2-3) is saturated:
+#: the kernel mass a state receives from all other states is then below 2^0.5 - 1 = 41% of its own,
+#: so the estimate mostly counts distinct patterns and cannot show a change.  The verdicts of the
+#: book use the same margin (tcomplex.experiments.report.THRESHOLDS["headroom_bits"]).
+HEADROOM_BITS = 0.5
+#: I(X;Sigma;Y) (Eq. 4) is at most log2(#classes); its margin is this fraction of that ceiling,
+#: the relative margin of HEADROOM_BITS under log2 2000 (the paper's 2000 analysis images).
+HEADROOM_FRACTION_CLASSES = HEADROOM_BITS / math.log2(2000)
 
 
 class SaturationWarning(UserWarning):
@@ -99,7 +106,8 @@ class Estimate(float):
 
     Attributes
     ----------
-    saturated: True when the value is within 1% of ``ceiling``.
+    saturated: True when the value is within ``margin`` of ``ceiling`` (default: :data:`HEADROOM_BITS`
+        for an entropy, :data:`HEADROOM_FRACTION_CLASSES` x ceiling for I(X;Sigma;Y)).
     negative: True when the value is below 0 (only bounds that are a difference of
         two estimates can be, e.g. TC by Eq. 28: see :func:`kde_total_correlation`).
     ceiling: the largest value the estimator can return for this input
@@ -113,22 +121,24 @@ class Estimate(float):
     ceiling: float | None
     sigma2: float | None
     what: str
+    margin: float | None
 
     def __new__(
-        cls, value: float, *, ceiling: float | None, sigma2: float | None = None, what: str = "estimate"
+        cls, value: float, *, ceiling: float | None, sigma2: float | None = None, what: str = "estimate",
+        margin: float | None = None,
     ):
         obj = super().__new__(cls, value)
         obj.ceiling = None if ceiling is None else float(ceiling)
         obj.sigma2 = None if sigma2 is None else float(sigma2)
         obj.what = what
-        obj.saturated = bool(
-            ceiling is not None and ceiling > 0 and value >= (1 - SATURATION_TOLERANCE) * ceiling
-        )
+        obj.margin = None if ceiling is None else float(HEADROOM_BITS if margin is None else margin)
+        obj.saturated = bool(ceiling is not None and ceiling > 0 and ceiling - value < obj.margin)
         obj.negative = bool(value < 0)
         return obj
 
     def __reduce__(self):
-        return (_rebuild_estimate, (float(self), self.ceiling, self.sigma2, self.saturated, self.what, self.negative))
+        return (_rebuild_estimate, (float(self), self.ceiling, self.sigma2, self.saturated, self.what, self.negative,
+                                    self.margin))
 
     def __repr__(self) -> str:
         flag = (", saturated" if self.saturated else "") + (", negative" if self.negative else "")
@@ -137,10 +147,10 @@ class Estimate(float):
 
 def _rebuild_estimate(
     value: float, ceiling: float | None, sigma2: float | None, saturated: bool, what: str = "estimate",
-    negative: bool | None = None,
+    negative: bool | None = None, margin: float | None = None,
 ) -> Estimate:
     obj = float.__new__(Estimate, value)
-    obj.ceiling, obj.sigma2, obj.saturated, obj.what = ceiling, sigma2, saturated, what
+    obj.ceiling, obj.sigma2, obj.saturated, obj.what, obj.margin = ceiling, sigma2, saturated, what, margin
     obj.negative = bool(value < 0) if negative is None else negative
     return obj
 
@@ -149,7 +159,7 @@ def _warned(est: Estimate, warn: bool, stacklevel: int = 3) -> Estimate:
     """Raise :class:`SaturationWarning` for a saturated estimate (from the public function)."""
     if warn and est.saturated:
         warnings.warn(
-            f"{est.what} = {float(est):.4g} is within {SATURATION_TOLERANCE:.0%} of its ceiling "
+            f"{est.what} = {float(est):.4g} is within {est.margin:.3g} of its ceiling "
             f"{est.ceiling:.4g}: the estimator saturated (more samples or a larger alpha/bandwidth "
             "are needed before it says anything about the network); pass warn=False to silence",
             SaturationWarning,
@@ -599,12 +609,15 @@ def kde_entropy_from_distances(
 
 def _entropy_estimate(nats: float, n: int, sigma2: float, lb: float, what: str) -> Estimate:
     """An Eq. 2 bound in units of log ``lb``, clipped at 0, with its ceiling log n."""
-    return Estimate(max(nats / lb, 0.0), ceiling=math.log(n) / lb, sigma2=sigma2, what=what)
+    return Estimate(max(nats / lb, 0.0), ceiling=math.log(n) / lb, sigma2=sigma2, what=what,
+                    margin=HEADROOM_BITS * math.log(2) / lb)
 
 
 def _interaction_estimate(h: float, h_cond: float, n_classes: int, sigma2: float, lb: float) -> Estimate:
     """Eq. 4 in units of log ``lb`` from H(Sigma) and sum_m p_m H(Sigma | Y = m) in nats; ceiling log M."""
-    return Estimate((h - h_cond) / lb, ceiling=math.log(n_classes) / lb, sigma2=sigma2, what="I(X;Sigma;Y)")
+    ceiling = math.log(n_classes) / lb
+    return Estimate((h - h_cond) / lb, ceiling=ceiling, sigma2=sigma2, what="I(X;Sigma;Y)",
+                    margin=HEADROOM_FRACTION_CLASSES * ceiling)
 
 
 # ---------------------------------------------------------------------------
@@ -837,7 +850,9 @@ def plugin_entropy(states: Any, *, base: float = 2.0, warn: bool = True) -> Esti
     _, counts = _pattern_counts(s)
     p = counts / counts.sum()
     h = float(-(p * np.log(p)).sum()) / _log_base(base)
-    return _warned(Estimate(h, ceiling=math.log(s.shape[0]) / _log_base(base), what="plug-in H"), warn)
+    lb = _log_base(base)
+    return _warned(Estimate(h, ceiling=math.log(s.shape[0]) / lb, what="plug-in H", margin=HEADROOM_BITS * math.log(2) / lb),
+                   warn)
 
 
 def plugin_total_correlation(states: Any, *, base: float = 2.0) -> float:

@@ -109,7 +109,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from tcomplex.bits import PackedStates, pack_bits, pack_onehot
+from tcomplex.bits import PackedStates, pack_bits, pack_onehot, pack_pool_winners
 
 __all__ = [
     "GATE_KINDS",
@@ -213,12 +213,42 @@ class GateInfo:
         return ALPHA_CONV if self.after == "conv" else ALPHA_FC
 
 
-@dataclass
 class _PoolWinners:
-    """Compact max-pool states: the winner's offset inside each window."""
+    """Compact max-pool states: the winner of every window, as max_pool's flat plane indices
+    (``indices`` [n, C, *out] with the pool's geometry) or as offsets inside the window
+    (uint8/int16 [n, d']).  Packing goes straight from the indices where it can
+    (:func:`tcomplex.bits.pack_pool_winners`); the offsets are computed only when asked for."""
 
-    offsets: Tensor  # uint8/int16 [n, d']
-    window: int
+    def __init__(self, window: int, *, offsets: Tensor | None = None, indices: Tensor | None = None,
+                 geometry: tuple[tuple[int, ...], ...] | None = None) -> None:
+        self.window = window
+        self._offsets = offsets
+        self._indices = indices
+        self._geometry = geometry  # (plane, kernel, stride, padding, dilation)
+        src = offsets if offsets is not None else indices
+        assert src is not None
+        self.d_out = math.prod(src.shape[1:])
+
+    @property
+    def width(self) -> int:
+        return self.d_out * self.window
+
+    @property
+    def offsets(self) -> Tensor:
+        if self._offsets is None:
+            plane, k, s, p, dil = self._geometry
+            self._offsets = _window_offsets(self._indices, plane, k, s, p, dil, _offset_dtype(self.window)).flatten(1)
+        return self._offsets
+
+    def words(self) -> Tensor:
+        """The packed one-hot states (int64 words, :func:`tcomplex.bits.pack_onehot`'s layout)."""
+        if self._offsets is None and self._indices is not None:
+            plane, k, s, p, dil = self._geometry
+            if all(d == 1 for d in dil):
+                words = pack_pool_winners(self._indices, plane, k, s, p)
+                if words is not None:
+                    return words
+        return pack_onehot(self.offsets, self.window)
 
     def onehot(self) -> Tensor:
         n, d_out = self.offsets.shape
@@ -501,13 +531,13 @@ def _window_offsets(idx: Tensor, plane: tuple[int, ...], k, s, p, dil, dtype: to
     return torch.sub(delta, rows, alpha=skip, out=torch.empty(idx.shape, dtype=dtype, device=idx.device))
 
 
-def _pool_with_winners(x: Tensor, pool: nn.Module) -> tuple[Tensor, Tensor, Tensor, int, tuple[int, ...]]:
+def _pool_with_winners(x: Tensor, pool: nn.Module) -> tuple[Tensor, Tensor, _PoolWinners, int, tuple[int, ...]]:
     """Pool ``x`` as ``pool`` does, by one ``max_pool1d/2d(return_indices=True)`` call.
 
     Returns the pooled output and indices (exactly what the module returns), the
-    winner's offset inside its window for every output element, flattened to
-    ``[rows, d']`` (uint8, or int16 for windows over 255 elements), the window
-    size and the per-sample output shape.  Ties go to the first maximum in the
+    winners (:class:`_PoolWinners`: offsets inside the window, uint8 or int16 for
+    windows over 255 elements, computed when asked for), the window size and the
+    per-sample output shape.  Ties go to the first maximum in the
     window's row-major order, as max_pool picks them.
     """
     nd, k, s, p, dil = _pool_params(pool)
@@ -520,13 +550,13 @@ def _offset_dtype(window: int) -> torch.dtype:
 
 def _max_pool_with_winners(
     x: Tensor, nd: int, k: tuple[int, ...], s: tuple[int, ...], p: tuple[int, ...], dil: tuple[int, ...], ceil_mode: bool
-) -> tuple[Tensor, Tensor, Tensor, int, tuple[int, ...]]:
+) -> tuple[Tensor, Tensor, _PoolWinners, int, tuple[int, ...]]:
     """:func:`_pool_with_winners` for explicit max-pool parameters (1, 2 or 3 spatial dims)."""
     fn = (F.max_pool1d, F.max_pool2d, F.max_pool3d)[nd - 1]
     out, idx = fn(x, k, s, p, dil, ceil_mode=ceil_mode, return_indices=True)
     window = math.prod(k)
-    off = _window_offsets(idx, tuple(x.shape[-nd:]), k, s, p, dil, _offset_dtype(window))
-    return out, idx, off.flatten(1), window, tuple(idx.shape[1:])
+    winners = _PoolWinners(window, indices=idx, geometry=(tuple(x.shape[-nd:]), k, s, p, dil))
+    return out, idx, winners, window, tuple(idx.shape[1:])
 
 
 def _adaptive_pool_winners(x: Tensor, nd: int, output_size: Any) -> tuple[Tensor, int, tuple[int, ...]]:
@@ -552,11 +582,12 @@ def _adaptive_pool_winners(x: Tensor, nd: int, output_size: Any) -> tuple[Tensor
     return off.flatten(1), window, tuple(idx.shape[1:])
 
 
-def _pool_winner_offsets(x: Tensor, pool: nn.Module) -> tuple[Tensor, int, tuple[int, ...]]:
-    """Offset of the max inside its window for every pooled output element."""
+def _pool_winner_offsets(x: Tensor, pool: nn.Module) -> tuple[_PoolWinners, int, tuple[int, ...]]:
+    """The winner of every window of a max-pool module (offsets inside the window, when asked for)."""
     if isinstance(pool, _ADAPTIVE_POOLS):
         nd = 1 if isinstance(pool, nn.AdaptiveMaxPool1d) else 2 if isinstance(pool, nn.AdaptiveMaxPool2d) else 3
-        return _adaptive_pool_winners(x, nd, pool.output_size)
+        off, window, shape = _adaptive_pool_winners(x, nd, pool.output_size)
+        return _PoolWinners(window, offsets=off), window, shape
     _, _, off, window, shape = _pool_with_winners(x, pool)
     return off, window, shape
 
@@ -715,19 +746,19 @@ class _GatingMode(TorchFunctionMode):
             result = func(*args, **kwargs)  # the user's pooling, exactly as called
             nd = int(op[-2])
             with torch.no_grad():  # the winners only: no graph for this second pooling
-                offsets, window, shape = _functional_pool_winners(x, op, nd, bound)
-            state = _PoolWinners(offsets, window)
-            width = offsets.shape[1] * window
+                state, window, shape = _functional_pool_winners(x, op, nd, bound)
+            width = state.width
             after = "conv"
         for r, key in keys:
             r._record(key, state, kind, after, shape, width, window, op)
         return result
 
 
-def _functional_pool_winners(x: Tensor, op: str, nd: int, bound: Mapping[str, Any]) -> tuple[Tensor, int, tuple[int, ...]]:
-    """Winner offsets, window size and output shape of a functional (adaptive) max-pool call."""
+def _functional_pool_winners(x: Tensor, op: str, nd: int, bound: Mapping[str, Any]) -> tuple[_PoolWinners, int, tuple[int, ...]]:
+    """Winners, window size and output shape of a functional (adaptive) max-pool call."""
     if op.startswith("adaptive"):
-        return _adaptive_pool_winners(x, nd, bound["output_size"])
+        off, window, shape = _adaptive_pool_winners(x, nd, bound["output_size"])
+        return _PoolWinners(window, offsets=off), window, shape
     k = _tuple(bound["kernel_size"], nd)
     stride = bound.get("stride")
     st = k if stride is None or (isinstance(stride, (tuple, list)) and not stride) else _tuple(stride, nd)
@@ -877,6 +908,8 @@ class GateRecorder:
         self.store = store
         self.store_device = None if store_device is None else torch.device(store_device)
         self.check_nan = check_nan
+        self._nan_free: Tensor | None = None  # the last ReLU output found free of NaN (and its version)
+        self._nan_free_version = -1
         self._modules = gating_modules(model, self.kinds)
         self._handles: list[Any] = []
         self._patched: list[tuple[nn.Module, Any]] = []  # (module, the forward set on it)
@@ -1065,6 +1098,7 @@ class GateRecorder:
                 "cannot be recorded batch by batch"
             )
         self._last = {}
+        self._nan_free = None
         for key in self._order:
             name = self._names[key]
             state = self._batch[key]
@@ -1127,13 +1161,18 @@ class GateRecorder:
         if not args or not isinstance(args[0], Tensor):
             raise TypeError(f"gating layer {name!r} was called without a tensor input")
         x = args[0]
+        if x is self._nan_free and x._version == self._nan_free_version:
+            return x  # the output of the ReLU just checked (e.g. the input of the max-pool after it)
         # amax propagates NaN and is several times cheaper than isnan(x).any()
         if self.check_nan and x.is_floating_point() and x.numel() and torch.isnan(x.amax()):
-            raise ValueError(
-                f"NaN in the input of gating layer {name!r}: the model produced NaN activations "
-                "(diverged training or NaN inputs); gating states of NaN are undefined"
-            )
+            self._nan_error(name)
         return x
+
+    def _nan_error(self, name: str) -> None:
+        raise ValueError(
+            f"NaN in the input of gating layer {name!r}: the model produced NaN activations "
+            "(diverged training or NaN inputs); gating states of NaN are undefined"
+        )
 
     def _make_pre_hook(self, name: str, module: nn.Module):
         kind = _kind_of(module)
@@ -1167,9 +1206,8 @@ class GateRecorder:
                 state = torch.cat([(x > 0).flatten(1), (x < 6).flatten(1)], 1)
                 width, window, shape = state.shape[1], 1, tuple(x.shape[1:])
             else:
-                offsets, window, shape = _pool_winner_offsets(x, mod)
-                state = _PoolWinners(offsets, window)
-                width = offsets.shape[1] * window
+                state, window, shape = _pool_winner_offsets(x, mod)
+                width = state.width
                 after = "conv"
             self._record(key, state, kind, after, shape, width, window)
 
@@ -1181,6 +1219,8 @@ class GateRecorder:
             if not self._wanted(key):
                 return
             y = self._checked_input(name, (output,))  # relu keeps NaN, so this checks the input
+            if self.check_nan:  # a max-pool right after this ReLU gets the same tensor: checked once
+                self._nan_free, self._nan_free_version = y, y._version
             # relu(x) is x where x > 0 and +-0 elsewhere, so relu(x) != 0 is exactly x > 0 (NaN
             # aside: it would read as 1, hence the comparison when NaN is not ruled out)
             state = (y.bool() if self.check_nan else y > 0).flatten(1)
@@ -1203,9 +1243,9 @@ class GateRecorder:
             x = self._checked_input(name, args or (kwargs["input"],))
             if x.layout != torch.strided or x.is_quantized:  # no indices to reuse: pool as before
                 result = stock(module, x)
-                offsets, window, shape = _pool_winner_offsets(x, module)
+                winners, window, shape = _pool_winner_offsets(x, module)
             else:
-                out, idx, offsets, window, shape = _pool_with_winners(x, module)
+                out, idx, winners, window, shape = _pool_with_winners(x, module)
                 if module.return_indices:
                     result = (out, idx)
                 elif one_d and not out.is_contiguous():
@@ -1214,8 +1254,7 @@ class GateRecorder:
                     result = stock(module, x)
                 else:
                     result = out  # max_pool2d is max_pool2d_with_indices' output
-            width = offsets.shape[1] * window
-            self._record(key, _PoolWinners(offsets, window), "maxpool", "conv", shape, width, window)
+            self._record(key, winners, "maxpool", "conv", shape, winners.width, window)
             return result
 
         return forward
@@ -1276,7 +1315,7 @@ class GateRecorder:
             self._offsets = _word_offsets((k, i.width) for k, i in self.info.items())
         # on the states' device (a GPU sends 1/8 of the bytes); max-pool winners straight to bits
         if isinstance(state, _PoolWinners):
-            words = pack_onehot(state.offsets, state.window)
+            words = state.words()
         else:
             words = pack_bits(state.contiguous())
         if self._batch_words is None:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pandas as pd
 
-__all__ = ["use_style", "metric_curves", "rate_histograms", "mark_ceiling", "show_table"]
+__all__ = ["use_style", "metric_curves", "rate_histograms", "mark_ceiling", "show_table", "table_html"]
 
 
 def use_style() -> None:
@@ -77,8 +77,32 @@ def mark_ceiling(ax: Any, value: float, text: str) -> None:
                 color="0.3")
 
 
-def show_table(df: pd.DataFrame, digits: int = 3) -> Any:
-    """A compact HTML rendering of a frame (rounded, no index) for notebooks."""
+def table_html(df: pd.DataFrame, digits: int = 3) -> str:
+    """``df`` as a compact HTML table: rounded, no index, missing values as "–", whole numbers
+    without decimals, booleans as yes/no."""
+    out = df.copy()
+    for col in out.columns:
+        v = out[col]
+        if v.dtype == bool:
+            out[col] = v.map({True: "yes", False: "no"})
+        elif pd.api.types.is_float_dtype(v):
+            finite = v.dropna()
+            if len(finite) and bool((finite == finite.round()).all()) and bool((finite.abs() < 2**53).all()):
+                out[col] = v.astype("Int64")
+            else:
+                out[col] = v.round(digits)
+    return out.to_html(index=False, escape=True, border=0, classes="tcomplex-table", na_rep="–")
+
+
+def show_table(df: pd.DataFrame, digits: int = 3, max_rows: int = 12) -> Any:
+    """A compact HTML rendering of a frame for notebooks (see :func:`table_html`).
+
+    A frame longer than ``max_rows`` shows its first ``max_rows`` rows; the whole
+    table is one click away (an HTML ``<details>`` element below them).
+    """
     from IPython.display import HTML
 
-    return HTML(df.round(digits).to_html(index=False, escape=True, border=0, classes="tcomplex-table"))
+    if len(df) <= max_rows:
+        return HTML(table_html(df, digits))
+    return HTML(table_html(df.head(max_rows), digits)
+                + f"<details><summary>all {len(df)} rows</summary>{table_html(df, digits)}</details>")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import http.server
 import json
+import re
 import os
 import shutil
 import threading
@@ -118,6 +119,15 @@ def test_book_pages_load_with_figures_equations_and_working_links(served_book):
                     "div.cell_input", "els => els.filter(e => e.checkVisibility({contentVisibilityAuto: true})).length")
                 assert shown_code == 0, f"{chapter}: {shown_code} code cells shown unfolded"
                 assert "runs_root" not in text, f"{chapter}: a parameter cell is shown"
+                nans = re.findall(r".{0,40}\bnan\b.{0,40}", text, flags=re.I)
+                assert not nans, f"{chapter}: 'nan' shown: {nans[:3]}"
+            # no page wider than the window, no content wider than its column
+            too_wide = page.evaluate(
+                "() => [document.documentElement.scrollWidth - window.innerWidth,"
+                " ...[...document.querySelectorAll('article')].map(a => a.scrollWidth - a.clientWidth)]")
+            assert max(too_wide) <= 1, f"{chapter}: wider than its column by {max(too_wide)} px"
+            typeset = page.eval_on_selector_all("mjx-container", "els => els.map(e => e.getBoundingClientRect().width)")
+            assert all(w > 0 for w in typeset), f"{chapter}: {sum(w == 0 for w in typeset)} equations not typeset"
             if SCREENSHOTS:
                 page.screenshot(path=str(Path(SCREENSHOTS) / f"{chapter}.png"), full_page=True)
             hrefs = page.eval_on_selector_all("a[href]", "els => els.map(e => e.href)")
@@ -175,7 +185,11 @@ def test_rendered_pages_hide_code_parameters_and_test_markers():
     code = [c for c in page["cells"] if c["cell_type"] == "code"]
     params = [c for c in code if {"parameters", "injected-parameters"} & set(c["metadata"]["tags"])]
     assert len(params) == 2 and all("remove-cell" in c["metadata"]["tags"] for c in params)
-    assert all("hide-input" in c["metadata"]["tags"] for c in code if c not in params)
+    # nbval's check cells (the verdicts, shown to the reader by the findings table) are removed too
+    n_checks = sum("# NBVAL_CHECK_OUTPUT" in "".join(c["source"]) for c in src["cells"])
+    removed = [c for c in code if c not in params and "remove-cell" in c["metadata"]["tags"]]
+    assert n_checks >= 1 and len(removed) == n_checks
+    assert all("hide-input" in c["metadata"]["tags"] for c in code if c not in params and c not in removed)
     assert not any("NBVAL" in "".join(c["source"]) for c in code)
     assert any("NBVAL_CHECK_OUTPUT" in "".join(c["source"]) for c in src["cells"])  # only the page loses them
 
@@ -200,20 +214,27 @@ def test_a_rerun_with_parameters_is_a_variant_that_lands_in_the_book(tmp_path, m
         assert cli.main(["run", "01_metrics", "--profile", "quick", *bad]) == 2
     assert not list((tmp_path / "papermill_runs" / "quick").glob("variants/*/*.ipynb"))
     assert not list((tmp_path / "papermill_runs" / "quick").glob(".running-*"))
-    assert cli.main(["run", "01_metrics", "--profile", "quick", "-p", "epochs", "1", "-p", "train_subset", "1000",
-                     "-p", "analysis_per_class", "10", "--variant", "one-epoch"]) == 0
+    # the README's rerun example as written, on the quick profile with cheap values (tests/test_readme.py)
+    from test_readme import readme_commands
+
+    (rerun,) = [c for c in readme_commands("tcomplex run") if "--variant" in c]
+    (book_cmd,) = [c for c in readme_commands("tcomplex book") if "--variant" in c]
+    cheap = {"offline": "quick", "10": "1", "[0, 1]": "[0]"}
+    assert all(v in rerun for v in cheap), rerun  # the substitutions below apply to the README's line
+    args = [cheap.get(a, a) for a in rerun[1:]] + ["-p", "train_subset", "1000", "-p", "analysis_per_class", "10"]
+    name = rerun[rerun.index("--variant") + 1]
+    assert cli.main(args) == 0
     assert committed.read_bytes() == before
     assert sorted((tmp_path / "papermill_runs" / "quick" / "results").iterdir()) == results_before
-    variant = tmp_path / "papermill_runs" / "quick" / "variants" / "one-epoch" / "01_metrics.ipynb"
+    variant = tmp_path / "papermill_runs" / "quick" / "variants" / name / "01_metrics.ipynb"
     meta = json.loads(variant.read_text())["metadata"]["tcomplex"]
-    assert meta["variant"] == "one-epoch" and meta["parameters"]["epochs"] == 1
+    assert meta["variant"] == name and meta["parameters"]["epochs"] == 1 and meta["parameters"]["seeds"] == [0]
     assert {r["notebook"]: r["state"] for r in nbs.profile_status("quick", tmp_path)}["01_metrics"] == "current"
-    assert nbs.variant_names("quick", tmp_path) == ["one-epoch"]
-    with pytest.raises(ValueError, match="no variant 'nope'"):
-        nbs.build_book("quick", tmp_path, output=tmp_path / "out", variants=["nope"])
-    html = nbs.build_book("quick", tmp_path, output=tmp_path / "out", variants=["one-epoch"])
-    import re
+    assert nbs.variant_names("quick", tmp_path) == [name]
+    assert cli.main(["book", "--profile", "quick", "--variant", "nope"]) == 2
+    assert cli.main([cheap.get(a, a) for a in book_cmd[1:]]) == 0  # renders only: the copied notebooks are current
+    html = tmp_path / "book" / "_build" / "quick" / "html"
 
-    page = re.sub(r"<[^>]+>", "", (html / "variants" / "one-epoch" / "01_metrics.html").read_text())
-    assert "Variant one-epoch" in page and "epochs = 1" in page and "train_subset = 1000" in page
+    page = re.sub(r"<[^>]+>", "", (html / "variants" / name / "01_metrics.html").read_text())
+    assert f"Variant {name}" in page and "epochs = 1" in page and "train_subset = 1000" in page
     assert (html / "01_metrics.html").is_file()

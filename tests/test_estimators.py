@@ -469,3 +469,24 @@ def test_packed_backend_needs_binary_cpu_states():
         tc.kde_entropy(torch.rand(10, 4), alpha=0.1, backend="packed")
     with pytest.raises(ValueError, match="backend must be"):
         tc.kde_entropy(random_states(10, 4), alpha=0.1, backend="fast")
+
+
+def test_saturation_flag_uses_the_verdicts_headroom_margin():
+    from tcomplex.estimators import HEADROOM_BITS, HEADROOM_FRACTION_CLASSES, Estimate
+    from tcomplex.experiments.report import THRESHOLDS
+
+    assert THRESHOLDS["headroom_bits"] == HEADROOM_BITS and THRESHOLDS["headroom_fraction_classes"] == HEADROOM_FRACTION_CLASSES
+    ceiling = math.log2(2000)
+    # 96% of log2 n was not flagged by the old 1% rule; it is within 0.5 bits of the ceiling
+    assert Estimate(ceiling - 0.4, ceiling=ceiling).saturated
+    assert not Estimate(ceiling - 0.6, ceiling=ceiling).saturated
+    # the estimators set the margin in the estimate's unit (nats here) and for I(X;Sigma;Y) relative to log M
+    rng = torch.Generator().manual_seed(0)
+    s = torch.rand(400, 64, generator=rng) < 0.5
+    h_nats = tc.kde_entropy(s, alpha=0.01, base=math.e, warn=False)
+    assert h_nats.margin == pytest.approx(HEADROOM_BITS * math.log(2))
+    y = torch.randint(0, 10, (400,), generator=rng)
+    i = tc.kde_interaction_information(s, y, alpha=0.01, warn=False)
+    assert i.margin == pytest.approx(HEADROOM_FRACTION_CLASSES * math.log2(10))
+    with pytest.warns(tc.SaturationWarning, match="within 0.5 of its ceiling"):
+        tc.kde_entropy(s, alpha=0.01)

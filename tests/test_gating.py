@@ -936,3 +936,42 @@ def test_pool_winners_are_packed_straight_to_bits(window, dtype):
     onehot = F.one_hot(off.long(), window).reshape(7, 23 * window).bool()
     assert torch.equal(pack_onehot(off, window), pack_bits(onehot))
     assert torch.equal(pack_onehot(off, window, route="torch"), pack_bits(onehot))
+
+
+@pytest.mark.parametrize("nd", [1, 2])
+@pytest.mark.parametrize("case", [c for c in POOL_CASES if c[3] == 1])
+def test_pool_winners_packed_from_indices_equal_the_offsets_route(nd, case):
+    from tcomplex.bits import pack_onehot, pack_pool_winners
+
+    k, s, p, _, ceil = case
+    g = torch.Generator().manual_seed(5)
+    shape = (4, 3, 11) if nd == 1 else (4, 3, 9, 10)
+    x = torch.randint(-1, 2, shape, generator=g).float()  # ties
+    fn = F.max_pool1d if nd == 1 else F.max_pool2d
+    _, idx = fn(x, k, s, p, ceil_mode=ceil, return_indices=True)
+    plane, kk, ss, pp = tuple(shape[2:]), (k,) * nd, (s,) * nd, (p,) * nd
+    words = pack_pool_winners(idx, plane, kk, ss, pp)
+    assert words is not None
+    x2 = x.unsqueeze(2) if nd == 1 else x  # the reference scan of the test above, independent of the kernel
+    k2, s2, p2 = ((1, k), (1, s), (0, p)) if nd == 1 else ((k, k), (s, s), (p, p))
+    ref = _scan_winners(x2, k2, s2, p2, (1, 1), (1, idx.shape[-1]) if nd == 1 else tuple(idx.shape[-2:]))
+    assert torch.equal(words, pack_onehot(ref.reshape(4, -1).to(torch.uint8), k**nd))
+    # a window wider than the plane's row: the general route (None)
+    assert pack_pool_winners(idx, (plane[0], 1) if nd == 2 else (1,), kk, ss, pp) is None
+
+
+def test_nan_is_named_at_the_first_relu_and_a_following_pool_is_not_checked_twice():
+    net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3), nn.ReLU())
+    x = torch.randn(5, 4)
+    x[2, 1] = float("nan")
+    with pytest.raises(ValueError, match="NaN in the input of gating layer '1'"):
+        tc.record_gates(net, x)
+    # ReLU then max-pool on its output: one check of the shared tensor, states unchanged
+    conv = nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.MaxPool2d(2))
+    img = torch.randn(4, 1, 8, 8)
+    rec = tc.record_gates(conv, img)
+    y = conv[1](conv[0](img))
+    assert torch.equal(rec["1"], (y > 0).flatten(1))
+    img[1, 0, 4, 4] = float("nan")
+    with pytest.raises(ValueError, match="NaN in the input of gating layer '1'"):
+        tc.record_gates(conv, img)

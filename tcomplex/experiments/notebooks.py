@@ -438,9 +438,9 @@ def render_notebook(source: dict[str, Any], executed: dict[str, Any]) -> dict[st
 
     Both are notebooks as JSON dicts.  When their code cells differ (a stale
     executed notebook), the executed notebook is rendered as it ran.  Either way the
-    page reads like a lecture: the parameter cells are removed, every other code cell
-    is hidden behind a toggle (``hide-input``, unless the source tags it otherwise), and
-    nbval's test markers are taken out of the shown code.
+    page reads like a lecture: the parameter cells and nbval's check cells are removed,
+    every other code cell is hidden behind a toggle (``hide-input``, unless the source
+    tags it otherwise), and nbval's test markers are taken out of the shown code.
     """
     ran = [c for c in executed["cells"] if c["cell_type"] == "code"]
     if _code_sources(source["cells"]) != _code_sources(ran):
@@ -465,7 +465,10 @@ def _present(cell: dict[str, Any]) -> dict[str, Any]:
     if cell["cell_type"] != "code":
         return cell
     tags = list(cell.get("metadata", {}).get("tags", []))
-    if "parameters" in tags or INJECTED in tags:
+    checked = any(ln.lstrip().startswith("# NBVAL_CHECK_OUTPUT") for ln in _text(cell["source"]).splitlines())
+    if "parameters" in tags or INJECTED in tags or checked:
+        # parameter cells, and the check cells nbval compares (they print the verdicts that the
+        # findings table shows the reader)
         tags.append("remove-cell")
     elif not _SHOW_TAGS & set(tags):
         tags.append("hide-input")

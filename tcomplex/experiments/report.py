@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from tcomplex import estimators
+
 __all__ = [
     "Finding",
     "REPRODUCED",
@@ -106,10 +108,11 @@ class Precondition:
 THRESHOLDS: dict[str, float] = {
     # the KDE H (Eq. 2) and I(X;Σ) (Eq. 3) are at most log2 n; within this many bits of log2 n the
     # kernel mass a state receives from all other states is below 2^0.5 - 1 = 41% of its own, so the
-    # estimate mostly counts distinct patterns and cannot show a change
-    "headroom_bits": 0.5,
+    # estimate mostly counts distinct patterns and cannot show a change (the estimators' own
+    # saturation flag and SaturationWarning use the same margin: tcomplex.estimators.HEADROOM_BITS)
+    "headroom_bits": estimators.HEADROOM_BITS,
     # I(X;Σ;Y) (Eq. 4) is at most log2(#classes); the same relative margin (0.5 of 10.97 bits)
-    "headroom_fraction_classes": 0.5 / math.log2(2000),
+    "headroom_fraction_classes": estimators.HEADROOM_FRACTION_CLASSES,
     # a correlation over models/seeds (Figure 2): with n models the 95% Fisher-z interval excludes 0 only
     # for |r| > tanh(1.96/sqrt(n-3)): 0.81 at n = 6, 0.63 at n = 10, 0.44 at n = 21 (the paper's n); 10 is
     # the fewest at which a strong correlation (|r| ~ 0.65) can be told from none

@@ -54,6 +54,7 @@ from tcomplex.experiments.report import (
     THRESHOLDS,
     Finding,
     Precondition,
+    accuracy_threshold,
     enough,
     fisher_ci,
     headroom,
@@ -226,7 +227,7 @@ def alpha_accuracy(cfgs: Sequence[TrainConfig], ctx: Context) -> pd.DataFrame:
     rows = []
     for cfg in cfgs:
         for f in sorted(record_training_states(cfg, ctx).glob("epoch_*.json")):
-            rows.append({"seed": cfg.seed, **json.loads(f.read_text())})
+            rows.append({"model": cfg.model, "dataset": cfg.dataset, "seed": cfg.seed, **json.loads(f.read_text())})
     return pd.DataFrame(rows)
 
 
@@ -399,7 +400,13 @@ def plot_alpha_curves(metrics: pd.DataFrame, accuracy: pd.DataFrame) -> Any:
         axes[1, col].set_title(titles[metric].split(" [")[0] + ", standardised (unsaturated α)")
     acc = accuracy.groupby("epoch").test_acc.mean()
     axes[0, 2].plot(acc.index, acc.values, marker="o", ms=3, color="k")
-    axes[0, 2].set_title("test accuracy")
+    if {"model", "dataset"} <= set(accuracy.columns) and len(accuracy):
+        need = accuracy_threshold(str(accuracy.model.iloc[0]), str(accuracy.dataset.iloc[0]))
+        axes[0, 2].axhline(need, color="0.5", ls=":", lw=1)
+        axes[0, 2].annotate("learned", (0.01, need), xycoords=("axes fraction", "data"), va="bottom", fontsize=8,
+                            color="0.4")
+    axes[0, 2].set_ylim(0, 1.02)  # the whole range: a network at chance shows as one
+    axes[0, 2].set_title("test accuracy (mean over seeds)")
     for ax in axes.flat[:5]:
         if log_x:
             ax.set_xscale("symlog", linthresh=1)

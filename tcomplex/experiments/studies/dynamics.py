@@ -51,7 +51,7 @@ import pandas as pd
 import torch
 from scipy import stats
 
-from tcomplex.estimators import SATURATION_TOLERANCE
+from tcomplex.estimators import HEADROOM_FRACTION_CLASSES
 from tcomplex.experiments import data as data_mod
 from tcomplex.experiments import models as models_mod
 from tcomplex.experiments.report import (
@@ -410,7 +410,7 @@ def shape_table(curves_: pd.DataFrame, tol: float) -> pd.DataFrame:
                 ceiling = float(g.log2_n.iloc[0])
             else:
                 ceiling = float(g.log2_classes.iloc[0])
-                stuck = bool(v[i_min] >= (1 - SATURATION_TOLERANCE) * ceiling)
+                stuck = bool(ceiling - v[i_min] < HEADROOM_FRACTION_CLASSES * ceiling)
             entry: dict[str, Any] = {**entry_base, "metric": metric, "ceiling": ceiling,
                                      "first": v[0], "min": v[i_min], "min_epoch": int(e[i_min]),
                                      "last": v[-1], "last_epoch": int(e[-1]), "stuck": stuck}

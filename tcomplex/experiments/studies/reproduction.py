@@ -162,5 +162,8 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{cpu}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__}"
+    version = torch.__version__.split("+")[0]
+    if torch.cuda.is_available():
+        return f"{cpu}, {os.cpu_count()} cores, {torch.cuda.get_device_name(0)}, torch {version} (CUDA {torch.version.cuda})"
+    build = f" (a CUDA {torch.version.cuda} build)" if torch.version.cuda else ""
+    return f"{cpu}, {os.cpu_count()} cores, no GPU (CPU only), torch {version}{build}"

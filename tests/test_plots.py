@@ -1,0 +1,27 @@
+"""The book's table rendering (tcomplex.plots.table_html / show_table)."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from tcomplex import plots
+
+
+def test_tables_show_integers_as_integers_missing_as_dash_and_booleans_as_words():
+    df = pd.DataFrame({"seeds": [3.0, 21.0], "r": [-0.51234, math.nan], "learned": [True, False], "n": [5000.0, math.nan]})
+    html = plots.table_html(df, digits=2)
+    assert "<td>3</td>" in html and "<td>21</td>" in html and "3.0" not in html
+    assert "<td>5000</td>" in html and "5000.0" not in html
+    assert "-0.51" in html and "NaN" not in html and "nan" not in html and "<td>–</td>" in html
+    assert "<td>yes</td>" in html and "<td>no</td>" in html
+
+
+def test_long_tables_show_their_head_and_the_rest_one_click_away():
+    df = pd.DataFrame({"epoch": range(30), "H": [0.5] * 30})
+    html = plots.show_table(df, max_rows=12).data
+    head, details = html.split("<details>")
+    assert head.count("<tr") == 13  # header + 12 rows
+    assert "all 30 rows" in details and details.count("<tr") == 31
+    assert "<details>" not in plots.show_table(df.head(5)).data
