@@ -617,7 +617,7 @@ def section_chapter1(ck: Check, budget: Budget) -> dict[str, Any]:
 
     params = dict(load_profile("quick", ROOT)["notebooks"]["01_metrics"])
     if ck.tiny:
-        params.update(epochs=1, train_subset=500, analysis_per_class=10, track_every=1)
+        params.update(epochs=1, seeds=[0], train_subset=500, analysis_per_class=10, track_every=1)
     root = data_mod.resolve_data_root(ck.args.data_root)
     missing = [e for e in data_mod.DATASETS["mnist"].expected if not (root / e).is_file()]
     if missing:
@@ -646,7 +646,8 @@ def section_chapter1(ck: Check, budget: Budget) -> dict[str, Any]:
         p2 = study.prop2(table)
         eq6 = study.eq6_table(cfgs[0], ctx)
         bw = study.bandwidth_table(cfgs[0], ctx)
-        found = study.findings(rows, table, eq6, bw, "")
+        sweep = study.prop_sweep(cfgs, ctx, params["sweep_alphas"])
+        found = study.findings(rows, table, eq6, bw, "", sweep=sweep, prop_alphas=params["prop_alphas"])
         t_rest = time.perf_counter() - t_rest0
         summary = study.summary_numbers(rows)
     res: dict[str, Any] = {
@@ -698,10 +699,11 @@ def paper_configs(profile: str = "paper") -> dict[str, list[Any]]:
     out["02_disentanglement"] = (
         disentanglement.configs(p["mnist_models"], p["seeds"], dataset=p["dataset"], epochs=p["epochs"],
                                 train_subset=p["train_subset"], track_per_class=p["track_per_class"],
-                                eval_size=p["eval_size"])
+                                eval_size=p["eval_size"], short_epochs=p.get("short_epochs"))
         + disentanglement.configs(p["resnet_models"], p["resnet_seeds"], dataset=p["dataset"],
                                   epochs=p["resnet_epochs"], train_subset=p["resnet_train_subset"],
-                                  track_per_class=p["track_per_class"], eval_size=p["eval_size"]))
+                                  track_per_class=p["track_per_class"], eval_size=p["eval_size"],
+                                  short_epochs=p.get("short_epochs")))
     p = nb["03_training_dynamics"]
     out["03_training_dynamics"] = dynamics.configs(p["runs"], p["seeds"], p["analysis_images"], p["track_every"],
                                                    p["eval_images"])

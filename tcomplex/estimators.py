@@ -66,6 +66,9 @@ __all__ = [
     "kde_mutual_information",
     "kde_interaction_information",
     "kde_total_correlation",
+    "kde_total_correlation_from_distances",
+    "kde_sweep_from_distances",
+    "independent_states",
     "marginal_entropy_sum",
     "plugin_entropy",
     "plugin_total_correlation",
@@ -533,7 +536,9 @@ def _kde_terms(
     return math.log(n) - float(rows.mean()), h_cond, n_classes
 
 
-def squared_distances(states: Any, *, block: int | None = None, backend: Backend = "auto") -> Tensor:
+def squared_distances(
+    states: Any, other: Any = None, *, block: int | None = None, backend: Backend = "auto"
+) -> Tensor:
     """The ``[n, n]`` float32 matrix of ||sigma_j - sigma_k||^2 (the exponent of Eq. 2's kernel).
 
     Exact integers for 0/1 states (fewer than 2**24 gates): Hamming distances by XOR +
@@ -541,11 +546,33 @@ def squared_distances(states: Any, *, block: int | None = None, backend: Backend
     a float32 GEMM elsewhere.  Distances of concatenated layers are the sums of the
     layers' distances, so one matrix per layer also gives the whole network's: see
     :func:`kde_entropy_from_distances`.  Uses n^2 * 4 bytes.
+
+    ``other``: a second set of ``[m, d]`` states (e.g. the synthesized independent states
+    of Eq. 28, :func:`independent_states`); then the ``[n, m]`` matrix of
+    ||sigma_j - other_k||^2 is returned (the exponent of Eq. 28's denominator), computed
+    by the same route as the states' own distances (see
+    :func:`kde_total_correlation_from_distances`).
     """
     s = _route(_as_states(states), backend)
     n, d = s.shape
+    c = block_rows(n, d, block)
+    if other is not None:
+        o = _as_states(other, "other")
+        if o.shape[1] != d:
+            raise ValueError(f"states have {d} gates but other has {o.shape[1]}: both must be [*, {d}]")
+        if isinstance(s, PackedStates):
+            if not (isinstance(o, PackedStates) or o.dtype == torch.bool):
+                raise ValueError("other must be binary (bool or packed) like the states when the distances are "
+                                 "computed on packed bits; pass backend='gemm' for soft states")
+            o = s.repack(o.unpack() if isinstance(o, PackedStates) else o)
+        elif isinstance(o, PackedStates):
+            o = o.unpack()
+        out = torch.empty(n, o.shape[0], dtype=torch.float32, device=s.device)
+        for ri, rj, d2 in _cross_block_sq_dists(s, o, c):
+            out[ri, rj] = d2
+        return out
     out = torch.empty(n, n, dtype=torch.float32, device=s.device)
-    for ri, rj, d2 in _upper_block_sq_dists(s, block_rows(n, d, block)):
+    for ri, rj, d2 in _upper_block_sq_dists(s, c):
         out[ri, rj] = d2
         if rj is not ri:
             out[rj, ri] = d2.T
@@ -748,6 +775,41 @@ def activation_rates(states: Any) -> Tensor:
     return s.to(torch.float64).mean(0)
 
 
+def independent_states(states: Any, *, generator: torch.Generator | None = None) -> Tensor:
+    """The synthesized states hat sigma of Eq. 28 (Appendix F): bool ``[n, d]``.
+
+    Row k's gates are independent Bernoulli draws with the observed activation rates
+    alpha_l^i of ``states`` (so p(hat sigma) is the product of the marginals
+    prod_i p(sigma_l^i) of Eq. 5).  ``generator`` seeds the draw (default: seed 0);
+    :func:`kde_total_correlation` draws exactly these states with the same generator.
+    """
+    s = _as_states(states)
+    if generator is None:
+        generator = torch.Generator(device=s.device).manual_seed(0)
+    n = s.shape[0]
+    if isinstance(s, PackedStates):  # float32 rates: exact counts / n, as mean() computes them
+        rates = s.column_counts().to(torch.float32) / n
+    else:
+        rates = s.to(torch.float32).mean(0)
+    return torch.rand(s.shape, generator=generator, device=s.device) < rates
+
+
+def _tc_estimate(own: Tensor, cross: Tensor, n: int, m: int, leave_one_out: bool, sigma2: float,
+                 lb: float) -> Estimate:
+    """Eq. 28 from the row log-kernel sums (nats) of the own and the synthesized states.
+
+    Standard (``leave_one_out=False``): mean_j [own_j - cross_j] (+ log(m / n) when the
+    synthesized set has m != n states).  Leave-one-out: own_j excludes k = j, and the
+    sums are normalised to densities: mean_j [own_j - log(n - 1) - cross_j + log m].
+    """
+    value = float((own - cross).mean())
+    if leave_one_out:
+        value += math.log(m) - math.log(n - 1)
+    elif m != n:
+        value += math.log(m) - math.log(n)
+    return Estimate(value / lb, ceiling=None, sigma2=sigma2, what="TC (leave-one-out)" if leave_one_out else "TC")
+
+
 def kde_total_correlation(
     states: Any,
     *,
@@ -757,14 +819,16 @@ def kde_total_correlation(
     base: float = 2.0,
     block: int | None = None,
     backend: Backend = "auto",
+    leave_one_out: bool = False,
 ) -> Estimate:
     """TC(Sigma_l) by the KDE bound of Eq. 28 (Appendix F).
 
     TC <= 1/n sum_j log( sum_k K(sigma_j, sigma_k) / sum_k K(sigma_j, hat sigma_k) ),
     where hat sigma_k are n synthesized states whose gates are independent
     Bernoulli draws with the observed activation rates (so p(hat sigma) is the
-    product of the marginals).  ``generator`` seeds the draw (default: seed 0,
-    so the estimate is deterministic).  sigma0^2 comes from the observed states.
+    product of the marginals; :func:`independent_states`).  ``generator`` seeds the
+    draw (default: seed 0, so the estimate is deterministic).  sigma0^2 comes from the
+    observed states.
 
     The value can be negative (e.g. -0.04 bits) although TC >= 0: Eq. 28 is the
     difference of two kernel estimates, log p_hat(sigma) - log q_hat(sigma), each with its
@@ -772,18 +836,35 @@ def kde_total_correlation(
     synthesized states can lie closer to the observed ones than the observed ones to
     each other.  The raw value is returned (not clipped, so averages stay unbiased) and
     flagged: ``.negative`` is True; read it as "TC indistinguishable from 0 at this n".
+
+    ``leave_one_out=True``: Eq. 28's numerator includes the own-sample term
+    K(sigma_j, sigma_j) = 1, which the synthesized sum has no counterpart for; with
+    narrow kernels (every state far from the others) the numerator is then ~1 for
+    every j and TC ~ -1/n sum_j log sum_k K(sigma_j, hat sigma_k), a kernel
+    cross-entropy that tracks the marginal entropy sum C_l (Eq. 6) rather than the
+    dependence between gates.  The leave-one-out variant drops k = j from the
+    numerator and compares two out-of-sample kernel density estimates at each
+    observed state:
+
+        TC_loo = 1/n sum_j [ log( 1/(n-1) sum_{k != j} K(sigma_j, sigma_k) )
+                             - log( 1/n sum_k K(sigma_j, hat sigma_k) ) ],
+
+    i.e. the mean log-ratio of the leave-one-out KDE of p(sigma) and the KDE of the
+    product of the marginals, both evaluated at states outside their own sample.
+    It is no longer an upper bound in the sense of Eq. 28; it is a plug-in estimate of
+    TC = E[log p(sigma) / prod_i p(sigma^i)] (Eq. 27).  For binary states and a kernel
+    narrow enough that only identical patterns count (K ~ [sigma_j = sigma_k]) it is
+    mean_j log( (c(sigma_j) - 1) / (n - 1) ) - log q_hat(sigma_j), c = the pattern's
+    count, which approaches the plug-in TC of :func:`plugin_total_correlation` when
+    every pattern occurs many times; a pattern seen once has an empty leave-one-out
+    sum at that limit (log 0), so the value is then dominated by nearest-neighbour
+    distances and can be very negative: read it with the kernel width it was computed at.
     """
     s = _as_states(states)
     sigma2 = _sigma2(s, _check_alpha(alpha), bandwidth)
     lb = _log_base(base)
     n, d = s.shape
-    if generator is None:
-        generator = torch.Generator(device=s.device).manual_seed(0)
-    if isinstance(s, PackedStates):  # float32 rates: exact counts / n, as mean() computes them
-        rates = s.column_counts().to(torch.float32) / n
-    else:
-        rates = s.to(torch.float32).mean(0)
-    synth = torch.rand(s.shape, generator=generator, device=s.device) < rates
+    synth = independent_states(s, generator=generator)
     src = _route(s, backend)
     if isinstance(src, PackedStates):
         synth_src: Tensor | PackedStates = src.repack(synth)
@@ -795,13 +876,144 @@ def kde_total_correlation(
     own_lse = _RowLSE(n, s.device)
     for ri, rj, d2 in _upper_block_sq_dists(src, c):
         logits = d2.mul_(inv)
+        if leave_one_out and rj is ri:
+            logits.fill_diagonal_(-math.inf)  # drop K(sigma_j, sigma_j) = 1 from the numerator
         own_lse.add(ri, torch.logsumexp(logits, 1))
         if rj is not ri:
             own_lse.add(rj, torch.logsumexp(logits, 0))
     own = own_lse.result()
     cross = _cross_log_kernel_sums(src, synth_src, sigma2, c)
-    value = float((own - cross).mean()) / lb
-    return Estimate(value, ceiling=None, sigma2=sigma2, what="TC")
+    return _tc_estimate(own, cross, n, n, leave_one_out, sigma2, lb)
+
+
+def kde_total_correlation_from_distances(
+    sq_distances: Tensor,
+    cross_sq_distances: Tensor,
+    *,
+    sigma2: float,
+    leave_one_out: bool = False,
+    base: float = 2.0,
+) -> Estimate:
+    """TC(Sigma_l) by Eq. 28 (or its leave-one-out variant) from distance matrices.
+
+    ``sq_distances``: the ``[n, n]`` squared distances of the observed states
+    (:func:`squared_distances`, zero diagonal); ``cross_sq_distances``: the ``[n, m]``
+    squared distances to m synthesized independent states
+    (``squared_distances(states, independent_states(states))``); ``sigma2``: the kernel
+    width sigma0^2 (:func:`kde_bandwidth` of the observed states).  The same quantity as
+    :func:`kde_total_correlation` (with ``leave_one_out`` as documented there), computed
+    from given matrices, so one pair of matrices serves many kernel widths; values agree
+    with the streamed estimator to float32 rounding of the per-row log-sum-exp.  With
+    m != n the two sums are normalised to densities (a log(m / n) term).
+    """
+    for name, mat in (("sq_distances", sq_distances), ("cross_sq_distances", cross_sq_distances)):
+        if not isinstance(mat, Tensor) or mat.dim() != 2:
+            shape = tuple(mat.shape) if isinstance(mat, Tensor) else type(mat).__name__
+            raise ValueError(f"{name} must be a 2-D tensor, got {shape}")
+    n = sq_distances.shape[0]
+    if sq_distances.shape[1] != n:
+        raise ValueError(f"sq_distances must be square [n, n], got {tuple(sq_distances.shape)}")
+    if n < 2:
+        raise ValueError(f"sq_distances covers {n} sample(s): TC needs at least 2")
+    if cross_sq_distances.shape[0] != n or cross_sq_distances.shape[1] < 1:
+        raise ValueError(f"cross_sq_distances must be [n = {n}, m >= 1] (observed x synthesized states), "
+                         f"got {tuple(cross_sq_distances.shape)}")
+    s2 = _real_scalar(sigma2)
+    if s2 is None or not math.isfinite(s2) or s2 <= 0:
+        raise ValueError(f"sigma2 must be > 0 and finite (see kde_bandwidth), got {sigma2!r}")
+    lb = _log_base(base)
+    inv = -0.5 / s2
+    own_logits = sq_distances.to(torch.float32).mul(inv)
+    cross_logits = cross_sq_distances.to(torch.float32).mul(inv)
+    for name, logits in (("sq_distances", own_logits), ("cross_sq_distances", cross_logits)):
+        if bool(torch.isnan(logits).any()) or float(logits.max()) > 0:
+            raise ValueError(f"{name} has NaN or negative entries: pass squared distances (see squared_distances)")
+    if leave_one_out:
+        own_logits.fill_diagonal_(-math.inf)
+    own = torch.logsumexp(own_logits, 1).to(torch.float64)
+    cross = torch.logsumexp(cross_logits, 1).to(torch.float64)
+    return _tc_estimate(own, cross, n, cross_sq_distances.shape[1], leave_one_out, s2, lb)
+
+
+def _row_value_counts(d2: Tensor, lo: int, width: int) -> Tensor:
+    """float64 ``[n, width]`` counts of the integer values lo .. lo + width - 1 in each row of ``d2``."""
+    n = d2.shape[0]
+    idx = (d2.to(torch.int64) - lo) + torch.arange(n, device=d2.device)[:, None] * width
+    return torch.bincount(idx.reshape(-1), minlength=n * width).reshape(n, width).to(torch.float64)
+
+
+def kde_sweep_from_distances(
+    sq_distances: Tensor,
+    cross_sq_distances: Tensor,
+    sigma2s: Iterable[float],
+    *,
+    base: float = 2.0,
+) -> list[tuple[Estimate, Estimate, Estimate]]:
+    """``(H, TC, TC_loo)`` by Eq. 2, Eq. 28 and its leave-one-out variant for many kernel widths.
+
+    One pair of distance matrices (``sq_distances`` ``[n, n]`` of the observed states,
+    ``cross_sq_distances`` ``[n, m]`` to synthesized independent states, as for
+    :func:`kde_total_correlation_from_distances`) serves every ``sigma2`` in ``sigma2s``;
+    the i-th tuple holds the three estimates at ``sigma2s[i]``, each equal to
+    :func:`kde_entropy_from_distances` (H, with its saturation flag) and
+    :func:`kde_total_correlation_from_distances` (``leave_one_out`` False / True) to
+    float rounding (1e-6 relative; tested).  When both matrices hold integers (Hamming
+    distances of binary states) spanning fewer than n / 2 values, each row's distances are
+    counted once and every width costs n x (number of values) operations in float64
+    instead of n x (n + m) exponentials: the case of narrow layers (d << n).  Otherwise
+    each width is one float32 log-sum-exp per matrix (and one with the diagonal dropped).
+    """
+    for name, mat in (("sq_distances", sq_distances), ("cross_sq_distances", cross_sq_distances)):
+        if not isinstance(mat, Tensor) or mat.dim() != 2:
+            shape = tuple(mat.shape) if isinstance(mat, Tensor) else type(mat).__name__
+            raise ValueError(f"{name} must be a 2-D tensor, got {shape}")
+        if bool(torch.isnan(mat).any()) or float(mat.min()) < 0:
+            raise ValueError(f"{name} has NaN or negative entries: pass squared distances (see squared_distances)")
+    n = sq_distances.shape[0]
+    if sq_distances.shape[1] != n or n < 2:
+        raise ValueError(f"sq_distances must be square [n, n] with n >= 2, got {tuple(sq_distances.shape)}")
+    if cross_sq_distances.shape[0] != n or cross_sq_distances.shape[1] < 1:
+        raise ValueError(f"cross_sq_distances must be [n = {n}, m >= 1] (observed x synthesized states), "
+                         f"got {tuple(cross_sq_distances.shape)}")
+    widths = []
+    for s2 in sigma2s:
+        v = _real_scalar(s2)
+        if v is None or not math.isfinite(v) or v <= 0:
+            raise ValueError(f"every sigma2 must be > 0 and finite (see kde_bandwidth), got {s2!r}")
+        widths.append(v)
+    lb = _log_base(base)
+    m = cross_sq_distances.shape[1]
+    own32, cross32 = sq_distances.to(torch.float32), cross_sq_distances.to(torch.float32)
+    integral = bool(torch.equal(own32, own32.round()) and torch.equal(cross32, cross32.round()))
+    lo = int(min(float(own32.min()), float(cross32.min()))) if integral else 0
+    span = int(max(float(own32.max()), float(cross32.max()))) - lo + 1 if integral else n
+    out = []
+    if integral and span < n / 2:
+        own_c, cross_c = _row_value_counts(own32, lo, span), _row_value_counts(cross32, lo, span)
+        diag = own32.diagonal().to(torch.int64) - lo
+        loo_c = own_c.clone()
+        loo_c[torch.arange(n), diag] -= 1  # drop K(sigma_j, sigma_j)
+        values = torch.arange(lo, lo + span, dtype=torch.float64)
+        log_own, log_loo, log_cross = own_c.log(), loo_c.log(), cross_c.log()  # log 0 = -inf: no such pair
+        for s2 in widths:
+            logits = values * (-0.5 / s2)
+            own = torch.logsumexp(log_own + logits, 1)
+            loo = torch.logsumexp(log_loo + logits, 1)
+            cross = torch.logsumexp(log_cross + logits, 1)
+            h = _entropy_estimate(math.log(n) - float(own.mean()), n, s2, lb, "H")
+            out.append((h, _tc_estimate(own, cross, n, m, False, s2, lb), _tc_estimate(loo, cross, n, m, True, s2, lb)))
+        return out
+    for s2 in widths:
+        inv = -0.5 / s2
+        own_logits = own32.mul(inv)
+        own = torch.logsumexp(own_logits, 1).to(torch.float64)
+        own_logits.fill_diagonal_(-math.inf)
+        loo = torch.logsumexp(own_logits, 1).to(torch.float64)
+        del own_logits
+        cross = torch.logsumexp(cross32.mul(inv), 1).to(torch.float64)
+        h = _entropy_estimate(math.log(n) - float(own.mean()), n, s2, lb, "H")
+        out.append((h, _tc_estimate(own, cross, n, m, False, s2, lb), _tc_estimate(loo, cross, n, m, True, s2, lb)))
+    return out
 
 
 # ---------------------------------------------------------------------------

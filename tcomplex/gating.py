@@ -582,7 +582,7 @@ def _adaptive_pool_winners(x: Tensor, nd: int, output_size: Any) -> tuple[Tensor
     return off.flatten(1), window, tuple(idx.shape[1:])
 
 
-def _pool_winner_offsets(x: Tensor, pool: nn.Module) -> tuple[_PoolWinners, int, tuple[int, ...]]:
+def _module_pool_winners(x: Tensor, pool: nn.Module) -> tuple[_PoolWinners, int, tuple[int, ...]]:
     """The winner of every window of a max-pool module (offsets inside the window, when asked for)."""
     if isinstance(pool, _ADAPTIVE_POOLS):
         nd = 1 if isinstance(pool, nn.AdaptiveMaxPool1d) else 2 if isinstance(pool, nn.AdaptiveMaxPool2d) else 3
@@ -1165,14 +1165,11 @@ class GateRecorder:
             return x  # the output of the ReLU just checked (e.g. the input of the max-pool after it)
         # amax propagates NaN and is several times cheaper than isnan(x).any()
         if self.check_nan and x.is_floating_point() and x.numel() and torch.isnan(x.amax()):
-            self._nan_error(name)
+            raise ValueError(
+                f"NaN in the input of gating layer {name!r}: the model produced NaN activations "
+                "(diverged training or NaN inputs); gating states of NaN are undefined"
+            )
         return x
-
-    def _nan_error(self, name: str) -> None:
-        raise ValueError(
-            f"NaN in the input of gating layer {name!r}: the model produced NaN activations "
-            "(diverged training or NaN inputs); gating states of NaN are undefined"
-        )
 
     def _make_pre_hook(self, name: str, module: nn.Module):
         kind = _kind_of(module)
@@ -1206,7 +1203,7 @@ class GateRecorder:
                 state = torch.cat([(x > 0).flatten(1), (x < 6).flatten(1)], 1)
                 width, window, shape = state.shape[1], 1, tuple(x.shape[1:])
             else:
-                state, window, shape = _pool_winner_offsets(x, mod)
+                state, window, shape = _module_pool_winners(x, mod)
                 width = state.width
                 after = "conv"
             self._record(key, state, kind, after, shape, width, window)
@@ -1243,7 +1240,7 @@ class GateRecorder:
             x = self._checked_input(name, args or (kwargs["input"],))
             if x.layout != torch.strided or x.is_quantized:  # no indices to reuse: pool as before
                 result = stock(module, x)
-                winners, window, shape = _pool_winner_offsets(x, module)
+                winners, window, shape = _module_pool_winners(x, module)
             else:
                 out, idx, winners, window, shape = _pool_with_winners(x, module)
                 if module.return_indices:

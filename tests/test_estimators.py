@@ -471,6 +471,161 @@ def test_packed_backend_needs_binary_cpu_states():
         tc.kde_entropy(random_states(10, 4), alpha=0.1, backend="fast")
 
 
+# --- leave-one-out Eq. 28 and TC from distance matrices ------------------------------
+def reference_tc_loo(s: torch.Tensor, synth: torch.Tensor, sigma2: float) -> float:
+    """Slow, obviously correct leave-one-out Eq. 28 in bits: the own sum without k = j, both sums as densities."""
+    x, z = s.double(), synth.double()
+    n, m = x.shape[0], z.shape[0]
+    own = -0.5 * torch.cdist(x, x) ** 2 / sigma2
+    own.fill_diagonal_(-math.inf)
+    num = torch.logsumexp(own, 1) - math.log(n - 1)
+    den = torch.logsumexp(-0.5 * torch.cdist(x, z) ** 2 / sigma2, 1) - math.log(m)
+    return float((num - den).mean()) / LOG2
+
+
+def test_independent_states_are_the_draw_of_eq28():
+    s = random_states(80, 20, p=0.3, seed=20)
+    synth = tc.estimators.independent_states(s, generator=torch.Generator().manual_seed(4))
+    assert synth.dtype == torch.bool and synth.shape == s.shape
+    assert float(tc.kde_total_correlation(s, alpha=0.1, generator=torch.Generator().manual_seed(4))) == \
+        pytest.approx(reference_tc(s, synth, 0.1 * 20), rel=KDE_REL, abs=1e-6)  # float32 log-sum-exp in nats
+    # the default draw is seed 0, for bool and packed states alike
+    assert torch.equal(tc.estimators.independent_states(s), tc.estimators.independent_states(tc.PackedStates.from_bool(s)))
+    # rates: a gate that is always on (off) stays on (off)
+    s[:, 0], s[:, 1] = True, False
+    synth = tc.estimators.independent_states(s)
+    assert synth[:, 0].all() and not synth[:, 1].any()
+
+
+@pytest.mark.parametrize("block", [None, 13])
+def test_loo_tc_matches_reference_with_same_synthetic_draw(block):
+    s = random_states(60, 15, seed=21)
+    synth = tc.estimators.independent_states(s)
+    ref = reference_tc_loo(s, synth, 0.05 * 15)
+    for states, backend in ((s, "gemm"), (s, "auto"), (tc.PackedStates.from_bool(s), "auto")):
+        t = tc.kde_total_correlation(states, alpha=0.05, leave_one_out=True, block=block, backend=backend)
+        assert float(t) == pytest.approx(ref, rel=KDE_REL, abs=1e-6)
+        assert t.what == "TC (leave-one-out)"
+    # the standard bound is unchanged by the new option's default
+    assert float(tc.kde_total_correlation(s, alpha=0.05, block=block)) == pytest.approx(
+        reference_tc(s, synth, 0.05 * 15), rel=KDE_REL, abs=1e-6)
+
+
+def test_loo_tc_near_zero_for_independent_bits_where_the_standard_bound_tracks_c():
+    # 40 independent fair gates, 400 samples: every pattern distinct; true TC = 0.  With a narrow
+    # kernel Eq. 28's own sum is ~K(sigma_j, sigma_j) = 1 and the bound climbs towards C_l (40 bits);
+    # leaving the own term out removes that bias.
+    s = random_states(400, 40, p=0.5, seed=22)
+    c = tc.marginal_entropy_sum(s)
+    std = float(tc.kde_total_correlation(s, alpha=0.01))
+    loo = float(tc.kde_total_correlation(s, alpha=0.01, leave_one_out=True))
+    assert std > 0.3 * c
+    assert abs(loo) < 0.5
+    # a wide kernel: both near 0
+    assert abs(float(tc.kde_total_correlation(s, alpha=0.2, leave_one_out=True))) < 0.05
+
+
+def test_loo_tc_of_a_duplicated_fair_bit_is_one_bit():
+    # sigma = (b, b): TC = H(b) = 1 bit (Eq. 5); 2000 samples, narrow kernel (K ~ [sigma_j = sigma_k])
+    g = torch.Generator().manual_seed(23)
+    b = torch.rand(2000, 1, generator=g) < 0.5
+    s = torch.cat([b, b], 1)
+    plug = tc.plugin_total_correlation(s)
+    assert plug == pytest.approx(1.0, abs=1e-3)
+    assert float(tc.kde_total_correlation(s, alpha=0.01, leave_one_out=True)) == pytest.approx(plug, abs=0.05)
+    # with 30 more independent gates every pattern is distinct: the standard bound is far off, the
+    # leave-one-out estimate stays within a bit of the truth
+    s30 = torch.cat([b, b, torch.rand(2000, 30, generator=g) < 0.5], 1)
+    loo = float(tc.kde_total_correlation(s30, alpha=0.005, leave_one_out=True))
+    std = float(tc.kde_total_correlation(s30, alpha=0.005))
+    assert abs(loo - 1.0) < 1.0 and std > 10.0
+
+
+def test_loo_tc_approaches_the_plugin_tc_when_every_pattern_is_frequent():
+    g = torch.Generator().manual_seed(24)
+    n = 3000
+    z = torch.rand(n, 3, generator=g) < 0.5
+    s = torch.cat([z, z[:, :1] ^ z[:, 1:2], z[:, :2].all(1, keepdim=True)], 1)
+    plug = tc.plugin_total_correlation(s)  # 5 gates, 8 patterns, each seen hundreds of times
+    loo = float(tc.kde_total_correlation(s, alpha=0.005, leave_one_out=True))
+    std = float(tc.kde_total_correlation(s, alpha=0.005))
+    assert loo == pytest.approx(plug, abs=0.05)
+    assert std == pytest.approx(loo, abs=0.01)  # the own term is negligible beside hundreds of copies
+
+
+@pytest.mark.parametrize("leave_one_out", [False, True])
+def test_tc_from_distances_equals_the_streamed_estimator(leave_one_out):
+    s = _structured(130, 70)
+    synth = tc.estimators.independent_states(s)
+    for kw in ({"alpha": 0.05}, {"alpha": 0.3, "bandwidth": "variance"}):
+        sigma2 = tc.kde_bandwidth(s, **kw)
+        own = tc.estimators.squared_distances(s)
+        cross = tc.estimators.squared_distances(s, synth)
+        t = tc.estimators.kde_total_correlation_from_distances(own, cross, sigma2=sigma2, leave_one_out=leave_one_out)
+        ref = tc.kde_total_correlation(s, leave_one_out=leave_one_out, block=50, **kw)
+        assert float(t) == pytest.approx(float(ref), rel=1e-6, abs=1e-9)
+        assert t.sigma2 == ref.sigma2
+        # a synthesized set used twice is the same density: the m != n normalisation keeps the value
+        t2 = tc.estimators.kde_total_correlation_from_distances(own, torch.cat([cross, cross], 1), sigma2=sigma2,
+                                                                leave_one_out=leave_one_out)
+        assert float(t2) == pytest.approx(float(t), rel=1e-6, abs=1e-9)
+
+
+def test_squared_distances_to_other_states():
+    a, b = random_states(33, 70, seed=25), random_states(21, 70, seed=26)
+    ref = torch.cdist(a.double(), b.double()).pow(2).round()
+    for other in (b, tc.PackedStates.from_bool(b)):
+        for states, backend in ((a, "auto"), (a, "gemm"), (tc.PackedStates.from_bool(a), "auto")):
+            d2 = tc.estimators.squared_distances(states, other, backend=backend, block=8)
+            assert d2.shape == (33, 21) and torch.equal(d2.double(), ref)
+    with pytest.raises(ValueError, match="other has 5"):
+        tc.estimators.squared_distances(a, random_states(4, 5))
+
+
+@pytest.mark.parametrize("own, cross, sigma2, message", [
+    (torch.zeros(3, 4), torch.zeros(3, 3), 1.0, "square"),
+    (torch.zeros(3, 3), torch.zeros(2, 3), 1.0, r"\[n = 3, m >= 1\]"),
+    (torch.zeros(1, 1), torch.zeros(1, 1), 1.0, "at least 2"),
+    (torch.zeros(3, 3), torch.zeros(3, 3), 0.0, "sigma2 must be > 0"),
+    (torch.zeros(3, 3), -torch.ones(3, 3), 1.0, "negative entries"),
+    (torch.zeros(3), torch.zeros(3, 3), 1.0, "2-D tensor"),
+])
+def test_tc_from_distances_rejects_bad_input(own, cross, sigma2, message):
+    with pytest.raises(ValueError, match=message):
+        tc.estimators.kde_total_correlation_from_distances(own, cross, sigma2=sigma2)
+
+
+@pytest.mark.parametrize("n, d, soft", [(200, 12, False), (60, 300, False), (80, 10, True)])
+def test_sweep_equals_the_single_width_estimators(n, d, soft):
+    # (200, 12): integer distances spanning < n / 2 values (the counting route); (60, 300): a span
+    # above n / 2 (one log-sum-exp per width); soft states: non-integer distances
+    s = torch.rand(n, d, generator=torch.Generator().manual_seed(n + d)) if soft else _structured(n, d)
+    synth = tc.estimators.independent_states(s.round().bool() if soft else s)
+    own = tc.estimators.squared_distances(s)
+    cross = tc.estimators.squared_distances(s, synth.float() if soft else synth)
+    sigma2s = [0.02 * d, 0.1 * d, 1.0 * d, 0.3]
+    sweep = tc.estimators.kde_sweep_from_distances(own, cross, sigma2s)
+    assert len(sweep) == len(sigma2s)
+    for s2, (h, t, t_loo) in zip(sigma2s, sweep):
+        h_ref, _ = tc.kde_entropy_from_distances(own, sigma2=s2, warn=False)
+        assert float(h) == pytest.approx(float(h_ref), rel=1e-6, abs=1e-9)
+        assert h.saturated == h_ref.saturated and h.ceiling == h_ref.ceiling
+        for est_, loo in ((t, False), (t_loo, True)):
+            ref = tc.estimators.kde_total_correlation_from_distances(own, cross, sigma2=s2, leave_one_out=loo)
+            assert float(est_) == pytest.approx(float(ref), rel=1e-6, abs=1e-6)
+            assert est_.what == ref.what and est_.sigma2 == s2
+
+
+def test_sweep_rejects_bad_input():
+    own, cross = torch.zeros(3, 3), torch.ones(3, 3)
+    with pytest.raises(ValueError, match="every sigma2 must be > 0"):
+        tc.estimators.kde_sweep_from_distances(own, cross, [1.0, 0.0])
+    with pytest.raises(ValueError, match="negative entries"):
+        tc.estimators.kde_sweep_from_distances(own, -cross, [1.0])
+    with pytest.raises(ValueError, match=r"\[n = 3, m >= 1\]"):
+        tc.estimators.kde_sweep_from_distances(own, torch.ones(2, 3), [1.0])
+
+
 def test_saturation_flag_uses_the_verdicts_headroom_margin():
     from tcomplex.estimators import HEADROOM_BITS, HEADROOM_FRACTION_CLASSES, Estimate
     from tcomplex.experiments.report import THRESHOLDS

@@ -189,3 +189,166 @@ def test_configs_track_only_the_last_epoch() -> None:
     full = st.configs(["lenet5"], [0], dataset="mnist", epochs=1, train_subset=None, track_per_class=2,
                       eval_size=None)[0]
     assert full.test_subset is None and full.eval_train_size == 10000
+
+
+# --- issue 13: grid, pooled groups, sensitivity, both Eq. 28 variants ------------------
+def _grid(n_models: int = 21, n: int = 2000) -> pd.DataFrame:
+    """A synthetic measurement grid: models a and b (layer 3, same width) and c (layer 3, another width),
+    two lengths, alpha factors 1 and 10, both bandwidths.  At factor 1 H sits at log2 n (no headroom);
+    at factor 10 it has headroom.  Standard TC = C_hat - H with constant C_hat (r = -1 up to noise); the
+    leave-one-out TC rises with H (r > 0)."""
+    rng = np.random.default_rng(7)
+    out = []
+    for model, d in (("a", 120), ("b", 120), ("c", 500)):
+        h10 = rng.uniform(5, 7, n_models)
+        for length, epochs in (("short", 1), ("converged", 10)):
+            for bw in ("dims", "variance"):
+                for f in (1.0, 10.0):
+                    h = np.full(n_models, math.log2(n) - 0.1) - rng.uniform(0, 0.05, n_models) if f == 1 else h10
+                    for i in range(n_models):
+                        out.append({"model": model, "seed": i, "run_id": f"{model}-{i}", "length": length,
+                                    "epochs": epochs, "l": 3, "layer": "relu3", "d": d, "n": n, "bandwidth": bw,
+                                    "alpha_factor": f, "alpha": 0.01 * f, "sigma2": 0.01 * f * d, "H": h[i],
+                                    "H_saturated": False, "TC": 20 - h[i] + rng.normal(0, 0.01),
+                                    "TC_loo": 0.5 * h[i] + rng.normal(0, 0.01), "C": 60.0,
+                                    "H_plus_TC": 20.0, "rate_mean": 0.5, "rate_sd": 0.3, "H_plugin": math.log2(n),
+                                    "TC_plugin": 60 - math.log2(n), "H_plugin_saturated": True})
+    return pd.DataFrame(out)
+
+
+def _rows_epochs(models: str = "abc", n_models: int = 21, acc: float = 0.97) -> pd.DataFrame:
+    return pd.DataFrame([{"run_id": f"{m}-{i}", "model": m, "dataset": "mnist", "seed": i, "epoch": e,
+                          "layer": "__all__", "metric": "test_acc", "value": acc}
+                         for m in models for i in range(n_models) for e in (1, 10)])
+
+
+def test_pooled_groups_share_a_width_and_keep_their_architecture() -> None:
+    m = st.at_setting(_grid(), alpha_factor=10.0)
+    p = st.pooled(m)
+    assert set(p.model) == {"a+b"} and len(p) == 42  # c has another width: not pooled
+    assert sorted(set(p.arch)) == ["a", "b"]
+    with pytest.raises(ValueError, match="no rows for length='converged', alpha_factor=3"):
+        st.at_setting(_grid(), alpha_factor=3.0)
+
+
+def test_pooled_within_r_removes_group_means() -> None:
+    rng = np.random.default_rng(8)
+    # within each group y falls with x; the group means rise together: raw r > 0, within r < 0
+    x = np.concatenate([rng.normal(0, 1, 20), rng.normal(10, 1, 20)])
+    y = np.concatenate([-x[:20], 30 - x[20:]]) + rng.normal(0, 0.1, 40)
+    groups = ["u"] * 20 + ["v"] * 20
+    assert np.corrcoef(x, y)[0, 1] > 0.5
+    r, lo, hi = st.pooled_within_r(x, y, groups)
+    assert r < -0.99 and hi < 0
+    # one group: the ordinary Pearson r with the Fisher interval of pearson_ci
+    r1, lo1, hi1 = st.pooled_within_r(x[:20], y[:20], groups[:20])
+    ref = st.pearson_ci(x[:20], y[:20])
+    assert (r1, lo1, hi1) == pytest.approx(ref[:3])
+    assert all(math.isnan(v) for v in st.pooled_within_r(x[:3], y[:3], ["u"] * 3))
+
+
+def test_correlation_table_variants() -> None:
+    m = st.at_setting(_grid(), alpha_factor=10.0)
+    std = st.correlation_table(m, "standard")
+    loo = st.correlation_table(m, "leave_one_out")
+    assert (std.r < -0.99).all() and (loo.r > 0.99).all()
+    assert set(std.variant) == {"standard"} and set(loo.variant) == {"leave_one_out"}
+    assert (std.alpha_factor == 10.0).all()
+    with pytest.raises(ValueError, match="variant must be one of"):
+        st.correlation_table(m, "other")
+    with pytest.raises(ValueError, match="needs the column 'TC_loo'"):
+        st.correlation_table(m.drop(columns="TC_loo"), "leave_one_out")
+
+
+def test_sensitivity_table_shape_and_semantics() -> None:
+    grid, rows = _grid(), _rows_epochs()
+    sens = st.sensitivity_table(grid, rows)
+    # 2 lengths x 2 bandwidths x 2 alpha factors x 2 variants x (3 architectures + 1 pooled group)
+    assert len(sens) == 2 * 2 * 2 * 2 * 4
+    assert list(sens.columns) == st.SENSITIVITY_COLUMNS
+    assert sens.groupby(["model", "l", "length", "bandwidth", "alpha_factor", "variant"]).size().eq(1).all()
+    # at the paper's alpha H has no headroom: inconclusive, and the failed precondition is named
+    at1 = sens[sens.alpha_factor == 1.0]
+    assert (at1.verdict == INCONCLUSIVE).all() and at1.failed.str.contains("has headroom").all()
+    assert (at1.headroom < 0.5).all()
+    # with headroom: standard r < 0 (reproduced), leave-one-out r > 0 (not reproduced)
+    at10 = sens[sens.alpha_factor == 10.0]
+    assert (at10[at10.variant == "standard"].verdict == REPRODUCED).all()
+    assert (at10[at10.variant == "leave_one_out"].verdict == NOT_REPRODUCED).all()
+    assert (at10.failed == "").all()
+    assert set(sens[sens.length == "short"].epochs) == {1} and set(sens[sens.length == "converged"].epochs) == {10}
+    # an untrained architecture at the short length turns its groups (and the pooled one) inconclusive
+    low = _rows_epochs()
+    low.loc[(low.model == "a") & (low.epoch == 1), "value"] = 0.11
+    s2 = st.sensitivity_table(grid, low)
+    short_a = s2[(s2.length == "short") & s2.model.isin(["a", "a+b"])]
+    assert (short_a.verdict == INCONCLUSIVE).all() and short_a.failed.str.contains("a on mnist learned").all()
+    conv_a = s2[(s2.length == "converged") & (s2.model == "a") & (s2.alpha_factor == 10.0)]
+    assert (conv_a.verdict != INCONCLUSIVE).all()
+    # pivots: one row per (group, variant), one column per value
+    piv = st.sensitivity_pivot(sens, "alpha_factor")
+    assert list(piv.columns) == ["model", "l", "variant", "alpha_factor=1", "alpha_factor=10"] and len(piv) == 8
+    assert piv.iloc[0]["alpha_factor=10"].endswith(" R")
+    assert list(st.sensitivity_pivot(sens, "length", alpha_factor=10.0).columns)[3:] == ["length=short",
+                                                                                        "length=converged"]
+
+
+def test_operating_alpha_findings_and_survival() -> None:
+    grid, rows = _grid(), _rows_epochs()
+    sens = st.sensitivity_table(grid, rows)
+    factors = st.operating_factors(sens)
+    assert factors == {("a", 3): 10.0, ("b", 3): 10.0, ("c", 3): 10.0, ("a+b", 3): 10.0}
+    found = st.chapter_findings(grid, rows, "setting", factors)
+    keys = [f.key for f in found]
+    assert keys == ["fig2_a_l3", "fig2_b_l3", "fig2_c_l3", "fig2_a_b_l3", "fig2_overall",
+                    "fig2_loo_a_l3", "fig2_loo_b_l3", "fig2_loo_c_l3", "fig2_loo_a_b_l3", "fig2_loo_overall"]
+    v = {f.key: f.verdict for f in found}
+    assert v["fig2_overall"] == REPRODUCED and v["fig2_loo_overall"] == NOT_REPRODUCED
+    assert "3 (architecture, layer) groups" in found[4].measured  # the pooled group is not a part
+    assert "α = 0.1 (10× the paper's" in found[0].measured and "within-architecture r" in found[3].measured
+    text = st.survival(sens, found)
+    assert "survives under TC by Eq. 28 as written, not under TC by the leave-one-out Eq. 28" in text
+    # without headroom anywhere the operating alpha is the paper's and every verdict is inconclusive
+    only1 = grid[grid.alpha_factor == 1.0]
+    s1 = st.sensitivity_table(only1, rows)
+    f1 = st.operating_factors(s1)
+    assert set(f1.values()) == {1.0}
+    found1 = st.chapter_findings(only1, rows, "", f1)
+    assert all(f.verdict == INCONCLUSIVE for f in found1)
+    assert "neither variant (both overall verdicts are inconclusive)" in st.survival(s1, found1)
+
+
+def test_measure_grid_matches_the_direct_estimators() -> None:
+    x = torch.randn(300, 6, generator=torch.Generator().manual_seed(1))
+    model = _Tiny()
+    grid = st.measure_grid(model, x, [2, 3], alpha_factors=[1.0, 5.0], bandwidths=["dims", "variance"])
+    assert len(grid) == 2 * 2 * 2 and list(grid[0]) == st.GRID_COLUMNS
+    ref = {r["l"]: r for r in st.measure_model(model, x, [2, 3])}
+    with torch.no_grad():
+        s3 = model.fc3(model.r2(model.fc2(model.r1(model.fc1(x))))) > 0
+    for r in grid:
+        if r["alpha_factor"] == 1.0 and r["bandwidth"] == "dims":
+            m = ref[r["l"]]
+            assert r["H"] == pytest.approx(m["H"], rel=1e-6) and r["TC"] == pytest.approx(m["TC"], rel=1e-5, abs=1e-6)
+            assert r["C"] == m["C"] and r["H_plugin"] == m["H_plugin"]
+        if r["l"] == 3:
+            a = 0.01 * r["alpha_factor"]
+            assert r["TC_loo"] == pytest.approx(float(est.kde_total_correlation(
+                s3, alpha=a, bandwidth=r["bandwidth"], leave_one_out=True)), rel=1e-5, abs=1e-6)
+            assert r["sigma2"] == est.kde_bandwidth(s3, alpha=a, bandwidth=r["bandwidth"])
+    with pytest.raises(ValueError, match="alpha_factors must be positive"):
+        st.measure_grid(model, x, [2], alpha_factors=[0.0])
+    with pytest.raises(ValueError, match="bandwidths must be"):
+        st.measure_grid(model, x, [2], bandwidths=["silverman"])
+
+
+def test_configs_track_the_short_length() -> None:
+    cfgs = st.configs(["lenet5"], [0], dataset="mnist", epochs=10, train_subset=None, track_per_class=2,
+                      eval_size=None, short_epochs=1)
+    assert cfgs[0].track_epochs == [1, 10]
+    same = st.configs(["lenet5"], [0], dataset="mnist", epochs=1, train_subset=None, track_per_class=2,
+                      eval_size=None, short_epochs=1)
+    assert same[0].track_epochs == [1]
+    with pytest.raises(ValueError, match="short_epochs must be >= 1"):
+        st.configs(["lenet5"], [0], dataset="mnist", epochs=3, train_subset=None, track_per_class=2,
+                   eval_size=None, short_epochs=0)

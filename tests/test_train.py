@@ -129,6 +129,18 @@ def test_training_options_are_validated(kwargs, message):
         T.validate_config(TrainConfig(**kwargs))
 
 
+def test_recipe_configs_start_from_the_recipe_and_explicit_fields_win():
+    assert T.recipe("mlp_alpha") == {"lr": 0.003} and T.recipe("mlp_mnist") == {}
+    assert T.recipe_config("mlp_alpha", epochs=2).lr == 0.003
+    assert T.recipe_config("mlp_alpha", lr=0.01).lr == 0.01  # a study's own learning rate wins
+    vae = T.recipe_config("vae_classifier", task="vae")
+    assert (vae.optimizer, vae.lr, vae.vae_ce_weight) == ("adam", 1e-3, 50.0)
+    assert T.recipe_config("resnet20").memory_format == "channels_last"
+    assert T.recipe_config("mlp_mnist", seed=3) == TrainConfig(model="mlp_mnist", seed=3)
+    with pytest.raises(ValueError, match="unknown model 'mlp9'; valid models: .*mlp_mnist"):
+        T.recipe_config("mlp9")
+
+
 def test_log_schedule_goes_from_lr_to_a_hundredth_log_spaced():
     cfg = TrainConfig(epochs=5, lr=0.01, schedule="log")
     opt = T.make_optimizer(cfg, [torch.nn.Parameter(torch.zeros(1))])

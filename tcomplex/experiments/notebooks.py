@@ -429,6 +429,7 @@ def profile_status(profile: str, root: Path | None = None) -> list[dict[str, Any
 
 #: test markers and their explanations: removed from the rendered page (they are for nbval)
 _MARKER_PREFIXES = ("# NBVAL_", "# not compared by nbval")
+_CHECK_MARKER = "# NBVAL_CHECK_OUTPUT"  # a cell whose outputs nbval compares
 #: tags that already decide how a cell shows
 _SHOW_TAGS = {"remove-cell", "remove-input", "hide-input", "hide-cell", "show-input", "hide-output"}
 
@@ -465,7 +466,7 @@ def _present(cell: dict[str, Any]) -> dict[str, Any]:
     if cell["cell_type"] != "code":
         return cell
     tags = list(cell.get("metadata", {}).get("tags", []))
-    checked = any(ln.lstrip().startswith("# NBVAL_CHECK_OUTPUT") for ln in _text(cell["source"]).splitlines())
+    checked = any(ln.lstrip().startswith(_CHECK_MARKER) for ln in _text(cell["source"]).splitlines())
     if "parameters" in tags or INJECTED in tags or checked:
         # parameter cells, and the check cells nbval compares (they print the verdicts that the
         # findings table shows the reader)

@@ -88,6 +88,7 @@ __all__ = [
     "CALLBACK_EVENTS",
     "RECIPES",
     "recipe",
+    "recipe_config",
 ]
 
 log = logging.getLogger("tcomplex.train")
@@ -292,6 +293,12 @@ def recipe(model: str) -> dict[str, Any]:
     if model not in models_mod.list_models():
         raise ValueError(f"unknown model {model!r}; valid models: {', '.join(models_mod.list_models())}")
     return dict(RECIPES.get(model, {}))
+
+
+def recipe_config(model: str, **fields: Any) -> TrainConfig:
+    """A :class:`TrainConfig` of ``model`` on top of its :func:`recipe`: the recipe's fields, then
+    ``fields`` (which win where both set one, e.g. a study's own learning rate)."""
+    return TrainConfig(**{**recipe(model), **fields, "model": model})
 
 
 def validate_config(cfg: TrainConfig) -> None:

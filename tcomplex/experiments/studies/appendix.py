@@ -63,7 +63,7 @@ from tcomplex.experiments.report import (
 )
 from tcomplex.experiments.studies.common import Context, fmt_value, train_many
 from tcomplex.experiments.runs import RunDir
-from tcomplex.experiments.train import TrainConfig, TrainState, recipe, train
+from tcomplex.experiments.train import TrainConfig, TrainState, recipe_config, train
 from tcomplex.gating import ALPHA_FC, record_gates
 
 __all__ = [
@@ -138,9 +138,9 @@ def alpha_config(model: str, dataset: str, epochs: int, seed: int, train_subset:
                  analysis_per_class: int, track_every: int) -> TrainConfig:
     """The run behind Figure 9: ``model`` on ``dataset``, states tracked every ``track_every``
     epochs plus the log-spaced early epochs (so the early change is visible)."""
-    return TrainConfig(**recipe(model), model=model, dataset=dataset, epochs=epochs, seed=seed, train_subset=train_subset,
-                       analysis_per_class=analysis_per_class, track_every=track_every, track_log=True,
-                       per_layer=False, rates=False)
+    return recipe_config(model, dataset=dataset, epochs=epochs, seed=seed, train_subset=train_subset,
+                         analysis_per_class=analysis_per_class, track_every=track_every, track_log=True,
+                         per_layer=False, rates=False)
 
 
 def _states_root(ctx: Context) -> Path:
@@ -472,10 +472,10 @@ def table1_config(cell: Table1Cell, seed: int, test_subset: int | None) -> Train
     """Training of one cell: the substrate's defaults (SGD, lr 0.01, momentum 0.9,
     weight decay 5e-4, batch 128); complexity measured only at the last epoch
     (``track_epochs=[epochs]``, whole network only) since Table 1 needs none."""
-    return TrainConfig(**recipe(cell.model), model=cell.model, dataset=cell.dataset, epochs=cell.epochs, seed=seed,
-                       train_subset=cell.train_subset, test_subset=test_subset, track_every=0, track_log=False,
-                       track_epochs=[cell.epochs], per_layer=False, rates=False,
-                       analysis_per_class=TABLE1_ANALYSIS_PER_CLASS, eval_train_size=TABLE1_EVAL_TRAIN)
+    return recipe_config(cell.model, dataset=cell.dataset, epochs=cell.epochs, seed=seed,
+                         train_subset=cell.train_subset, test_subset=test_subset, track_every=0, track_log=False,
+                         track_epochs=[cell.epochs], per_layer=False, rates=False,
+                         analysis_per_class=TABLE1_ANALYSIS_PER_CLASS, eval_train_size=TABLE1_EVAL_TRAIN)
 
 
 def table1_verdict(ours: float, paper: float, substituted: bool) -> str:

@@ -73,7 +73,7 @@ from tcomplex.experiments.report import (
     rise_then_saturate,
 )
 from tcomplex.experiments.measure import measure_complexity
-from tcomplex.experiments.train import TrainConfig, analysis_set_for, read_step_rows, recipe
+from tcomplex.experiments.train import TrainConfig, analysis_set_for, read_step_rows, recipe_config
 
 __all__ = [
     "CHAPTER",
@@ -280,9 +280,9 @@ def configs(runs: Sequence[Sequence[Any]], seeds: Sequence[int], analysis_images
     for spec in parse_runs(runs):
         classes = data_mod.DATASETS[spec.dataset].num_classes
         for seed in seeds:
-            out.append(TrainConfig(
-                **{**recipe(spec.model), **dict(spec.options)},
-                model=spec.model, dataset=spec.dataset, task="vae" if spec.group == "vae" else "classify",
+            out.append(recipe_config(
+                spec.model, **dict(spec.options),
+                dataset=spec.dataset, task="vae" if spec.group == "vae" else "classify",
                 epochs=spec.epochs, seed=int(seed), train_subset=spec.train_subset,
                 test_subset=eval_images, eval_train_size=eval_images or 10000,
                 model_kwargs=_model_kwargs(spec.model), track_every=track_every, track_log=True,
@@ -306,7 +306,7 @@ def with_groups(rows: pd.DataFrame, configs_: Sequence[TrainConfig]) -> pd.DataF
 
 
 def _config_setting(cfg: TrainConfig) -> str:
-    base = TrainConfig(**recipe(cfg.model))
+    base = recipe_config(cfg.model)
     opts = {k: getattr(cfg, k) for k in RUN_OPTIONS if getattr(cfg, k) != getattr(base, k)}
     return setting_label(cfg.normalization, opts)
 
@@ -997,8 +997,8 @@ def dip_configs(model: str, dataset: str, normalization: str, epochs: int, train
     for alpha in alphas:
         for lr in lrs:
             for seed in seeds:
-                out.append(TrainConfig(
-                    **{**recipe(model), "lr": float(lr)}, model=model, dataset=dataset, epochs=int(epochs),
+                out.append(recipe_config(
+                    model, lr=float(lr), dataset=dataset, epochs=int(epochs),
                     seed=int(seed), train_subset=train_subset, test_subset=eval_images,
                     eval_train_size=eval_images or 10000, normalization=normalization, alpha=float(alpha),
                     track_every=1, track_log=False, track_steps=[int(s) for s in steps], per_layer=False,

@@ -64,7 +64,7 @@ from tcomplex.experiments.report import (
     verdict,
 )
 from tcomplex.experiments.studies.common import Context, load_trained_model
-from tcomplex.experiments.train import TrainConfig, analysis_set_for, build_model_for, recipe
+from tcomplex.experiments.train import TrainConfig, analysis_set_for, build_model_for, recipe_config
 from tcomplex.gating import record_gates, resolve_layers
 
 __all__ = [
@@ -239,13 +239,13 @@ def configs(model_datasets: Sequence[Sequence[Any]], lambdas: Sequence[float], s
                 options = {} if lam == 0 else {"fit": variant, **LAMBDA_SCALINGS[lambda_scaling]}
                 label = f"{CHAPTER} lambda={lam:g}" + ("" if lam == 0 else f" {variant}")
                 for seed in st["seeds"]:
-                    out.append(TrainConfig(**{**recipe(st["model"]), **dict(
-                        model=st["model"], dataset=st["dataset"], epochs=st["epochs"], seed=seed, lr=st["lr"],
+                    out.append(recipe_config(
+                        st["model"], dataset=st["dataset"], epochs=st["epochs"], seed=seed, lr=st["lr"],
                         train_subset=st["train_subset"], test_subset=test_subset,
                         analysis_per_class=analysis_per_class, track_epochs=[st["epochs"]], rates=False, tc=tc,
                         model_kwargs=kwargs, complexity_lambda=float(lam), complexity_layers=list(PENALISED_LAYERS),
                         complexity_options=options, label=label,
-                    )}))
+                    ))
     return out
 
 
