@@ -213,6 +213,20 @@ class GateInfo:
         return ALPHA_CONV if self.after == "conv" else ALPHA_FC
 
 
+def _quiet(fn: Any) -> Any:
+    """``fn`` with torch-function handling off: the recorder's own tensor work (NaN checks,
+    packing, shapes) is not routed through torch-function modes, ours or a user's, which see
+    the model's operations only.  Routing each of those calls through a Python mode cost more
+    than packing the states (about 100 calls per batch of LeNet-5)."""
+
+    @functools.wraps(fn)
+    def quiet(*args: Any, **kwargs: Any) -> Any:
+        with torch._C.DisableTorchFunction():
+            return fn(*args, **kwargs)
+
+    return quiet
+
+
 class _PoolWinners:
     """Compact max-pool states: the winner of every window, as max_pool's flat plane indices
     (``indices`` [n, C, *out] with the pool's geometry) or as offsets inside the window
@@ -554,9 +568,10 @@ def _max_pool_with_winners(
     """:func:`_pool_with_winners` for explicit max-pool parameters (1, 2 or 3 spatial dims)."""
     fn = (F.max_pool1d, F.max_pool2d, F.max_pool3d)[nd - 1]
     out, idx = fn(x, k, s, p, dil, ceil_mode=ceil_mode, return_indices=True)
-    window = math.prod(k)
-    winners = _PoolWinners(window, indices=idx, geometry=(tuple(x.shape[-nd:]), k, s, p, dil))
-    return out, idx, winners, window, tuple(idx.shape[1:])
+    with torch._C.DisableTorchFunction():  # the recorder's bookkeeping (see _quiet)
+        window = math.prod(k)
+        winners = _PoolWinners(window, indices=idx, geometry=(tuple(x.shape[-nd:]), k, s, p, dil))
+        return out, idx, winners, window, tuple(idx.shape[1:])
 
 
 def _adaptive_pool_winners(x: Tensor, nd: int, output_size: Any) -> tuple[Tensor, int, tuple[int, ...]]:
@@ -954,8 +969,8 @@ class GateRecorder:
         self._active = True
         _ENTERED.append(self)
         try:
-            self._handles.append(self.model.register_forward_pre_hook(self._on_root_start))
-            self._handles.append(self.model.register_forward_hook(self._on_root_end))
+            self._handles.append(self.model.register_forward_pre_hook(_quiet(self._on_root_start)))
+            self._handles.append(self.model.register_forward_hook(_quiet(self._on_root_end)))
             for name, module in self._modules.items():
                 kind = _kind_of(module)
                 if kind == "maxpool" and _is_stock(module, _STOCK_POOL_FORWARDS):
@@ -1208,7 +1223,7 @@ class GateRecorder:
                 after = "conv"
             self._record(key, state, kind, after, shape, width, window)
 
-        return hook
+        return _quiet(hook)
 
     def _make_relu_hook(self, name: str):
         def hook(mod: nn.Module, args: tuple[Any, ...], output: Any) -> None:
@@ -1224,7 +1239,7 @@ class GateRecorder:
             after = "conv" if y.dim() > 2 else "fc"
             self._record(key, state, "relu", after, tuple(y.shape[1:]), state.shape[1], 1)
 
-        return hook
+        return _quiet(hook)
 
     def _make_pool_forward(self, name: str, module: nn.Module):
         """A forward for a stock MaxPool1d/2d: pools once and records the winners."""
@@ -1237,10 +1252,12 @@ class GateRecorder:
             key = self._next_key(name)
             if not self._wanted(key):
                 return stock(module, *args, **kwargs)
-            x = self._checked_input(name, args or (kwargs["input"],))
+            # the pooling is the model's operation (seen by torch-function modes); the checks,
+            # the winners and their storage are the recorder's own (not seen: _quiet)
+            x = _quiet(self._checked_input)(name, args or (kwargs["input"],))
             if x.layout != torch.strided or x.is_quantized:  # no indices to reuse: pool as before
                 result = stock(module, x)
-                winners, window, shape = _module_pool_winners(x, module)
+                winners, window, shape = _quiet(_module_pool_winners)(x, module)
             else:
                 out, idx, winners, window, shape = _pool_with_winners(x, module)
                 if module.return_indices:
@@ -1251,7 +1268,7 @@ class GateRecorder:
                     result = stock(module, x)
                 else:
                     result = out  # max_pool2d is max_pool2d_with_indices' output
-            self._record(key, winners, "maxpool", "conv", shape, winners.width, window)
+            _quiet(self._record)(key, winners, "maxpool", "conv", shape, winners.width, window)
             return result
 
         return forward

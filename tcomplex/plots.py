@@ -79,11 +79,14 @@ def mark_ceiling(ax: Any, value: float, text: str) -> None:
 
 def table_html(df: pd.DataFrame, digits: int = 3) -> str:
     """``df`` as a compact HTML table: rounded, no index, missing values as "–", whole numbers
-    without decimals, booleans as yes/no."""
+    without decimals, booleans as yes/no, a zero-width space after every underscore of a text cell
+    (so a long identifier wraps there instead of widening the table)."""
     out = df.copy()
     for col in out.columns:
         v = out[col]
-        if v.dtype == bool:
+        if v.dtype == object or pd.api.types.is_string_dtype(v):  # identifiers (fig2_loo_lenet5_l3) may break after an underscore
+            out[col] = v.map(lambda s: s.replace("_", "_\u200b") if isinstance(s, str) else s)
+        elif v.dtype == bool:
             out[col] = v.map({True: "yes", False: "no"})
         elif pd.api.types.is_float_dtype(v):
             finite = v.dropna()

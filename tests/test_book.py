@@ -20,6 +20,9 @@ ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 #: a folder for screenshots of every page of the quick book (set it to look at them; nothing is written otherwise)
 SCREENSHOTS = os.environ.get("TCOMPLEX_SCREENSHOTS")
+# pages executed before their chapter's rewrite (issue 13 branches) that still print NaN in a frame
+PENDING_NAN = {("quick", "05_minimum_complexity"), ("offline", "03_training_dynamics"),
+               ("offline", "04_maximum_complexity"), ("offline", "05_minimum_complexity")}
 
 
 @pytest.mark.parametrize("profile", nbs.PROFILES)
@@ -68,14 +71,15 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-@pytest.fixture(scope="module")
-def served_book(tmp_path_factory):
-    html = nbs.build_book("quick", ROOT, output=tmp_path_factory.mktemp("book"))
+@pytest.fixture(scope="module", params=["quick", "offline"])
+def served_book(request, tmp_path_factory):
+    """The quick book (executed in CI's nbval pass) and the committed offline book, each served."""
+    html = nbs.build_book(request.param, ROOT, output=tmp_path_factory.mktemp(f"book-{request.param}"))
     handler = functools.partial(_QuietHandler, directory=str(html))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield html, f"http://127.0.0.1:{server.server_address[1]}/"
+    yield html, f"http://127.0.0.1:{server.server_address[1]}/", request.param
     server.shutdown()
 
 
@@ -84,7 +88,7 @@ def served_book(tmp_path_factory):
 def test_book_pages_load_with_figures_equations_and_working_links(served_book):
     from playwright.sync_api import sync_playwright
 
-    html, base = served_book
+    html, base, profile = served_book
     chapters = ["intro", *nbs.notebook_names(ROOT)]
     args = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
             "--disable-sync", "--no-first-run"]
@@ -96,51 +100,53 @@ def test_book_pages_load_with_figures_equations_and_working_links(served_book):
         for chapter in chapters:
             url = urljoin(base, f"{chapter}.html")
             resp = page.goto(url, wait_until="load")
-            assert resp is not None and resp.status == 200, f"{chapter}: HTTP {resp and resp.status}"
-            assert page.title(), f"{chapter}: page has no title"
+            assert resp is not None and resp.status == 200, f"{profile}/{chapter}: HTTP {resp and resp.status}"
+            assert page.title(), f"{profile}/{chapter}: page has no title"
             if chapter != "intro":
                 # every executed chapter shows figures that the browser decoded
                 sizes = page.eval_on_selector_all(
                     "article img", "els => els.map(e => [e.naturalWidth, e.getBoundingClientRect().width])"
                 )
-                assert sizes, f"{chapter}: no figure"
-                assert all(w > 0 and shown > 0 for w, shown in sizes), f"{chapter}: empty image {sizes}"
-                assert page.locator("article table").count() > 0, f"{chapter}: no findings table"
+                assert sizes, f"{profile}/{chapter}: no figure"
+                assert all(w > 0 and shown > 0 for w, shown in sizes), f"{profile}/{chapter}: empty image {sizes}"
+                assert page.locator("article table").count() > 0, f"{profile}/{chapter}: no findings table"
             if chapter in ("intro", "01_metrics"):
                 page.wait_for_selector("mjx-container", state="attached", timeout=60000)
                 widths = page.eval_on_selector_all(
                     "mjx-container", "els => els.map(e => e.getBoundingClientRect().width)"
                 )
-                assert any(w > 0 for w in widths), f"{chapter}: equations not typeset ({len(widths)} empty)"
+                assert any(w > 0 for w in widths), f"{profile}/{chapter}: equations not typeset ({len(widths)} empty)"
             if chapter != "intro":
                 text = page.inner_text("article")
-                assert "NBVAL" not in text, f"{chapter}: a test marker is shown"
+                assert "NBVAL" not in text, f"{profile}/{chapter}: a test marker is shown"
                 shown_code = page.eval_on_selector_all(
                     "div.cell_input", "els => els.filter(e => e.checkVisibility({contentVisibilityAuto: true})).length")
-                assert shown_code == 0, f"{chapter}: {shown_code} code cells shown unfolded"
-                assert "runs_root" not in text, f"{chapter}: a parameter cell is shown"
-                # missing values shown as "nan" in the outputs (prose may name a NaN loss); chapter 5 still
-                # prints two frames with NaN (its tables are rewritten on the chapter-5 branch, issue 13)
+                assert shown_code == 0, f"{profile}/{chapter}: {shown_code} code cells shown unfolded"
+                assert "runs_root" not in text, f"{profile}/{chapter}: a parameter cell is shown"
+                # missing values shown as "nan" in the outputs (prose may name a NaN loss); the pages below
+                # still print frames with NaN (rewritten on the chapter branches of issue 13, not yet landed)
                 outputs = "\n".join(page.eval_on_selector_all("div.cell_output", "els => els.map(e => e.innerText)"))
                 nans = re.findall(r".{0,40}\bnan\b.{0,40}", outputs, flags=re.I)
-                assert chapter == "05_minimum_complexity" or not nans, f"{chapter}: 'nan' shown: {nans[:3]}"
+                assert (profile, chapter) in PENDING_NAN or not nans, f"{profile}/{chapter}: 'nan' shown: {nans[:3]}"
             # no page wider than the window, no content wider than its column
             too_wide = page.evaluate(
                 "() => [document.documentElement.scrollWidth - window.innerWidth,"
                 " ...[...document.querySelectorAll('article')].map(a => a.scrollWidth - a.clientWidth)]")
-            assert max(too_wide) <= 1, f"{chapter}: wider than its column by {max(too_wide)} px"
+            assert max(too_wide) <= 1, f"{profile}/{chapter}: wider than its column by {max(too_wide)} px"
             typeset = page.eval_on_selector_all(  # equations the reader sees (not those in folded cells)
                 "mjx-container", "els => els.filter(e => e.checkVisibility()).map(e => e.getBoundingClientRect().width)")
-            assert all(w > 0 for w in typeset), f"{chapter}: {sum(w == 0 for w in typeset)} equations not typeset"
+            assert all(w > 0 for w in typeset), f"{profile}/{chapter}: {sum(w == 0 for w in typeset)} equations not typeset"
             if SCREENSHOTS:
-                page.screenshot(path=str(Path(SCREENSHOTS) / f"{chapter}.png"), full_page=True)
+                shots = Path(SCREENSHOTS) / profile
+                shots.mkdir(parents=True, exist_ok=True)
+                page.screenshot(path=str(shots / f"{chapter}.png"), full_page=True)
             hrefs = page.eval_on_selector_all("a[href]", "els => els.map(e => e.href)")
             for href in hrefs:
                 target = urlparse(href)
                 if target.hostname != "127.0.0.1":
                     continue
                 path = html / target.path.lstrip("/")
-                assert path.exists(), f"{chapter}: broken link {href}"
+                assert path.exists(), f"{profile}/{chapter}: broken link {href}"
         browser.close()
     assert not external, f"the book fetched from outside the machine: {external[:5]}"
 

@@ -801,6 +801,33 @@ def test_function_mode_is_active_only_during_the_recorded_forward():
     assert rec.names == ["relu()#0"]
 
 
+def test_a_users_function_mode_sees_the_models_operations_and_not_the_recorders():
+    """The recorder's own checks and packing run with torch-function handling off, so a user's
+    mode (a FLOP counter, a tracer) around the recording sees what the model computes and
+    nothing else; the pooling of a recorded max-pool module is the model's and stays visible."""
+    from torch.overrides import TorchFunctionMode
+
+    class Names(TorchFunctionMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            self.names.append(getattr(func, "__name__", str(func)))
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(18, 4), nn.ReLU())
+    x = torch.randn(5, 1, 8, 8)
+    with Names() as mode:
+        rec = tc.record_gates(net, x)
+    ops = [n for n in mode.names if n != "__get__"]
+    for own in ("amax", "isnan", "numpy", "bool", "contiguous", "__setitem__", "is_floating_point"):
+        assert own not in ops, (own, ops)
+    assert ops.count("conv2d") == 1 and ops.count("linear") == 1 and ops.count("relu") == 2
+    assert "max_pool2d_with_indices" in ops or "max_pool2d" in ops
+    assert rec.names == ["1", "2", "5"]
+
 # ---------------------------------------------------------------------------
 # issue 15: nested recorders on a training-mode model share one applied dropout mask
 # ---------------------------------------------------------------------------

@@ -166,6 +166,23 @@ def test_findings_round_trip_and_report_tables(tmp_path):
     assert len(rep.accuracy_thresholds_table()) == len(R.PAPER_ACCURACY) + len(R.ACCURACY_FLOORS)
 
 
+def test_a_chapter_closes_with_its_claims_then_sanity_checks_each_verdict_in_its_colour():
+    found = [f for f in _findings() if f.chapter == "01_metrics"][::-1] + _findings()[:1]
+    table = rep.chapter_verdicts(found)
+    assert list(table.columns) == ["what", "claim", "measured", "verdict", "why"]
+    assert table.what.tolist() == ["claim", "claim", "sanity check"]  # claims first, in their order
+    assert table.verdict.tolist() == [R.NOT_MEASURED, R.INCONCLUSIVE, R.REPRODUCED]
+    assert table.why.tolist()[1] == "mlp_alpha on mnist learned: 0.098 (needs test accuracy >= 0.900)"
+    html = rep.show_verdicts(found).data
+    for verdict in (R.NOT_MEASURED, R.INCONCLUSIVE, R.REPRODUCED):
+        assert f'style="color:{rep.VERDICT_COLOURS[verdict]};font-weight:600">{verdict}</span>' in html
+    # the preconditions and the setting are one click away, not in the compact table
+    compact, full = html.split("<details>")
+    assert "epochs 15 (paper not stated)" not in compact and "epochs 15 (paper not stated)" in full
+    assert set(rep.VERDICT_COLOURS) == set(R.VERDICTS)
+    assert rep.chapter_verdicts([]).empty
+
+
 def test_setting_values_print_integers_and_no_nan(tmp_path, monkeypatch):
     assert fmt_value(5000.0) == "5000" and fmt_value(np.int64(7)) == "7" and fmt_value(0.5) == "0.5"
     assert fmt_value(None) == "all" and fmt_value(math.nan) == "all" and fmt_value("mnist") == "mnist"

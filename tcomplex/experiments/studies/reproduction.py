@@ -10,21 +10,26 @@ from __future__ import annotations
 import json
 import math
 import platform
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from tcomplex.experiments.report import (
     ACCURACY_FLOORS,
+    Finding,
     PAPER_ACCURACY,
     THRESHOLD_TEXT,
     THRESHOLDS,
     VERDICTS,
+    findings_frame,
     load_findings,
     networks_table,
 )
+from tcomplex.plots import table_html
 
-__all__ = ["CHAPTERS", "VERDICT_ORDER", "collect", "verdict_counts", "claims_table", "sanity_table",
+__all__ = ["CHAPTERS", "VERDICT_ORDER", "VERDICT_COLOURS", "collect", "chapter_verdicts", "show_verdicts", "verdict_counts", "claims_table", "sanity_table",
            "settings_table", "networks", "thresholds_table", "accuracy_thresholds_table", "runtimes", "machine"]
 
 #: chapter notebook -> title, in book order
@@ -37,6 +42,9 @@ CHAPTERS = {
     "06_appendix": "6. Appendix",
 }
 VERDICT_ORDER = list(VERDICTS)
+#: one colour per verdict, shared by the report's bar chart and the verdict tables
+VERDICT_COLOURS = {"reproduced": "#4c9a5e", "partly reproduced": "#e0a23b", "not reproduced": "#c8553d",
+                   "inconclusive": "#6f8fb8", "not measured": "#9a9a9a"}
 
 
 def collect(results_dir: str | Path) -> tuple[pd.DataFrame, list[str]]:
@@ -62,6 +70,33 @@ def verdict_counts(df: pd.DataFrame, kind: str | None = "claim") -> pd.DataFrame
     t = t.reindex([s for s in CHAPTERS.values() if s in t.index] + [s for s in t.index if s not in CHAPTERS.values()])
     t.loc["total"] = t.sum()
     return t.astype(int).reset_index().rename(columns={"index": "section"}).rename_axis(columns=None)
+
+
+def chapter_verdicts(findings: Sequence[Finding]) -> pd.DataFrame:
+    """A chapter's closing table: one row per finding, claims before sanity checks, with
+    ``what`` (claim or sanity check), claim, measured, verdict and ``why`` (see :func:`claims_table`)."""
+    df = findings_frame(findings)
+    cols = ["what", "claim", "measured", "verdict", "why"]
+    if df.empty:
+        return pd.DataFrame(columns=cols)
+    df = df.assign(what=df.kind.map({"claim": "claim", "sanity": "sanity check"}).fillna(df.kind),
+                   why=df.apply(_why, axis=1))
+    return df.sort_values("what", kind="stable", key=lambda v: v != "claim")[cols].reset_index(drop=True)
+
+
+def show_verdicts(findings: Sequence[Finding]) -> Any:
+    """:func:`chapter_verdicts` as a compact HTML table with each verdict in its colour
+    (:data:`VERDICT_COLOURS`); the full findings (preconditions with their numbers, setting)
+    are one click away below it, as in the result file ``findings_<chapter>.csv``."""
+    from IPython.display import HTML
+
+    table = chapter_verdicts(findings)
+    html = table_html(table)
+    for verdict, colour in VERDICT_COLOURS.items():
+        html = html.replace(f"<td>{verdict}</td>",
+                            f'<td><span class="verdict" style="color:{colour};font-weight:600">{verdict}</span></td>')
+    full = findings_frame(findings).drop(columns=["preconditions_data", "preconditions_held"])
+    return HTML(html + f"<details><summary>all columns: preconditions, setting</summary>{table_html(full)}</details>")
 
 
 def _why(row: pd.Series) -> str:
