@@ -79,7 +79,8 @@ def mark_ceiling(ax: Any, value: float, text: str) -> None:
 
 def table_html(df: pd.DataFrame, digits: int = 3) -> str:
     """``df`` as a compact HTML table: rounded, no index, missing values as "–", whole numbers
-    without decimals, booleans as yes/no, a zero-width space after every underscore of a text cell
+    without decimals, a column with a nonzero value that would round to 0 in significant digits,
+    booleans as yes/no, a zero-width space after every underscore of a text cell
     (so a long identifier wraps there instead of widening the table)."""
     out = df.copy()
     for col in out.columns:
@@ -92,6 +93,9 @@ def table_html(df: pd.DataFrame, digits: int = 3) -> str:
             finite = v.dropna()
             if len(finite) and bool((finite == finite.round()).all()) and bool((finite.abs() < 2**53).all()):
                 out[col] = v.astype("Int64")
+            elif bool(((finite != 0) & (finite.round(digits) == 0)).any()):
+                # a value that rounding would show as 0 (a λ of 1e-4, an lr of 1e-5): significant digits
+                out[col] = v.map(lambda x: x if x != x else f"{x:.{max(digits, 1)}g}")
             else:
                 out[col] = v.round(digits)
     return out.to_html(index=False, escape=True, border=0, classes="tcomplex-table", na_rep="–")
