@@ -183,6 +183,19 @@ def test_a_chapter_closes_with_its_claims_then_sanity_checks_each_verdict_in_its
     assert rep.chapter_verdicts([]).empty
 
 
+def test_findings_saved_before_preconditions_are_read_beside_new_ones(tmp_path):
+    """An old-format file (no kind, no preconditions) next to new ones: its rows are claims, not dropped."""
+    R.save_findings([f for f in _findings() if f.chapter == "01_metrics"], tmp_path, "01_metrics")
+    pd.DataFrame({"key": ["stacked_1"], "chapter": ["04_maximum_complexity"], "claim": ["c"], "measured": ["m"],
+                  "verdict": [R.NOT_REPRODUCED], "setting": [""]}).to_csv(tmp_path / "findings_04_maximum_complexity.csv",
+                                                                        index=False)
+    df, _ = rep.collect(tmp_path)
+    old = df[df.chapter == "04_maximum_complexity"]
+    assert old.kind.tolist() == ["claim"] and old.preconditions_held.tolist() == [True]
+    assert rep.verdict_counts(df).set_index("section").loc["4. Maximum complexity", R.NOT_REPRODUCED] == 1
+    assert rep.predating_preconditions(df) == ["04_maximum_complexity"]  # the report names it
+
+
 def test_the_report_claim_table_links_each_section_and_folds_the_numbers(tmp_path):
     found = _findings()
     for ch in ("01_metrics", "06_appendix"):

@@ -29,7 +29,7 @@ from tcomplex.experiments.report import (
 )
 from tcomplex.plots import table_html
 
-__all__ = ["CHAPTERS", "VERDICT_ORDER", "VERDICT_COLOURS", "collect", "chapter_verdicts", "show_verdicts", "show_claims", "verdict_counts", "claims_table", "sanity_table",
+__all__ = ["CHAPTERS", "VERDICT_ORDER", "VERDICT_COLOURS", "collect", "predating_preconditions", "chapter_verdicts", "show_verdicts", "show_claims", "verdict_counts", "claims_table", "sanity_table",
            "settings_table", "networks", "thresholds_table", "accuracy_thresholds_table", "runtimes", "machine"]
 
 #: chapter notebook -> title, in book order
@@ -57,6 +57,14 @@ def collect(results_dir: str | Path) -> tuple[pd.DataFrame, list[str]]:
     df = df.sort_values("_order", kind="stable").drop(columns="_order").reset_index(drop=True)
     df.insert(1, "section", df.chapter.map(CHAPTERS).fillna(df.chapter))
     return df, missing
+
+
+def predating_preconditions(df: pd.DataFrame) -> list[str]:
+    """Chapters whose findings file was saved before findings carried preconditions (read as claims by
+    :func:`tcomplex.experiments.report.load_findings`; their verdicts checked no precondition)."""
+    if df.empty:
+        return []
+    return [c for c in CHAPTERS if ((df.chapter == c) & (df.preconditions_data == "")).any()]
 
 
 def verdict_counts(df: pd.DataFrame, kind: str | None = "claim") -> pd.DataFrame:
