@@ -29,7 +29,7 @@ from tcomplex.experiments.report import (
 )
 from tcomplex.plots import table_html
 
-__all__ = ["CHAPTERS", "VERDICT_ORDER", "VERDICT_COLOURS", "collect", "predating_preconditions", "chapter_verdicts", "show_verdicts", "show_claims", "verdict_counts", "claims_table", "sanity_table",
+__all__ = ["CHAPTERS", "VERDICT_ORDER", "VERDICT_COLOURS", "EARLIER", "collect", "predating_preconditions", "chapter_verdicts", "show_verdicts", "show_claims", "verdict_counts", "claims_table", "sanity_table",
            "settings_table", "networks", "thresholds_table", "accuracy_thresholds_table", "runtimes", "machine"]
 
 #: chapter notebook -> title, in book order
@@ -42,6 +42,8 @@ CHAPTERS = {
     "06_appendix": "6. Appendix",
 }
 VERDICT_ORDER = list(VERDICTS)
+#: appended to the section of findings saved before verdicts checked preconditions (see :func:`collect`)
+EARLIER = " (earlier version: preconditions not checked)"
 #: one colour per verdict, shared by the report's bar chart and the verdict tables
 VERDICT_COLOURS = {"reproduced": "#4c9a5e", "partly reproduced": "#e0a23b", "not reproduced": "#c8553d",
                    "inconclusive": "#6f8fb8", "not measured": "#9a9a9a"}
@@ -56,6 +58,8 @@ def collect(results_dir: str | Path) -> tuple[pd.DataFrame, list[str]]:
     df = df.assign(_order=df.chapter.map({c: i for i, c in enumerate(CHAPTERS)}).fillna(len(CHAPTERS)))
     df = df.sort_values("_order", kind="stable").drop(columns="_order").reset_index(drop=True)
     df.insert(1, "section", df.chapter.map(CHAPTERS).fillna(df.chapter))
+    # rows of a file saved before verdicts checked preconditions say so wherever their section is shown
+    df.loc[df.preconditions_data == "", "section"] += EARLIER
     return df, missing
 
 
