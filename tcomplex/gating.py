@@ -1245,6 +1245,10 @@ class GateRecorder:
         """A forward for a stock MaxPool1d/2d: pools once and records the winners."""
         stock = type(module).forward
         one_d = isinstance(module, nn.MaxPool1d)
+        # the pooling is the model's operation (seen by torch-function modes); the checks, the winners
+        # and their storage are the recorder's own (not seen: _quiet, wrapped once here, not per call)
+        checked_input, module_pool_winners, record = (
+            _quiet(self._checked_input), _quiet(_module_pool_winners), _quiet(self._record))
 
         def forward(*args: Any, **kwargs: Any) -> Any:
             if len(args) + len(kwargs) != 1 or (kwargs and "input" not in kwargs):
@@ -1252,12 +1256,10 @@ class GateRecorder:
             key = self._next_key(name)
             if not self._wanted(key):
                 return stock(module, *args, **kwargs)
-            # the pooling is the model's operation (seen by torch-function modes); the checks,
-            # the winners and their storage are the recorder's own (not seen: _quiet)
-            x = _quiet(self._checked_input)(name, args or (kwargs["input"],))
+            x = checked_input(name, args or (kwargs["input"],))
             if x.layout != torch.strided or x.is_quantized:  # no indices to reuse: pool as before
                 result = stock(module, x)
-                winners, window, shape = _quiet(_module_pool_winners)(x, module)
+                winners, window, shape = module_pool_winners(x, module)
             else:
                 out, idx, winners, window, shape = _pool_with_winners(x, module)
                 if module.return_indices:
@@ -1268,7 +1270,7 @@ class GateRecorder:
                     result = stock(module, x)
                 else:
                     result = out  # max_pool2d is max_pool2d_with_indices' output
-            _quiet(self._record)(key, winners, "maxpool", "conv", shape, winners.width, window)
+            record(key, winners, "maxpool", "conv", shape, winners.width, window)
             return result
 
         return forward

@@ -23,6 +23,7 @@ import torch
 
 from tcomplex.experiments import data as data_mod
 from tcomplex.experiments import measure as measure_mod
+from tcomplex.experiments import runs as runs_mod
 from tcomplex.experiments import train as T
 from tcomplex.experiments.data import DatasetNotFoundError
 from tcomplex.experiments.runs import RunDir, RunFileError
@@ -718,17 +719,17 @@ def test_kill_mid_epoch_after_a_measured_step_gives_the_step_rows_of_an_uninterr
 
 def test_kill_between_checkpoint_and_step_rows_loses_no_step_row(steps_reference, data_root, tmp_path, monkeypatch):
     cfg = _tiny(track_steps=STEP_LIST, **STEPS)
-    original = T.atomic_write_bytes
+    original = runs_mod.atomic_write_bytes  # every run file is written through it (RunDir)
 
     def killed_before_steps_of_epoch_1(path, data):
         if Path(path).name == "steps_00001.csv":
             raise KeyboardInterrupt("simulated kill")
         original(path, data)
 
-    monkeypatch.setattr(T, "atomic_write_bytes", killed_before_steps_of_epoch_1)
+    monkeypatch.setattr(runs_mod, "atomic_write_bytes", killed_before_steps_of_epoch_1)
     with pytest.raises(KeyboardInterrupt):
         T.train(cfg, tmp_path, data_root=data_root, progress=False)
-    monkeypatch.setattr(T, "atomic_write_bytes", original)
+    monkeypatch.setattr(runs_mod, "atomic_write_bytes", original)
     run = T.run_dir(tmp_path, cfg)
     assert torch.load(run / "checkpoint.pt", weights_only=False)["epoch"] == 1
     assert not (run / "rows" / "steps_00001.csv").exists()

@@ -54,7 +54,7 @@ from tqdm import tqdm
 from tcomplex.experiments import data as data_mod
 from tcomplex.experiments import models as models_mod
 from tcomplex.experiments.measure import ALL, RATE_BINS, measure_complexity
-from tcomplex.experiments.runs import RunDir, atomic_write_bytes, config_columns, load_results
+from tcomplex.experiments.runs import RunDir, load_results
 
 __all__ = [
     "TrainConfig",
@@ -811,13 +811,7 @@ def _train_loop(cfg: TrainConfig, run: RunDir, state: dict[str, Any] | None, d: 
         log.debug("%s step %d (epoch %d) measured", cfg.run_id, step, epoch)
 
     def write_steps(epoch: int, rows: list[dict[str, Any]]) -> None:
-        df = pd.DataFrame(rows)
-        df.insert(0, "epoch", epoch)
-        for k, v in reversed(list(config_columns(cfg).items())):
-            if k not in df.columns:
-                df.insert(0, k, v)
-        run.rows_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(_steps_path(run, epoch), df.to_csv(index=False).encode())
+        run.write_rows(epoch, rows, cfg, path=_steps_path(run, epoch))
 
     def track(epoch: int, epoch_loss: float | None, seconds: float | None) -> list[dict[str, Any]]:
         rows = measure_now()

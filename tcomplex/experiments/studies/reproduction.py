@@ -29,7 +29,8 @@ from tcomplex.experiments.report import (
 )
 from tcomplex.plots import table_html
 
-__all__ = ["CHAPTERS", "VERDICT_ORDER", "VERDICT_COLOURS", "EARLIER", "collect", "predating_preconditions", "chapter_verdicts", "show_verdicts", "show_claims", "verdict_counts", "claims_table", "sanity_table",
+__all__ = ["CHAPTERS", "VERDICT_ORDER", "VERDICT_COLOURS", "EARLIER", "collect", "predating_preconditions",
+           "chapter_verdicts", "show_verdicts", "show_claims", "verdict_counts", "claims_table", "sanity_table",
            "settings_table", "networks", "thresholds_table", "accuracy_thresholds_table", "runtimes", "machine"]
 
 #: chapter notebook -> title, in book order
