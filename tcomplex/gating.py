@@ -1459,7 +1459,9 @@ class GateRecorder:
     # -- results ----------------------------------------------------------------
     @property
     def last(self) -> dict[str, Tensor]:
-        """Gating states of the last forward pass: name -> bool ``[batch, d_l]``."""
+        """Gating states of the last forward pass: name -> bool ``[batch, d_l]`` (unpacked from the
+        stored words, so on ``store_device`` when the recorder stores; with ``store=False`` on the
+        device they were computed on)."""
         return {k: _as_bool(s) for k, s in self._last.items()}
 
     @property
