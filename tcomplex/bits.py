@@ -21,6 +21,7 @@ not depend on the number of threads.  numba is imported on first use.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,8 +30,8 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    "PackedStates", "pack_bits", "pack_onehot", "pack_pool_winners", "unpack_bits", "hamming_block", "hamming_distances",
-    "kernel_block_sums",
+    "PackedStates", "pack_bits", "pack_onehot", "pack_pool_winners", "pack_positive", "unpack_bits", "hamming_block",
+    "hamming_distances", "kernel_block_sums",
 ]
 
 WORD_BITS = 64
@@ -85,7 +86,7 @@ def pack_onehot(offsets: Tensor, window: int, *, route: str = "auto") -> Tensor:
 
 
 def pack_pool_winners(indices: Tensor, plane: Sequence[int], kernel: Sequence[int], stride: Sequence[int],
-                      padding: Sequence[int]) -> Tensor | None:
+                      padding: Sequence[int], *, out: Tensor | None = None) -> Tensor | None:
     """Words of the one-hot max-pool states straight from ``max_pool``'s indices, or None.
 
     ``indices`` ``[n, C, *out]`` are the flat plane indices ``max_pool1d/2d(return_indices=True)``
@@ -93,7 +94,9 @@ def pack_pool_winners(indices: Tensor, plane: Sequence[int], kernel: Sequence[in
     the window) and only its winner's gate is 1 (Appendix A), as :func:`pack_onehot` packs them
     from window offsets.  One compiled pass on the CPU; None where it does not apply (not the
     CPU, 3-D pools, a window wider than the padded plane's row, more than 2^31 indices), and the
-    caller takes the general route.  Dilation must be 1.
+    caller takes the general route.  Dilation must be 1.  ``out`` (int64 ``[n, words]`` on the
+    CPU, rows may be a strided view such as a recorder's word buffer) receives the words in
+    place of a new tensor; every word of it is written.
     """
     nd = len(plane)
     if indices.device.type != "cpu" or nd not in (1, 2) or indices.dim() != nd + 2:
@@ -108,10 +111,57 @@ def pack_pool_winners(indices: Tensor, plane: Sequence[int], kernel: Sequence[in
     flat = indices.reshape(n, -1)
     if not flat.is_contiguous():
         flat = flat.contiguous()
-    out = np.zeros((n, _words(flat.shape[1] * window)), dtype=np.uint64)
-    _kernels()["pool_winners"](flat.numpy(), channels, out_h, out_w, int(plane[1]), int(kernel[0]), int(kernel[1]),
-                               int(stride[0]), int(stride[1]), int(padding[0]), int(padding[1]), window, out)
-    return torch.from_numpy(out.view(np.int64))
+    shape = (n, _words(flat.shape[1] * window))
+    if out is None:
+        target = np.zeros(shape, dtype=np.uint64)
+    else:
+        if tuple(out.shape) != shape or out.dtype != torch.int64 or out.device.type != "cpu" or out.stride(1) != 1:
+            raise ValueError(f"out must be an int64 CPU tensor {shape} with unit column stride, got "
+                             f"{out.dtype} {tuple(out.shape)} on {out.device} with strides {out.stride()}")
+        target = out.numpy().view(np.uint64)
+    if 8 % window == 0:  # whole windows per byte (2x2, 1x2, 1-D pools of 2, 4 or 8): a byte at a time
+        base = _window_starts(channels, out_h, out_w, int(plane[1]), int(stride[0]), int(stride[1]),
+                              int(padding[0]), int(padding[1]))
+        _kernels()["pool_winners_bytes"](flat.numpy(), base, int(plane[1]), int(kernel[0]), int(kernel[1]), window,
+                                         target.view(np.uint8))
+    else:
+        _kernels()["pool_winners"](flat.numpy(), channels, out_h, out_w, int(plane[1]), int(kernel[0]), int(kernel[1]),
+                                   int(stride[0]), int(stride[1]), int(padding[0]), int(padding[1]), window, target)
+    return out if out is not None else torch.from_numpy(target.view(np.int64))
+
+
+@functools.lru_cache(maxsize=64)
+def _window_starts(channels: int, out_h: int, out_w: int, plane_w: int, s_h: int, s_w: int, p_h: int,
+                   p_w: int) -> np.ndarray:
+    """Flat plane index of the top-left element of every output's window, in max_pool's
+    output order (channel, row, column): ``(oh s_h - p_h) W + ow s_w - p_w``."""
+    oh = np.arange(out_h, dtype=np.int64)[:, None]
+    ow = np.arange(out_w, dtype=np.int64)[None, :]
+    starts = np.tile(((oh * s_h - p_h) * plane_w + ow * s_w - p_w).reshape(-1), channels)
+    starts.setflags(write=False)
+    return starts
+
+
+def pack_positive(values: Tensor, out: Tensor) -> int:
+    """Write the bits of ``values > 0`` (float ``[n, d]``, CPU) into ``out``; return the NaN count.
+
+    A ReLU's gating state read off its output (Section 3: sigma = 1 where the input is > 0,
+    and relu(x) > 0 exactly where x > 0) in one compiled pass: the words land in ``out``
+    (int64 ``[n, ceil(d / 64)]`` on the CPU, unit column stride, e.g. a view of a recorder's
+    word buffer; padding bits 0), the same words :func:`pack_bits` gives for ``values > 0``,
+    without the bool matrix.  NaN reads as 0 and is counted, so a caller can refuse it.
+    ``values`` must be C-contiguous float32 or float64.
+    """
+    if values.dim() != 2 or values.dtype not in (torch.float32, torch.float64) or values.device.type != "cpu":
+        raise ValueError(f"pack_positive needs float32/float64 [n, d] values on the CPU, got {values.dtype} "
+                         f"{tuple(values.shape)} on {values.device}")
+    n, d = values.shape
+    if tuple(out.shape) != (n, _words(d)) or out.dtype != torch.int64 or out.device.type != "cpu" or out.stride(1) != 1:
+        raise ValueError(f"out must be an int64 CPU tensor {(n, _words(d))} with unit column stride, got {out.dtype} "
+                         f"{tuple(out.shape)} on {out.device} with strides {out.stride()}")
+    if not values.is_contiguous():
+        values = values.contiguous()
+    return int(_kernels()["positive_bytes"](values.detach().numpy(), out.numpy().view(np.uint8)))
 
 
 def unpack_bits(words: Tensor, d: int, *, route: str = "auto") -> Tensor:
@@ -375,6 +425,60 @@ def _kernels() -> dict[str, Any]:
                         j += 1
             out[i, word] = acc
 
+    @njit(parallel=True, boundscheck=False, nogil=True)
+    def pool_winners_bytes(idx, starts, plane_w, k_h, k_w, window, out8):
+        """pool_winners for windows that divide 8: byte b of a row holds the one-hot windows of
+        outputs b * per .. b * per + per - 1 (per = 8 // window), each from the winner's offset
+        delta = idx - starts[j] = r W + c (r < k_h, 0 <= c < k_w) as r k_w + c; bytes past the
+        last output are 0.  Fixed short inner loops: fewer instructions per output than the
+        word-at-a-time kernel."""
+        n, J = idx.shape
+        per = 8 // window
+        nb = out8.shape[1]
+        gap = plane_w - k_w
+        for i in prange(n):
+            for b in range(nb):
+                j0 = b * per
+                byte = np.uint8(0)
+                for q in range(per):
+                    j = j0 + q
+                    if j < J:
+                        delta = idx[i, j] - starts[j]
+                        r = np.int64(0)
+                        for t in range(1, k_h):
+                            r += np.int64(delta >= t * plane_w)
+                        byte |= np.uint8(1) << np.uint8(q * window + delta - r * gap)
+                out8[i, b] = byte
+
+    @njit(parallel=True, boundscheck=False, nogil=True)
+    def positive_bytes(y, out8):
+        """Byte b of row i of ``out8`` = bits of y[i, 8b .. 8b + 7] > 0 (little-endian bit order, as
+        numpy.packbits(bitorder="little")); bytes past the last value are 0.  Returns the NaN count.
+        A byte at a time (a fixed inner loop of 8) compiles to far fewer instructions per value
+        than a word at a time."""
+        n, d = y.shape
+        full = d // 8
+        nb = out8.shape[1]
+        nan = 0
+        for i in prange(n):
+            for b in range(full):
+                j0 = b * 8
+                byte = np.uint8(0)
+                for q in range(8):
+                    v = y[i, j0 + q]
+                    byte |= np.uint8(v > 0) << np.uint8(q)
+                    nan += np.int64(v != v)
+                out8[i, b] = byte
+            byte = np.uint8(0)
+            for q in range(d - full * 8):
+                v = y[i, full * 8 + q]
+                byte |= np.uint8(v > 0) << np.uint8(q)
+                nan += np.int64(v != v)
+            for b in range(full, nb):
+                out8[i, b] = byte
+                byte = np.uint8(0)
+        return nan
+
     @njit(boundscheck=False, nogil=True)
     def exp_table(inv, size):
         """exp(inv * k) for k = 0 .. size - 1, computed as kernel_sums computes each value."""
@@ -411,6 +515,7 @@ def _kernels() -> dict[str, Any]:
             row_tot[i] += t
 
     _KERNELS.update(cross=cross, self_upper=self_upper, onehot=onehot, pool_winners=pool_winners, kernel_sums=kernel_sums,
+                    positive_bytes=positive_bytes, pool_winners_bytes=pool_winners_bytes,
                     exp_table=exp_table, numba=numba)
     return _KERNELS
 

@@ -72,11 +72,13 @@ module running torch's own ``MaxPool1d/2d.forward`` gets an instance-level
 forward that pools once with ``return_indices=True``, returns exactly what the
 module returns (same values, indices and memory layout) and turns the indices
 into window offsets, so max-pool costs no second pooling; the patch is undone on
-exit like the hooks.  A stock ``nn.ReLU`` is read from its output in a forward
-hook (``relu(x) != 0`` is ``x > 0`` and cheaper to evaluate); ReLU or max-pool
-subclasses with their own forward, ReLU6, MaxPool3d, adaptive max-pools, and
-ReLUs with earlier forward hooks that might change the output, are read from
-their input in a pre-hook.
+exit like the hooks.  A stock ``nn.ReLU`` likewise gets an instance-level forward
+that runs torch's own and reads the states off its output (``relu(x) != 0`` is
+``x > 0`` and cheaper to evaluate), before any forward hook of the user's could
+change it.  These two need no module hooks of ours, so torch calls them on its
+fast path.  ReLU or max-pool subclasses with their own forward, ReLU6, MaxPool3d,
+adaptive max-pools, and a module whose forward another recorder has already
+replaced (nested recorders), are read from their input in a pre-hook.
 
 Recorders may be nested (an outer one around a training loop, an inner
 ``record_gates`` on the same model): every recorder sees every call, and a
@@ -85,10 +87,16 @@ which every active recorder stores.  Nesting recorders with different
 ``sampling`` on overlapping models is refused with a RuntimeError (one of them
 would store a mask that was not applied).
 
-Storage: when a forward pass ends, each recorded layer's states of the batch are
-packed to bits (:func:`tcomplex.bits.pack_bits`, on the device they were computed
-on) into the batch's rows of one int64 word matrix, every layer starting on a word
-boundary; the bool states of all layers never exist at once.  :class:`Recording`
+Storage: each recorded layer's states of a batch are packed to bits into the batch's
+rows of one int64 word matrix, every layer starting on a word boundary.  The first
+forward pass fixes the layout, so its layers are packed when it ends; from the second
+on, each layer is packed as soon as it is recorded (the bool states or pool indices
+are freed at once and the forward pass keeps a plain one's working set): a stock ReLU
+on the CPU writes the bits of its output straight into the buffer, counting NaN in
+the same pass (:func:`tcomplex.bits.pack_positive`), max-pool winners go from the
+indices to the buffer (:func:`tcomplex.bits.pack_pool_winners`), and everything else
+is packed by :func:`tcomplex.bits.pack_bits` on the device it was computed on.  The
+bool states of all layers never exist at once.  :class:`Recording`
 unpacks bool views on request and hands the bits to the estimators
 (:meth:`Recording.packed`).
 """
@@ -109,7 +117,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from tcomplex.bits import PackedStates, pack_bits, pack_onehot, pack_pool_winners
+from tcomplex.bits import PackedStates, pack_bits, pack_onehot, pack_pool_winners, pack_positive, unpack_bits
 
 __all__ = [
     "GATE_KINDS",
@@ -254,12 +262,28 @@ class _PoolWinners:
             self._offsets = _window_offsets(self._indices, plane, k, s, p, dil, _offset_dtype(self.window)).flatten(1)
         return self._offsets
 
-    def words(self) -> Tensor:
-        """The packed one-hot states (int64 words, :func:`tcomplex.bits.pack_onehot`'s layout)."""
+    @property
+    def _source(self) -> Tensor:
+        src = self._offsets if self._offsets is not None else self._indices
+        assert src is not None
+        return src
+
+    @property
+    def rows(self) -> int:
+        return self._source.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self._source.device
+
+    def words(self, out: Tensor | None = None) -> Tensor:
+        """The packed one-hot states (int64 words, :func:`tcomplex.bits.pack_onehot`'s layout),
+        written into ``out`` where given (a CPU int64 view of the recorder's word buffer)."""
         if self._offsets is None and self._indices is not None:
             plane, k, s, p, dil = self._geometry
             if all(d == 1 for d in dil):
-                words = pack_pool_winners(self._indices, plane, k, s, p)
+                on_cpu = out is not None and out.device.type == "cpu"
+                words = pack_pool_winners(self._indices, plane, k, s, p, out=out if on_cpu else None)
                 if words is not None:
                     return words
         return pack_onehot(self.offsets, self.window)
@@ -270,8 +294,32 @@ class _PoolWinners:
         return (self.offsets[:, :, None] == codes).reshape(n, d_out * self.window)
 
 
-def _as_bool(state: Tensor | _PoolWinners) -> Tensor:
-    return state.onehot() if isinstance(state, _PoolWinners) else state
+class _StoredState:
+    """A layer's states of one batch already packed into the recorder's word storage
+    (``words`` [b, ceil(width / 64)], a view of it); unpacked only when asked for."""
+
+    def __init__(self, words: Tensor, width: int) -> None:
+        self.words = words
+        self.width = width
+
+    def onehot(self) -> Tensor:
+        return unpack_bits(self.words, self.width)
+
+
+def _nan_message(name: str) -> str:
+    return (f"NaN in the input of gating layer {name!r}: the model produced NaN activations "
+            "(diverged training or NaN inputs); gating states of NaN are undefined")
+
+
+def _packs_positive(y: Any) -> bool:
+    """Whether :func:`tcomplex.bits.pack_positive` takes ``y`` as it is (a batched CPU float
+    tensor, contiguous, so that its [batch, units] view costs nothing)."""
+    return (isinstance(y, Tensor) and y.device.type == "cpu" and y.dtype in (torch.float32, torch.float64)
+            and y.dim() >= 2 and y.layout == torch.strided and not y.is_quantized and y.is_contiguous())
+
+
+def _as_bool(state: Tensor | _PoolWinners | _StoredState) -> Tensor:
+    return state.onehot() if isinstance(state, (_PoolWinners, _StoredState)) else state
 
 
 def _word_offsets(widths: Iterable[tuple[str, int]]) -> dict[str, int]:
@@ -617,19 +665,6 @@ def _is_stock(module: nn.Module, forwards: tuple[Any, ...]) -> bool:
     return type(module).forward in forwards and "forward" not in module.__dict__
 
 
-#: ids of tcomplex's own forward hooks that never change a module's output
-_PASSIVE_HOOKS: set[int] = set()
-
-
-def _forward_hooks_before(module: nn.Module) -> bool:
-    """Forward hooks that would run before ours (and might change the output)."""
-    from torch.nn.modules import module as module_mod
-
-    return any(i not in _PASSIVE_HOOKS for i in module._forward_hooks) or bool(
-        getattr(module_mod, "_global_forward_hooks", None)
-    )
-
-
 # ---------------------------------------------------------------------------
 # functional gating calls, seen through one TorchFunctionMode shared by all recorders
 # ---------------------------------------------------------------------------
@@ -930,7 +965,7 @@ class GateRecorder:
         self._patched: list[tuple[nn.Module, Any]] = []  # (module, the forward set on it)
         self._saved_sampling: list[tuple[nn.Module, Any]] = []
         self._calls: dict[str, int] = {}
-        self._batch: dict[tuple[str, int], Tensor | _PoolWinners] = {}
+        self._batch: dict[tuple[str, int], Tensor | _PoolWinners | _StoredState] = {}
         self._batch_info: dict[tuple[str, int], tuple[str, str, tuple[int, ...], int, int, str | None]] = {}
         self._order: list[tuple[str, int]] | None = None  # keys kept, forward order
         self._layout: list[tuple[str, int]] = []  # every gating call of the first forward
@@ -942,7 +977,7 @@ class GateRecorder:
         self._capacity: int | None = None  # rows to preallocate (set by record_gates)
         self._batch_words: Tensor | None = None
         self._offsets: dict[str, int] = {}
-        self._last: dict[str, Tensor | _PoolWinners] = {}
+        self._last: dict[str, Tensor | _PoolWinners | _StoredState] = {}
         self._active = False
         self._pending_input: dict[str, Tensor] = {}
         # module stack of the running forward pass: (qualified name, is an activation module)
@@ -978,9 +1013,11 @@ class GateRecorder:
                     forward = self._make_pool_forward(name, module)
                     self._patched.append((module, forward))
                     module.forward = forward
-                elif kind == "relu" and _is_stock(module, (nn.ReLU.forward,)) and not _forward_hooks_before(module):
+                elif kind == "relu" and _is_stock(module, (nn.ReLU.forward,)):
                     # read the states off the output: relu(x) != 0 is x > 0, cheaper to evaluate
-                    self._handles.append(module.register_forward_hook(self._make_relu_hook(name)))
+                    forward = self._make_relu_forward(name, module)
+                    self._patched.append((module, forward))
+                    module.forward = forward
                 else:
                     self._handles.append(module.register_forward_pre_hook(self._make_pre_hook(name, module)))
                 if kind == "dropout":
@@ -990,18 +1027,17 @@ class GateRecorder:
             # module stack for naming functional call sites: pushed before every other pre-hook
             # (whose own pooling is then inside the module), popped after every forward hook;
             # installed last, so the hooks above see no earlier forward hook of ours
+            own_depth = {id(m) for m, _ in self._patched}  # patched forwards keep the depth themselves
             for name, module in self.model.named_modules():
                 act = _is_activation(module)
-                if not act and _calls_no_gating_function(module):
+                if (not act and _calls_no_gating_function(module)) or id(module) in own_depth:
                     continue  # e.g. nn.Linear, nn.Conv2d: no call site can be inside them
                 self._handles.append(
                     module.register_forward_pre_hook(self._make_push(name, act, module), prepend=True)
                 )
                 h = module.register_forward_hook(self._make_pop(act), always_call=True)
-                _PASSIVE_HOOKS.add(h.id)
                 self._handles.append(h)
             h = self.model.register_forward_hook(self._on_root_exit, always_call=True)
-            _PASSIVE_HOOKS.add(h.id)
             self._handles.append(h)
             if not self.sampling:
                 for m in self.model.modules():
@@ -1018,7 +1054,6 @@ class GateRecorder:
 
     def _remove(self) -> None:
         for h in self._handles:
-            _PASSIVE_HOOKS.discard(h.id)
             h.remove()
         self._handles.clear()
         _mode_pop(self)
@@ -1045,6 +1080,7 @@ class GateRecorder:
         self._calls = {}
         self._called = []
         self._batch = {}
+        self._batch_words = None  # rows of a forward pass that raised are not kept
         x = args[0] if args else None
         self._batch_n = int(x.shape[0]) if isinstance(x, Tensor) and x.dim() > 0 else None
         _mode_push(self)
@@ -1117,9 +1153,9 @@ class GateRecorder:
         for key in self._order:
             name = self._names[key]
             state = self._batch[key]
+            if self.store and not isinstance(state, _StoredState):  # the first batch: stored now
+                state = self._store(name, state)
             self._last[name] = state  # compact; expanded only when .last is read
-            if self.store:
-                self._store(name, state)
         if self.store:
             self._end_batch()
         self._batch = {}
@@ -1180,10 +1216,7 @@ class GateRecorder:
             return x  # the output of the ReLU just checked (e.g. the input of the max-pool after it)
         # amax propagates NaN and is several times cheaper than isnan(x).any()
         if self.check_nan and x.is_floating_point() and x.numel() and torch.isnan(x.amax()):
-            raise ValueError(
-                f"NaN in the input of gating layer {name!r}: the model produced NaN activations "
-                "(diverged training or NaN inputs); gating states of NaN are undefined"
-            )
+            raise ValueError(_nan_message(name))
         return x
 
     def _make_pre_hook(self, name: str, module: nn.Module):
@@ -1225,39 +1258,80 @@ class GateRecorder:
 
         return _quiet(hook)
 
-    def _make_relu_hook(self, name: str):
-        def hook(mod: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-            key = self._next_key(name)
-            if not self._wanted(key):
-                return
-            y = self._checked_input(name, (output,))  # relu keeps NaN, so this checks the input
-            if self.check_nan:  # a max-pool right after this ReLU gets the same tensor: checked once
-                self._nan_free, self._nan_free_version = y, y._version
-            # relu(x) is x where x > 0 and +-0 elsewhere, so relu(x) != 0 is exactly x > 0 (NaN
-            # aside: it would read as 1, hence the comparison when NaN is not ruled out)
-            state = (y.bool() if self.check_nan else y > 0).flatten(1)
-            after = "conv" if y.dim() > 2 else "fc"
-            self._record(key, state, "relu", after, tuple(y.shape[1:]), state.shape[1], 1)
-
-        return _quiet(hook)
-
-    def _make_pool_forward(self, name: str, module: nn.Module):
-        """A forward for a stock MaxPool1d/2d: pools once and records the winners."""
+    def _make_relu_forward(self, name: str, module: nn.Module):
+        """A forward for a stock ``nn.ReLU``: torch's own, then the states read off its output
+        (relu(x) > 0 is x > 0, cheaper to evaluate) before any forward hook can change it.  The
+        F.relu inside is the module's (not a functional gating call), so the forward keeps the
+        recorder's activation depth itself and the module needs no module-stack hooks: with no
+        hooks of ours, torch calls it on its fast path."""
         stock = type(module).forward
-        one_d = isinstance(module, nn.MaxPool1d)
+        record_output = _quiet(self._record_relu_output)
 
         def forward(*args: Any, **kwargs: Any) -> Any:
+            self._act_depth += 1
+            try:
+                output = stock(module, *args, **kwargs)
+            finally:
+                self._act_depth -= 1
+            record_output(name, output)
+            return output
+
+        return forward
+
+    def _record_relu_output(self, name: str, output: Any) -> None:
+        key = self._next_key(name)
+        if not self._wanted(key):
+            return
+        if self._order is not None and self.store and _packs_positive(output):
+            # after the first batch: bits of output > 0 straight into this batch's rows of the
+            # word buffer, NaN counted in the same pass (no bool states, no separate NaN check)
+            layer = self._names[key]
+            b = output.shape[0]
+            width = math.prod(output.shape[1:])
+            self._check_width(layer, width)
+            dest = self._dest(layer, b, output.device)
+            if pack_positive(output.view(b, width), dest) and self.check_nan:
+                raise ValueError(_nan_message(name))
+            if self.check_nan:  # a max-pool right after this ReLU gets the same tensor: checked once
+                self._nan_free, self._nan_free_version = output, output._version
+            self._batch[key] = _StoredState(dest, width)
+            return
+        y = self._checked_input(name, (output,))  # relu keeps NaN, so this checks the input
+        if self.check_nan:  # a max-pool right after this ReLU gets the same tensor: checked once
+            self._nan_free, self._nan_free_version = y, y._version
+        # relu(x) is x where x > 0 and +-0 elsewhere, so relu(x) != 0 is exactly x > 0 (NaN
+        # aside: it would read as 1, hence the comparison when NaN is not ruled out)
+        state = (y.bool() if self.check_nan else y > 0).flatten(1)
+        after = "conv" if y.dim() > 2 else "fc"
+        self._record(key, state, "relu", after, tuple(y.shape[1:]), state.shape[1], 1)
+
+    def _make_pool_forward(self, name: str, module: nn.Module):
+        """A forward for a stock MaxPool1d/2d: pools once and records the winners (keeping the
+        activation depth itself, as :meth:`_make_relu_forward` does)."""
+        stock = type(module).forward
+        one_d = isinstance(module, nn.MaxPool1d)
+        # the pooling is the model's operation (seen by torch-function modes); the checks, the winners
+        # and their storage are the recorder's own (not seen: _quiet, wrapped once here, not per call)
+        checked_input, module_pool_winners, record = (
+            _quiet(self._checked_input), _quiet(_module_pool_winners), _quiet(self._record))
+
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            self._act_depth += 1  # the pooling inside is the module's, not a functional gating call
+            try:
+                return pool(*args, **kwargs)
+            finally:
+                self._act_depth -= 1
+
+        def pool(*args: Any, **kwargs: Any) -> Any:
             if len(args) + len(kwargs) != 1 or (kwargs and "input" not in kwargs):
                 return stock(module, *args, **kwargs)  # raises the usual TypeError
             key = self._next_key(name)
             if not self._wanted(key):
                 return stock(module, *args, **kwargs)
-            # the pooling is the model's operation (seen by torch-function modes); the checks,
-            # the winners and their storage are the recorder's own (not seen: _quiet)
-            x = _quiet(self._checked_input)(name, args or (kwargs["input"],))
+            x = checked_input(name, args or (kwargs["input"],))
             if x.layout != torch.strided or x.is_quantized:  # no indices to reuse: pool as before
                 result = stock(module, x)
-                winners, window, shape = _quiet(_module_pool_winners)(x, module)
+                winners, window, shape = module_pool_winners(x, module)
             else:
                 out, idx, winners, window, shape = _pool_with_winners(x, module)
                 if module.return_indices:
@@ -1268,7 +1342,7 @@ class GateRecorder:
                     result = stock(module, x)
                 else:
                     result = out  # max_pool2d is max_pool2d_with_indices' output
-            _quiet(self._record)(key, winners, "maxpool", "conv", shape, winners.width, window)
+            record(key, winners, "maxpool", "conv", shape, winners.width, window)
             return result
 
         return forward
@@ -1318,24 +1392,44 @@ class GateRecorder:
         return hook
 
     def _record(self, key, state, kind, after, shape, width, window, function=None) -> None:
-        self._batch[key] = state
-        if self._order is None:
+        if self._order is None:  # the first batch: the layout is known when the forward pass ends
+            self._batch[key] = state
             self._batch_info[key] = (kind, after, shape, width, window, function)
+            return
+        name = self._names[key]
+        self._check_width(name, width)
+        # packed as soon as it is recorded: the layer's bool states (or pool indices) are freed at
+        # once, so the forward pass runs with the working set of a plain one
+        self._batch[key] = self._store(name, state) if self.store else state
+
+    def _check_width(self, name: str, width: int) -> None:
+        if width != self.info[name].width:
+            raise RuntimeError(
+                f"gating layer {name!r} has {width} gates in this forward pass but {self.info[name].width} "
+                "in the first: a recording holds one layout, so record inputs of one shape (one recorder, "
+                "or one record_gates call, per input shape)"
+            )
 
     # -- storage: every layer packed to bits as it is stored ----------------------
-    def _store(self, name: str, state: Tensor | _PoolWinners) -> None:
+    def _store(self, name: str, state: Tensor | _PoolWinners) -> _StoredState:
         """Pack one layer's states of this batch into the batch's rows of the word storage."""
+        pool = isinstance(state, _PoolWinners)
+        dest = self._dest(name, state.rows if pool else state.shape[0], state.device)
+        # packed on the states' device (a GPU sends 1/8 of the bytes); max-pool winners go
+        # straight to bits, and into the buffer where both are on the CPU
+        words = state.words(out=dest) if pool else pack_bits(state.contiguous())
+        if words is not dest:
+            dest.copy_(words)
+        return _StoredState(dest, self.info[name].width)
+
+    def _dest(self, name: str, b: int, device: torch.device) -> Tensor:
+        """Layer ``name``'s columns of this batch's rows in the word storage ``[b, words]``
+        (allocated with the first layer of the batch, on ``store_device`` or ``device``)."""
         if not self._offsets:
             self._offsets = _word_offsets((k, i.width) for k, i in self.info.items())
-        # on the states' device (a GPU sends 1/8 of the bytes); max-pool winners straight to bits
-        if isinstance(state, _PoolWinners):
-            words = state.words()
-        else:
-            words = pack_bits(state.contiguous())
         if self._batch_words is None:
-            b = words.shape[0]
             total = sum(-(-i.width // 64) for i in self.info.values())
-            device = words.device if self.store_device is None else self.store_device
+            device = device if self.store_device is None else self.store_device
             if self._capacity is not None and self._rows + b <= self._capacity:
                 if not self._blocks:
                     self._blocks = [torch.zeros(self._capacity, total, dtype=torch.int64, device=device)]
@@ -1345,8 +1439,13 @@ class GateRecorder:
                     self._blocks = [self._blocks[0][: self._rows]] if self._blocks else []
                     self._capacity = None
                 self._batch_words = torch.zeros(b, total, dtype=torch.int64, device=device)
+        elif self._batch_words.shape[0] != b:
+            raise RuntimeError(
+                f"gating layer {name!r} got {b} samples in a forward pass whose other gating layers got "
+                f"{self._batch_words.shape[0]}: every gating layer must keep the batch as its first dimension"
+            )
         first = self._offsets[name]
-        self._batch_words[:, first : first + words.shape[1]] = words
+        return self._batch_words[:, first : first + -(-self.info[name].width // 64)]
 
     def _end_batch(self) -> None:
         if self._batch_words is None:
@@ -1360,7 +1459,9 @@ class GateRecorder:
     # -- results ----------------------------------------------------------------
     @property
     def last(self) -> dict[str, Tensor]:
-        """Gating states of the last forward pass: name -> bool ``[batch, d_l]``."""
+        """Gating states of the last forward pass: name -> bool ``[batch, d_l]`` (unpacked from the
+        stored words, so on ``store_device`` when the recorder stores; with ``store=False`` on the
+        device they were computed on)."""
         return {k: _as_bool(s) for k, s in self._last.items()}
 
     @property

@@ -20,9 +20,6 @@ ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 #: a folder for screenshots of every page of the quick book (set it to look at them; nothing is written otherwise)
 SCREENSHOTS = os.environ.get("TCOMPLEX_SCREENSHOTS")
-# pages executed before their chapter's rewrite (issue 13 branches) that still print NaN in a frame
-PENDING_NAN = {("offline", "03_training_dynamics"), ("offline", "04_maximum_complexity"),
-               ("offline", "05_minimum_complexity")}
 
 
 @pytest.mark.parametrize("profile", nbs.PROFILES)
@@ -123,11 +120,10 @@ def test_book_pages_load_with_figures_equations_and_working_links(served_book):
                     "div.cell_input", "els => els.filter(e => e.checkVisibility({contentVisibilityAuto: true})).length")
                 assert shown_code == 0, f"{profile}/{chapter}: {shown_code} code cells shown unfolded"
                 assert "runs_root" not in text, f"{profile}/{chapter}: a parameter cell is shown"
-                # missing values shown as "nan" in the outputs (prose may name a NaN loss); the pages below
-                # still print frames with NaN (rewritten on the chapter branches of issue 13, not yet landed)
+                # missing values shown as "nan" in the outputs (prose may name a NaN loss)
                 outputs = "\n".join(page.eval_on_selector_all("div.cell_output", "els => els.map(e => e.innerText)"))
                 nans = re.findall(r".{0,40}\bnan\b.{0,40}", outputs, flags=re.I)
-                assert (profile, chapter) in PENDING_NAN or not nans, f"{profile}/{chapter}: 'nan' shown: {nans[:3]}"
+                assert not nans, f"{profile}/{chapter}: 'nan' shown: {nans[:3]}"
             # no page wider than the window, no content wider than its column
             too_wide = page.evaluate(
                 "() => [document.documentElement.scrollWidth - window.innerWidth,"

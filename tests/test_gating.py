@@ -1002,3 +1002,113 @@ def test_nan_is_named_at_the_first_relu_and_a_following_pool_is_not_checked_twic
     img[1, 0, 4, 4] = float("nan")
     with pytest.raises(ValueError, match="NaN in the input of gating layer '1'"):
         tc.record_gates(conv, img)
+
+
+@pytest.mark.parametrize("d", [1, 7, 8, 9, 63, 64, 65, 200])
+def test_pack_positive_equals_packing_the_bool_states_and_counts_nan(d):
+    from tcomplex.bits import pack_bits, pack_positive
+
+    g = torch.Generator().manual_seed(d)
+    for dtype in (torch.float32, torch.float64):
+        y = torch.relu(torch.randn(6, d, generator=g, dtype=dtype))
+        y[1] = -0.0  # relu's -0.0 is not > 0
+        buf = torch.full((6, 3 + -(-d // 64) + 2), -1, dtype=torch.int64)  # dirty, wider: a strided view
+        dest = buf[:, 3 : 3 + -(-d // 64)]
+        assert pack_positive(y, dest) == 0
+        assert torch.equal(dest, pack_bits(y > 0))
+        assert (buf[:, :3] == -1).all() and (buf[:, 3 + -(-d // 64) :] == -1).all()  # neighbours untouched
+        y[2, d // 2] = float("nan")
+        y[4, 0] = float("nan")
+        assert pack_positive(y, dest) == 2
+        assert torch.equal(dest, pack_bits(y > 0))  # NaN reads as 0
+    with pytest.raises(ValueError, match="int64 CPU tensor"):
+        pack_positive(torch.ones(2, d), torch.zeros(2, -(-d // 64) + 1, dtype=torch.int64))
+    with pytest.raises(ValueError, match="float32/float64"):
+        pack_positive(torch.ones(2, d, dtype=torch.float16), torch.zeros(2, -(-d // 64), dtype=torch.int64))
+
+
+@pytest.mark.parametrize("nd, kernel, stride, padding", [
+    (1, (8,), (8,), (0,)), (1, (2,), (1,), (1,)), (2, (1, 2), (1, 2), (0, 0)), (2, (2, 4), (2, 3), (1, 2)),
+    (2, (2, 2), (2, 2), (0, 0)),
+])
+def test_pool_winners_by_bytes_equal_the_offsets_route_and_fill_a_strided_out(nd, kernel, stride, padding):
+    """Windows of 1, 2, 4 or 8 elements take the byte kernel; rectangular ones too."""
+    from tcomplex.bits import pack_onehot, pack_pool_winners
+
+    g = torch.Generator().manual_seed(sum(kernel))
+    shape = (5, 3, 19) if nd == 1 else (5, 3, 9, 13)
+    x = torch.randint(-1, 2, shape, generator=g).float()  # ties
+    fn = F.max_pool1d if nd == 1 else F.max_pool2d
+    _, idx = fn(x, kernel, stride, padding, return_indices=True)
+    plane = tuple(shape[2:])
+    words = pack_pool_winners(idx, plane, kernel, stride, padding)
+    x2 = x.unsqueeze(2) if nd == 1 else x
+    k2, s2, p2 = ((1, *kernel), (1, *stride), (0, *padding)) if nd == 1 else (kernel, stride, padding)
+    ref = _scan_winners(x2, k2, s2, p2, (1, 1), (1, idx.shape[-1]) if nd == 1 else tuple(idx.shape[-2:]))
+    window = math.prod(kernel)
+    assert torch.equal(words, pack_onehot(ref.reshape(5, -1).to(torch.uint8), window))
+    buf = torch.full((5, words.shape[1] + 3), -1, dtype=torch.int64)
+    out = buf[:, 1 : 1 + words.shape[1]]
+    assert pack_pool_winners(idx, plane, kernel, stride, padding, out=out) is out
+    assert torch.equal(out, words) and (buf[:, 0] == -1).all() and (buf[:, -2:] == -1).all()
+
+
+class _TwiceRelu(nn.Module):
+    """A ReLU module called twice (as torchvision's BasicBlock does), a max-pool and a functional ReLU."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3)
+        self.relu = nn.ReLU()
+        self.pool = nn.MaxPool2d(2)
+        self.fc = nn.Linear(4 * 3 * 3, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.relu(self.conv(x)))
+        x = self.relu(x - 0.1)
+        return F.relu(self.fc(x.flatten(1)))
+
+
+def test_later_batches_packed_as_recorded_equal_one_batch_and_last():
+    """From the second batch on, states are packed into the buffer as they are recorded (ReLU bits
+    straight from the output): the recording equals one big batch, and .last the last batch's."""
+    torch.manual_seed(0)
+    net = _TwiceRelu().eval()
+    x = torch.randn(37, 1, 8, 8)
+    whole = tc.record_gates(net, x, batch_size=64)
+    for bs in (5, 16):
+        parts = tc.record_gates(net, x, batch_size=bs)
+        assert list(parts) == list(whole) == ["relu#0", "pool", "relu#1", "relu()#0"]
+        assert torch.equal(parts.packed().words, whole.packed().words)
+    batches = [x[:16], x[16:32], x[32:]]
+    with tc.GateRecorder(net) as rec, torch.no_grad():
+        for b in batches:
+            net(b)
+        last = rec.last
+    ref = tc.record_gates(net, batches[-1])
+    assert all(torch.equal(last[k], ref[k]) for k in ref)
+    # a DataLoader-like iterable without a preallocated buffer: the same words
+    assert torch.equal(tc.record_gates(net, iter(batches)).packed().words, whole.packed().words)
+
+
+def test_nan_in_a_later_batch_is_refused_and_its_rows_are_not_kept():
+    torch.manual_seed(0)
+    net = _TwiceRelu().eval()
+    good, bad = torch.randn(6, 1, 8, 8), torch.randn(6, 1, 8, 8)
+    bad[3, 0, 2, 2] = float("nan")
+    with tc.GateRecorder(net) as rec, torch.no_grad():
+        net(good)
+        with pytest.raises(ValueError, match="NaN in the input of gating layer 'relu'"):
+            net(bad)
+        net(good)
+        got = rec.recording()
+    ref = tc.record_gates(net, torch.cat([good, good]))
+    assert torch.equal(got.packed().words, ref.packed().words)
+
+
+def test_a_later_batch_of_another_shape_is_refused_with_the_layer_named():
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU()).eval()
+    with tc.GateRecorder(net) as rec, torch.no_grad():
+        net(torch.randn(3, 1, 8, 8))
+        with pytest.raises(RuntimeError, match=r"gating layer '1' has 50 gates in this forward pass but 72"):
+            net(torch.randn(3, 1, 7, 7))

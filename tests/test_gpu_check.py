@@ -39,10 +39,11 @@ def dry_run(tmp_path_factory) -> tuple[dict, str, Path]:
     data_root = str(root) if root else str(out)  # without MNIST, chapter 1 must say so
     env = _env()
     # generous budgets: the dry run proves the code paths, a loaded CI machine must not skip sections (with
-    # the tiny 8 s training budget, two trainings on the same 2 cores made it skip the complexity-loss step)
+    # the tiny 8 s training budget, two trainings on the same 2 cores made it skip the complexity-loss step;
+    # with 8 s for the estimators, three jobs on 2 cores made it skip the d = 2048 row)
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), "--cpu", "--tiny", "--out", str(out), "--data-root", data_root,
-         "--total-budget", "600", "--budgets", "training=40,record_gates=20"],
+         "--total-budget", "600", "--budgets", "training=40,record_gates=20,estimators=60"],
         cwd=out, env=env, capture_output=True, text=True, timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -183,6 +183,35 @@ def test_a_chapter_closes_with_its_claims_then_sanity_checks_each_verdict_in_its
     assert rep.chapter_verdicts([]).empty
 
 
+def test_findings_saved_before_preconditions_are_read_beside_new_ones(tmp_path):
+    """An old-format file (no kind, no preconditions) next to new ones: its rows are claims, not dropped."""
+    R.save_findings([f for f in _findings() if f.chapter == "01_metrics"], tmp_path, "01_metrics")
+    pd.DataFrame({"key": ["stacked_1"], "chapter": ["04_maximum_complexity"], "claim": ["c"], "measured": ["m"],
+                  "verdict": [R.NOT_REPRODUCED], "setting": [""]}).to_csv(tmp_path / "findings_04_maximum_complexity.csv",
+                                                                        index=False)
+    df, _ = rep.collect(tmp_path)
+    old = df[df.chapter == "04_maximum_complexity"]
+    assert old.kind.tolist() == ["claim"] and old.preconditions_held.tolist() == [True]
+    counts = rep.verdict_counts(df).set_index("section")
+    assert counts.loc["4. Maximum complexity" + rep.EARLIER, R.NOT_REPRODUCED] == 1  # labelled as such
+    assert "1. Metrics and propositions" in counts.index
+    assert rep.predating_preconditions(df) == ["04_maximum_complexity"]  # the report names it
+
+
+def test_the_report_claim_table_links_each_section_and_folds_the_numbers(tmp_path):
+    found = _findings()
+    for ch in ("01_metrics", "06_appendix"):
+        R.save_findings([f for f in found if f.chapter == ch], tmp_path, ch)
+    df, _ = rep.collect(tmp_path)
+    html = rep.show_claims(df).data
+    compact, full = html.split("<details>")
+    assert '<a href="06_appendix.html#findings">6. Appendix</a>' in compact
+    assert '<a href="01_metrics.html#findings">1. Metrics and propositions</a>' in compact
+    assert f'color:{rep.VERDICT_COLOURS[R.INCONCLUSIVE]}' in compact and "<th>measured</th>" not in compact
+    assert "<th>measured</th>" in full and "eq6" not in html  # a sanity check is not a claim
+    assert "eq6" in rep.show_claims(df, kind="sanity").data
+
+
 def test_setting_values_print_integers_and_no_nan(tmp_path, monkeypatch):
     assert fmt_value(5000.0) == "5000" and fmt_value(np.int64(7)) == "7" and fmt_value(0.5) == "0.5"
     assert fmt_value(None) == "all" and fmt_value(math.nan) == "all" and fmt_value("mnist") == "mnist"

@@ -20,12 +20,13 @@ def _rows(run_id: str, group: str, model: str, values: dict[str, list[float]], *
           per_class: int = 200, dataset: str = "mnist", seed: int = 0, layer: str = "__all__",
           saturated: list[float] | None = None, hist: dict[int, list[float]] | None = None,
           train_subset: float = float("nan"), n_epochs: int | None = None,
-          normalization: str = "dataset") -> pd.DataFrame:
+          normalization: str = "dataset", extra: dict | None = None) -> pd.DataFrame:
     """Tidy rows shaped like the training substrate's output (after :func:`D.with_groups`)."""
     base = {"run_id": run_id, "group": group, "model": model, "dataset": dataset, "seed": seed,
             "normalization": normalization,
             "analysis_per_class": per_class, "train_subset": train_subset, "epochs": n_epochs or max(epochs),
-            "optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "batch_size": 128, "bandwidth": "dims"}
+            "optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "batch_size": 128, "bandwidth": "dims",
+            "schedule": "none", "flip": False, **(extra or {})}
     out = []
     for metric, vals in values.items():
         for e, v in zip(epochs, vals):
@@ -241,22 +242,51 @@ def test_authors_comparison_matches_their_curve():
     assert table.loc[("H", "epoch 500"), "our_value"] == pytest.approx(10.65)
     f = D.authors_finding(table.reset_index(), cur, rows)
     assert f.verdict == REPRODUCED and "7.35 @ 55" in f.measured
-    assert f.setting.startswith("input normalised with mean 0.1307")  # the only difference left
+    assert f.setting == ("lr schedule none (their repository's loop: log-spaced 0.01 to 1e-4); no horizontal flip "
+                         "(their MNIST loader: random horizontal flip); input normalised with mean 0.1307, std 0.3081 "
+                         "(theirs 0.5, 0.5)")
 
 
 def test_authors_comparison_prefers_runs_with_their_input_normalisation():
     ours = _rows("a", "plain", "mlp_mnist", {"H": [10.96] * 15, "I_XSY": [3.3] * 15, **_common(15)},
                  saturated=[1.0] * 15)
+    loop = {"schedule": "log", "flip": True}
     theirs = _rows("b", "plain", "mlp_mnist", {"H": _dip(10.85, 7.35, 10.65), "I_XSY": _dip(3.28, 1.5, 3.25),
-                                               **_common(15)}, normalization="half")
-    rows = pd.concat([ours, theirs])
+                                               **_common(15)}, normalization="half",
+                   extra={**loop, "setting": D.setting_label("half", loop)})
+    half = _rows("c", "plain", "mlp_mnist", {"H": _dip(10.0, 9.0, 10.0), "I_XSY": _dip(3.0, 2.0, 3.0),
+                                             **_common(15)}, normalization="half", extra={"setting": "input 0.5/0.5"})
+    rows = pd.concat([ours.assign(setting=""), theirs, half])
     cur = D.curves(rows)
     table = D.authors_table(cur)
+    assert table.groupby("setting", sort=False).compared.first().to_dict() == {
+        "input 0.5/0.5, flip, schedule=log": True, "input 0.5/0.5": False, "": False}
     f = D.authors_finding(table, cur, rows)
     assert f.verdict == REPRODUCED and f.setting == ""  # no difference of setting left
+    assert "Other MLP-MNIST settings (not compared): [input 0.5/0.5] H min 9.00 @ 55; [recipe] H min 10.96" in f.measured
+    # their normalisation without their loop and loader: compared when it is the closest, with the differences named
+    rows = pd.concat([ours.assign(setting=""), half])
+    cur = D.curves(rows)
+    f = D.authors_finding(D.authors_table(cur), cur, rows)
+    assert f.setting.startswith("lr schedule none") and "flip" in f.setting and "input normalised" not in f.setting
     # without the "half" run the comparison falls back to the other one (stuck at the ceiling)
     f = D.authors_finding(D.authors_table(D.curves(ours)), D.curves(ours), ours)
     assert f.verdict == NOT_REPRODUCED and "input normalised" in f.setting
+
+
+def test_run_lines_may_set_training_options_and_name_their_setting():
+    a, b = D.configs([["plain", "mlp_mnist", "mnist", 2, None, "half", {"schedule": "log", "flip": True}],
+                      ["plain", "mlp_alpha", "mnist", 2, None, {"lr": 0.01}]], [0], 2000, 0, None)
+    assert (a.schedule, a.flip, a.normalization, a.lr) == ("log", True, "half", 0.01)
+    assert b.lr == 0.01 and b.normalization == "dataset"  # the option wins over the recipe (mlp_alpha: lr 0.003)
+    rows = pd.DataFrame({"run_id": [a.run_id, b.run_id], "value": [1.0, 2.0]})
+    assert D.with_groups(rows, [a, b]).setting.tolist() == ["input 0.5/0.5, flip, schedule=log", "lr=0.01"]
+    (plain,) = D.configs([["plain", "mlp_alpha", "mnist", 2, None]], [0], 2000, 0, None)
+    assert D.with_groups(rows.assign(run_id=plain.run_id), [plain]).setting.tolist() == ["", ""]
+    with pytest.raises(ValueError, match=r"unknown training options \['alpha'\].*valid: \['schedule'"):
+        D.configs([["plain", "mlp_mnist", "mnist", 2, None, {"alpha": 0.1}]], [0], 2000, 0, None)
+    with pytest.raises(ValueError, match="a run is"):
+        D.configs([["plain", "mlp_mnist", "mnist", 2]], [0], 2000, 0, None)
 
 
 def test_run_lines_may_name_the_input_normalisation():
@@ -319,3 +349,155 @@ def test_authors_comparison_of_a_curve_stuck_at_the_ceiling():
     cur = D.curves(rows)
     f = D.authors_finding(D.authors_table(cur), cur, rows)
     assert f.verdict == NOT_REPRODUCED and "stays at the log2 n ceiling" in f.measured
+
+
+# --------------------------------------------------------------------------- #
+# the dip at sub-epoch resolution
+# --------------------------------------------------------------------------- #
+def test_log_steps_and_dip_configs():
+    assert D.log_steps(512) == D.DIP_STEPS == [0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
+    assert D.log_steps(5) == [0, 1, 2, 4] and D.log_steps(0) == [0]
+    cfgs = D.dip_configs("mlp_mnist", "mnist", "half", 3, None, [1e-2, 1e-4], [0.01, 0.04], [0, 1, 2], [0, 1, 2],
+                         2000, 1000)
+    assert len(cfgs) == 12 and len({c.run_id for c in cfgs}) == 12
+    c = cfgs[0]
+    assert (c.alpha, c.lr, c.track_steps, c.track_every, c.track_log, c.normalization) == (
+        0.01, 0.01, [0, 1, 2], 1, False, "half")
+    assert c.analysis_per_class == 200 and c.label == "dip" and not c.rates
+    alpha_lr = {(c.alpha, c.lr) for c in cfgs}
+    assert alpha_lr == {(0.01, 0.01), (0.01, 1e-4), (0.04, 0.01), (0.04, 1e-4)}
+    (m,) = D.dip_configs("mlp_alpha", "mnist", "dataset", 1, 100, [1e-3], [0.1], [0], [0], 200, None)
+    assert m.lr == 1e-3  # the swept lr replaces the recipe's (mlp_alpha: 0.003)
+    with pytest.raises(ValueError, match="needs learning rates, alphas and seeds"):
+        D.dip_configs("mlp_mnist", "mnist", "half", 1, None, [], [0.01], [0], [0], 200, None)
+
+
+SPE = 10  # steps per epoch of the synthetic dip runs
+
+
+def _dip_rows(cfg, h_steps: dict[int, float], h_epochs: dict[int, float], acc: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Synthetic step rows and epoch rows of one dip run (I(X;Σ;Y) = H / 4)."""
+    def rows(points: dict[int, float], key: str) -> pd.DataFrame:
+        out = []
+        for x, h in points.items():
+            for metric, value in (("H", h), ("I_XSY", h / 4), ("saturated_H", 0.0), ("test_acc", acc),
+                                  ("train_loss", 1.0)):
+                row = {"run_id": cfg.run_id, key: x, "layer": "__all__", "metric": metric, "value": value}
+                if key == "step":
+                    row.update(epoch_fraction=x / SPE, epoch=max(1, math.ceil(x / SPE)))
+                out.append(row)
+        return pd.DataFrame(out)
+    return rows(h_steps, "step"), rows(h_epochs, "epoch")
+
+
+def _dip_study(acc_by_lr: dict[float, float], dip: bool = True):
+    cfgs = D.dip_configs("mlp_mnist", "mnist", "half", 2, None, sorted(acc_by_lr), [0.04], [0, 1, 2],
+                         [0, 1, 2, 4, 8, 10], 2000, 1000)
+    steps, epochs = [], []
+    for c in cfgs:
+        wobble = 0.01 * c.seed
+        if dip:
+            hs = {0: 6.0, 1: 5.9, 2: 5.5 - wobble, 4: 5.0, 8: 5.6, 10: 6.0 + wobble}
+        else:
+            hs = {0: 6.0, 1: 6.1, 2: 6.2 + wobble, 4: 6.3, 8: 6.4, 10: 6.5}
+        s, e = _dip_rows(c, hs, {0: 6.0, 1: hs[10], 2: 7.0 + wobble}, acc_by_lr[c.lr])
+        steps.append(s)
+        epochs.append(e)
+    return cfgs, pd.concat(steps), pd.concat(epochs)
+
+
+def test_dip_curves_merge_steps_and_epochs_on_one_step_axis():
+    cfgs, steps, epochs = _dip_study({0.01: 0.95})
+    cur = D.dip_curves(epochs, steps, cfgs)
+    one = cur[cur.run_id == cfgs[0].run_id]
+    # step 10 ends epoch 1: measured once (the step row); epoch 2 is step 20; epoch 0 is step 0
+    assert one.step.tolist() == [0, 1, 2, 4, 8, 10, 20]
+    assert one.source.tolist() == ["step"] * 6 + ["epoch"]
+    assert one.epoch.tolist() == pytest.approx([0, 0.1, 0.2, 0.4, 0.8, 1.0, 2.0])
+    assert one.H.tolist() == pytest.approx([6.0, 5.9, 5.5, 5.0, 5.6, 6.0, 7.0])
+    assert (one.lr == 0.01).all() and (one.alpha == 0.04).all() and one.log2_n.iloc[0] == pytest.approx(math.log2(2000))
+    with pytest.raises(ValueError, match="must be trained with track_steps"):
+        D.dip_curves(epochs, pd.DataFrame(), cfgs)
+
+
+def test_dip_findings_per_learning_rate_with_preconditions():
+    cfgs, steps, epochs = _dip_study({0.01: 0.95, 1e-4: 0.50})
+    cur = D.dip_curves(epochs, steps, cfgs)
+    table = D.dip_table(cur, 0.1)
+    h = table[(table.metric == "H") & (table.lr == 0.01)]
+    assert h.holds.all() and (h.min_step == 4).all() and h.min_epoch.tolist() == pytest.approx([0.4] * 3)
+    assert h["drop"].tolist() == pytest.approx([1.0] * 3)
+    found = {f.key: f for f in D.dip_findings(table, cur, "mlp_mnist", "mnist", "")}
+    assert set(found) == {"dip_steps_alpha0.04_lr0.01", "dip_steps_alpha0.04_lr0.0001"}
+    ok = found["dip_steps_alpha0.04_lr0.01"]
+    assert ok.verdict == REPRODUCED and not ok.failed
+    assert "minimum at step(s) [4, 4, 4] (epoch 0.40, 0.40, 0.40)" in ok.measured
+    # the same curves from a network that did not learn in the run: inconclusive, with its accuracy
+    slow = found["dip_steps_alpha0.04_lr0.0001"]
+    assert slow.verdict == INCONCLUSIVE
+    assert [p.name for p in slow.failed] == ["mlp_mnist on mnist, α = 0.04, lr = 0.0001 learned"]
+    assert slow.failed[0].measured == "min 0.500 over 3 runs"
+    # curves without a dip: not reproduced; two seeds: inconclusive
+    cfgs, steps, epochs = _dip_study({0.01: 0.95}, dip=False)
+    cur = D.dip_curves(epochs, steps, cfgs)
+    (f,) = D.dip_findings(D.dip_table(cur, 0.1), cur, "mlp_mnist", "mnist", "")
+    assert f.verdict == NOT_REPRODUCED
+    two = cur[cur.seed < 2]
+    (f,) = D.dip_findings(D.dip_table(two, 0.1), two, "mlp_mnist", "mnist", "")
+    assert f.verdict == INCONCLUSIVE and "enough seeds" in f.failed[0].name
+
+
+def test_dip_findings_need_headroom():
+    cfgs, steps, epochs = _dip_study({0.01: 0.95})
+    cur = D.dip_curves(epochs, steps, cfgs)
+    cur = cur.assign(H=cur.H + 4.0)  # the same dip 0.5 bit below log2 2000: no headroom
+    (f,) = D.dip_findings(D.dip_table(cur, 0.1), cur, "mlp_mnist", "mnist", "")
+    assert f.verdict == INCONCLUSIVE and [p.name for p in f.failed] == [
+        "H (mlp_mnist on mnist, α = 0.04, lr = 0.01) has headroom"]
+
+
+def test_dip_study_on_a_tiny_real_run(tmp_path):
+    root = Path(os.environ.get("TCOMPLEX_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+    if not (root / "MNIST" / "raw").is_dir():
+        pytest.skip("MNIST not available")
+    import torch
+
+    from tcomplex.experiments.train import read_step_rows, train
+
+    torch.set_num_threads(1)
+    cfgs = D.dip_configs("mlp_mnist", "mnist", "half", 2, 512, [0.01], [0.04], [0], [0, 1, 2, 4], 100, 200)
+    (cfg,) = cfgs
+    res = train(cfg, tmp_path, data_root=root, progress=False)
+    cur = D.dip_curves(res.rows, read_step_rows(tmp_path, cfg), cfgs)
+    assert cur.step.tolist() == [0, 1, 2, 4, 8]  # 512 images, batch 128: 4 steps per epoch
+    assert cur.source.tolist() == ["step"] * 4 + ["epoch"]
+    assert (cur.H <= math.log2(100) + 1e-9).all() and cur.H.nunique() > 1
+    table = D.dip_table(cur, 0.1)
+    assert set(table.metric) == {"H", "I_XSY"} and (table.last_step == 8).all()
+
+
+def test_dip_summary_and_note_say_whether_and_when_h_dips():
+    cfgs, steps, epochs = _dip_study({0.01: 0.95, 1e-4: 0.5})
+    cur = D.dip_curves(epochs, steps, cfgs)
+    table = D.dip_table(cur, 0.1)
+    summary = D.dip_summary(table).set_index(["lr", "metric"])
+    assert summary.loc[(0.01, "H"), "dip"] == 3 and summary.loc[(0.01, "H"), "min_step"] == 4
+    assert summary.loc[(0.01, "H"), "final_test_acc"] == pytest.approx(0.95)
+    note = D.dip_note(table, 0.1)
+    assert "**α = 0.04:** lr 0.0001: H dipped by more than 0.1 bits in 3/3 seeds" in note
+    assert "minimum at step 4 (epoch 0.40), drop 1.00" in note
+    flat_cfgs, s2, e2 = _dip_study({0.01: 0.95}, dip=False)
+    flat = D.dip_table(D.dip_curves(e2, s2, flat_cfgs), 0.1)
+    assert "no drop larger than tol" in D.dip_note(flat, 0.1)
+    assert D.dip_setting(cfgs).startswith("2 epochs of all training images (paper 500 of all)")
+    assert D.dip_setting([]) == ""
+
+
+def test_matched_note_names_what_was_and_was_not_matched():
+    note = D.matched_note(["n = 200 analysis images (theirs 2000)", "5 epochs (theirs 500)",
+                           "no horizontal flip (their MNIST loader: random horizontal flip)"])
+    matched, rest = note.split("**Not matched here:**")
+    assert "lr 0.01" in matched and "momentum 0.9" in matched and "input normalised with mean 0.5" in matched
+    assert "n = 2000" not in matched and "500 epochs" not in matched and "horizontal flip" not in matched
+    assert "5 epochs (theirs 500)" in rest and "script that trained their plotted MLP is not public" in rest
+    assert D.matched_note([]).endswith("no MLP-MNIST run to compare.")

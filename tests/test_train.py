@@ -23,6 +23,7 @@ import torch
 
 from tcomplex.experiments import data as data_mod
 from tcomplex.experiments import measure as measure_mod
+from tcomplex.experiments import runs as runs_mod
 from tcomplex.experiments import train as T
 from tcomplex.experiments.data import DatasetNotFoundError
 from tcomplex.experiments.runs import RunDir, RunFileError
@@ -102,7 +103,7 @@ def test_run_id_is_stable_and_changes_with_each_field():
                TrainConfig(model_kwargs={"bias": True}), TrainConfig(kinds=("relu", "leaky_relu")),
                TrainConfig(complexity_lambda=0.1), TrainConfig(data_seed=0), TrainConfig(normalization="half"),
                TrainConfig(flip=True), TrainConfig(memory_format="channels_last"), TrainConfig(vae_ce_weight=10.0),
-               TrainConfig(schedule="log")]
+               TrainConfig(schedule="log"), TrainConfig(track_steps=[0, 1, 2])]
     ids = {c.run_id for c in changed}
     assert a.run_id not in ids and len(ids) == len(changed)
     # free text and the device are not part of the identity
@@ -120,6 +121,9 @@ def test_run_ids_of_runs_made_before_data_seed_and_normalization_existed_are_kep
     ({"flip": True, "augment": True, "dataset": "cifar10"}, "already flips; set one of them"),
     ({"vae_ce_weight": 0.0}, "vae_ce_weight must be > 0"),
     ({"schedule": "exp"}, r"schedule must be one of \['none', 'cosine', 'step', 'log'\]"),
+    ({"track_steps": [0, -1]}, r"track_steps must be a non-empty list of optimiser steps >= 0"),
+    ({"track_steps": []}, r"track_steps must be a non-empty list"),
+    ({"track_steps": [1.5]}, r"track_steps must be a non-empty list"),
 ])
 def test_training_options_are_validated(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -620,3 +624,128 @@ def test_analysis_set_for_the_full_split_is_shared_by_every_seed(data_root):
     assert torch.equal(a, b) and torch.equal(a, full)  # 30 per class: more than 600 images may hold
     half, _ = T.analysis_set_for(_tiny(normalization="half", analysis_per_class=30), data_root, full_split=True)
     assert float(half.min()) == -1.0
+
+
+# --------------------------------------------------------------------------- #
+# sub-epoch tracking (track_steps)
+# --------------------------------------------------------------------------- #
+# 600 images, batch 128: 5 optimiser steps per epoch; steps 0, 1, 2, 4 fall in epoch 1, step 8 in epoch 2
+STEPS = dict(epochs=2, track_every=0, track_log=False, per_layer=False)
+STEP_LIST = [0, 1, 2, 4, 8]
+STEP_KEY = ["step", "layer", "metric", "bin"]
+
+
+def _same_step_rows(a: pd.DataFrame, b: pd.DataFrame) -> None:
+    order = lambda df: df.sort_values(STEP_KEY, na_position="first").reset_index(drop=True)  # noqa: E731
+    pd.testing.assert_frame_equal(order(a), order(b), check_exact=True)
+
+
+@pytest.fixture(scope="module")
+def steps_reference(data_root, tmp_path_factory):
+    return T.train(_tiny(track_steps=STEP_LIST, **STEPS), tmp_path_factory.mktemp("steps"), data_root=data_root,
+                   progress=False)
+
+
+def test_track_steps_measures_after_the_listed_steps_without_changing_training(steps_reference, data_root,
+                                                                                 tmp_path):
+    steps = steps_reference.steps
+    assert sorted(steps.step.unique()) == STEP_LIST
+    assert steps.groupby("step").epoch.first().to_dict() == {0: 1, 1: 1, 2: 1, 4: 1, 8: 2}
+    assert steps.groupby("step").epoch_fraction.first().to_dict() == pytest.approx(
+        {0: 0.0, 1: 0.2, 2: 0.4, 4: 0.8, 8: 1.6})
+    assert {"H", "I_XSY", "test_acc", "train_loss"} <= set(steps.metric)
+    # the steps files are not epoch rows
+    assert sorted(steps_reference.rows.epoch.unique()) == [0, 2] and "step" not in steps_reference.rows
+    # step 0 is the untrained network: the rows of epoch 0
+    value = lambda df, m: df[(df.metric == m) & (df.layer == T.ALL)].value.item()  # noqa: E731
+    epoch0 = steps_reference.rows[steps_reference.rows.epoch == 0]
+    step0 = steps[steps.step == 0]
+    for m in ("H", "I_XSY", "test_loss"):
+        assert value(step0, m) == value(epoch0, m)
+    # H moves between the measured steps (the network is measured mid-epoch, not once per epoch)
+    hs = [value(steps[steps.step == s], "train_loss") for s in STEP_LIST]
+    assert len(set(hs)) == len(hs)
+    # measuring mid-epoch changes nothing of the training: the same epoch rows as without track_steps
+    plain = T.train(_tiny(**STEPS), tmp_path, data_root=data_root, progress=False).rows
+    cols = ["epoch", "layer", "metric", "value", "bin"]
+    _assert_same_rows(plain[cols], steps_reference.rows[cols])
+    # a finished run returns its step rows from the files
+    again = T.train(_tiny(track_steps=STEP_LIST, **STEPS), steps_reference.path.parent, data_root=data_root,
+                    progress=False)
+    assert again.seconds == 0.0
+    _same_step_rows(again.steps, steps)
+    _same_step_rows(T.read_step_rows(steps_reference.path.parent, _tiny(track_steps=STEP_LIST, **STEPS)), steps)
+
+
+def test_track_steps_of_a_vae_keep_training_identical(data_root, tmp_path):
+    """The VAE samples while its states are measured: the draws must not shift the training's RNG."""
+    vae = dict(model="vae_classifier", task="vae", epochs=1, train_subset=512, test_subset=256, analysis_per_class=5,
+               eval_train_size=256, track_every=0, track_log=False, rates=False)
+    a = T.train(_tiny(track_steps=[1, 2], **vae), tmp_path / "a", data_root=data_root, progress=False)
+    b = T.train(_tiny(**vae), tmp_path / "b", data_root=data_root, progress=False)
+    cols = ["epoch", "layer", "metric", "value", "bin"]
+    _assert_same_rows(a.rows[cols], b.rows[cols])
+    assert sorted(a.steps.step.unique()) == [1, 2] and b.steps.empty
+
+
+def test_track_steps_beyond_the_run_name_the_last_step(data_root, tmp_path):
+    with pytest.raises(ValueError, match=r"track_steps \[11\] lie beyond the run's last step 10 \(2 epochs x 5 "
+                                         r"steps\); drop them or train more epochs"):
+        T.train(_tiny(track_steps=[0, 11], **STEPS), tmp_path, data_root=data_root, progress=False)
+
+
+def test_kill_mid_epoch_after_a_measured_step_gives_the_step_rows_of_an_uninterrupted_run(
+        steps_reference, data_root, tmp_path, monkeypatch):
+    cfg = _tiny(track_steps=STEP_LIST, **STEPS)
+    original = T.epoch_batches
+
+    def killed_in_epoch_2(c, d, epoch):
+        for i, batch in enumerate(original(c, d, epoch)):
+            if epoch == 2 and i == 4:  # steps 6, 7, 8 done, step 8 measured (in memory only)
+                raise KeyboardInterrupt("simulated kill")
+            yield batch
+
+    monkeypatch.setattr(T, "epoch_batches", killed_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        T.train(cfg, tmp_path, data_root=data_root, progress=False)
+    monkeypatch.setattr(T, "epoch_batches", original)
+    run = T.run_dir(tmp_path, cfg)
+    assert sorted(p.name for p in (run / "rows").glob("steps_*")) == ["steps_00001.csv"]
+    resumed = T.train(cfg, tmp_path, data_root=data_root, progress=False)
+    assert resumed.resumed_from == 1
+    _same_step_rows(resumed.steps, steps_reference.steps)
+    _assert_same_rows(resumed.rows, steps_reference.rows)
+
+
+def test_kill_between_checkpoint_and_step_rows_loses_no_step_row(steps_reference, data_root, tmp_path, monkeypatch):
+    cfg = _tiny(track_steps=STEP_LIST, **STEPS)
+    original = runs_mod.atomic_write_bytes  # every run file is written through it (RunDir)
+
+    def killed_before_steps_of_epoch_1(path, data):
+        if Path(path).name == "steps_00001.csv":
+            raise KeyboardInterrupt("simulated kill")
+        original(path, data)
+
+    monkeypatch.setattr(runs_mod, "atomic_write_bytes", killed_before_steps_of_epoch_1)
+    with pytest.raises(KeyboardInterrupt):
+        T.train(cfg, tmp_path, data_root=data_root, progress=False)
+    monkeypatch.setattr(runs_mod, "atomic_write_bytes", original)
+    run = T.run_dir(tmp_path, cfg)
+    assert torch.load(run / "checkpoint.pt", weights_only=False)["epoch"] == 1
+    assert not (run / "rows" / "steps_00001.csv").exists()
+    resumed = T.train(cfg, tmp_path, data_root=data_root, progress=False)
+    assert resumed.resumed_from == 1
+    _same_step_rows(resumed.steps, steps_reference.steps)
+
+
+def test_sigkill_in_the_epoch_after_measured_steps_gives_the_rows_of_an_uninterrupted_run(
+        steps_reference, data_root, tmp_path):
+    cfg = _tiny(track_steps=STEP_LIST, **STEPS)
+    run = T.run_dir(tmp_path, cfg)
+    # epoch 1's steps file is written after its checkpoint; epoch 2 (step 8 measured there) is slowed down
+    _kill_when(_killable(cfg, tmp_path, data_root, 0.5), lambda: (run / "rows" / "steps_00001.csv").exists())
+    assert not (run / "rows" / "steps_00002.csv").exists() and not (run / "finished.json").exists()
+    resumed = T.train(cfg, tmp_path, data_root=data_root, progress=False)
+    assert resumed.resumed_from == 1
+    _same_step_rows(resumed.steps, steps_reference.steps)
+    _assert_same_rows(resumed.rows, steps_reference.rows)

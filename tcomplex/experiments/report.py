@@ -474,10 +474,11 @@ def load_findings(results_dir: str | Path) -> pd.DataFrame:
     if not files:
         return findings_frame([])
     frames = [pd.read_csv(f, keep_default_na=False) for f in files]
+    for frame in frames:  # a file saved before preconditions existed: filled per file, so none of its rows is dropped
+        for col in FRAME_COLUMNS:
+            if col not in frame:
+                frame[col] = {"kind": "claim", "preconditions_held": True}.get(col, "")
     df = pd.concat(frames, ignore_index=True)
-    for col in FRAME_COLUMNS:  # findings saved before preconditions existed
-        if col not in df:
-            df[col] = {"kind": "claim", "preconditions_held": True}.get(col, "")
     df["preconditions_held"] = df["preconditions_held"].map(lambda v: v if isinstance(v, bool) else str(v) == "True")
     return df[FRAME_COLUMNS]
 

@@ -180,15 +180,16 @@ class RunDir:
         return state
 
     # -- rows ---------------------------------------------------------------
-    def write_rows(self, epoch: int, rows: list[dict[str, Any]], cfg: TrainConfig) -> None:
-        """The rows of a tracked epoch, with the run's config as columns, as one CSV (atomic)."""
+    def write_rows(self, epoch: int, rows: list[dict[str, Any]], cfg: TrainConfig, path: Path | None = None) -> None:
+        """The rows of a tracked epoch, with the run's config as columns, as one CSV (atomic), at
+        :meth:`rows_path` ``(epoch)`` or at ``path`` (e.g. the rows measured inside an epoch)."""
         df = pd.DataFrame(rows)
         df.insert(0, "epoch", epoch)
         for k, v in reversed(list(config_columns(cfg).items())):
             if k not in df.columns:
                 df.insert(0, k, v)
         self.rows_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(self.rows_path(epoch), df.to_csv(index=False).encode())
+        atomic_write_bytes(path or self.rows_path(epoch), df.to_csv(index=False).encode())
 
     def has_rows(self, epoch: int) -> bool:
         return self.rows_path(epoch).exists()

@@ -10,6 +10,9 @@ A run lives in ``<root>/<run_id>/``:
 * ``config.json``: the full :class:`TrainConfig` (``run_id`` is its hash);
 * ``rows/epoch_XXXXX.csv``: the rows of one tracked epoch, written atomically
   (temporary file + rename), so a killed run never leaves half a row;
+* ``rows/steps_XXXXX.csv``: with ``track_steps``, the rows measured after the
+  listed optimiser steps that fall in epoch XXXXX (sub-epoch resolution), also
+  atomic and never read with the epoch rows (:func:`read_step_rows`);
 * ``checkpoint.pt``: model, optimiser and scheduler state after every epoch,
   written atomically (before a tracked epoch's rows, which it also holds);
 * ``finished.json``: written last; a finished run is not redone.
@@ -77,6 +80,8 @@ __all__ = [
     "subset",
     "load_results",
     "run_dir",
+    "read_step_rows",
+    "steps_per_epoch",
     "measure_complexity",
     "ALL",
     "RATE_BINS",
@@ -125,6 +130,9 @@ class TrainConfig:
     track_every: int = 5
     track_log: bool = True  # also 1, 2, 3, 5, 8, ... so the early dip is visible
     track_epochs: list[int] | None = None  # explicit list overrides the two above
+    # optimiser steps (counted from the start of training; 0 = before the first) after which the metrics are
+    # also measured, e.g. 0, 1, 2, 4, ..., 512 for the first epoch at sub-epoch resolution (rows/steps_*.csv)
+    track_steps: list[int] | None = None
     analysis_per_class: int = 200
     analysis_seed: int = 0
     analysis_size: int = 2000  # regression only (no classes)
@@ -184,7 +192,7 @@ class TrainConfig:
         d.pop("device")
         # fields added after the first runs: left out at their defaults, so those runs keep their ids
         for key, default in (("data_seed", None), ("normalization", "dataset"), ("flip", False),
-                             ("memory_format", "contiguous"), ("vae_ce_weight", 1.0)):
+                             ("memory_format", "contiguous"), ("vae_ce_weight", 1.0), ("track_steps", None)):
             if d[key] == default:
                 d.pop(key)
         blob = json.dumps(d, sort_keys=True, default=str)
@@ -199,6 +207,7 @@ class RunResult:
     rows: pd.DataFrame
     resumed_from: int | None
     seconds: float
+    steps: pd.DataFrame = field(default_factory=pd.DataFrame)  # rows of ``track_steps`` (read_step_rows)
 
 
 def tracked_epochs(epochs: int, every: int = 5, log_spaced: bool = True, explicit: Sequence[int] | None = None) -> list[int]:
@@ -222,6 +231,27 @@ def tracked_epochs(epochs: int, every: int = 5, log_spaced: bool = True, explici
 def run_dir(root: str | os.PathLike[str], config: TrainConfig) -> Path:
     """``<root>/<run_id>``: the folder of ``config``'s run (see :class:`RunDir`)."""
     return Path(root) / config.run_id
+
+
+def _steps_path(run: RunDir, epoch: int) -> Path:
+    return run.rows_dir / f"steps_{epoch:05d}.csv"
+
+
+def read_step_rows(root: str | os.PathLike[str], config: TrainConfig) -> pd.DataFrame:
+    """The rows measured at ``config.track_steps`` (empty when none): the columns of the epoch rows
+    plus ``step`` (optimiser steps since the start of training) and ``epoch_fraction`` (step /
+    steps per epoch); ``epoch`` is the epoch in progress (1 for step 0)."""
+    run = RunDir(root, config)
+    files = sorted(run.rows_dir.glob("steps_*.csv")) if run.rows_dir.is_dir() else []
+    if not files:
+        return pd.DataFrame()
+    return pd.concat([pd.read_csv(f) for f in files], ignore_index=True)
+
+
+def steps_per_epoch(cfg: TrainConfig, d: Data) -> int:
+    """Optimiser steps in one epoch of ``cfg`` on the prepared data ``d`` (the number of batches)."""
+    n = len(d.train_x) if d.train_x is not None else len(d.train_ds)
+    return math.ceil(n / cfg.batch_size)  # epoch_batches keeps the last, smaller batch
 
 
 # ---------------------------------------------------------------------------
@@ -306,6 +336,11 @@ def validate_config(cfg: TrainConfig) -> None:
     if cfg.lr <= 0:
         raise ValueError(f"lr must be > 0, got {cfg.lr}")
     tracked_epochs(cfg.epochs, cfg.track_every, cfg.track_log, cfg.track_epochs)
+    if cfg.track_steps is not None:
+        bad_steps = [s for s in cfg.track_steps if isinstance(s, bool) or not isinstance(s, int) or s < 0]
+        if bad_steps or not cfg.track_steps:
+            raise ValueError(f"track_steps must be a non-empty list of optimiser steps >= 0 (or None), got "
+                             f"{cfg.track_steps}")
     try:
         with torch.random.fork_rng(devices=[]):  # building draws initial weights: leave the global RNG as it was
             build_model_for(cfg)
@@ -666,6 +701,10 @@ def train(
         checkpoint a rerun resumes from.  A finished run is not retrained and
         calls nothing.
 
+    With ``config.track_steps`` the metrics are also measured after those optimiser steps
+    (sub-epoch resolution, e.g. the first epoch at steps 0, 1, 2, 4, ...), on a forked RNG so that
+    training is unchanged; their rows are kept apart (:func:`read_step_rows`, ``RunResult.steps``).
+
     Every epoch ends with an atomic checkpoint, so a killed run resumes from the
     last finished epoch (whatever ``track_epochs`` says) and gives the rows of an
     uninterrupted run (randomness is a function of (seed, epoch)).
@@ -681,7 +720,7 @@ def train(
     t0 = time.perf_counter()
     if run.is_finished():
         log.info("run %s is finished; not redone", cfg.run_id)
-        return RunResult(cfg.run_id, run.path, run.read_rows(), None, 0.0)
+        return RunResult(cfg.run_id, run.path, run.read_rows(), None, 0.0, read_step_rows(root, cfg))
     run.prepare()
     run.write_config(cfg)
     show = _show_progress() if progress is None else progress
@@ -714,7 +753,7 @@ def train(
     rows = run.read_rows()
     elapsed = time.perf_counter() - t0
     run.mark_finished(elapsed, cfg.epochs)
-    return RunResult(cfg.run_id, run.path, rows, result, elapsed)
+    return RunResult(cfg.run_id, run.path, rows, result, elapsed, read_step_rows(root, cfg))
 
 
 def _train_loop(cfg: TrainConfig, run: RunDir, state: dict[str, Any] | None, d: Data, model: nn.Module,
@@ -736,7 +775,7 @@ def _train_loop(cfg: TrainConfig, run: RunDir, state: dict[str, Any] | None, d: 
     ax = d.analysis_x.to(device)
     ay = d.analysis_y.to(device) if d.analysis_y is not None else None
 
-    def track(epoch: int, epoch_loss: float | None, seconds: float | None) -> list[dict[str, Any]]:
+    def measure_now() -> list[dict[str, Any]]:
         rows = measure_complexity(
             model, ax, ay if cfg.task != "regress" else None, kinds=cfg.kinds, bandwidth=cfg.bandwidth,
             alpha=cfg.alpha, per_layer=cfg.per_layer, suffix=cfg.suffix, tc=cfg.tc, rates=cfg.rates,
@@ -748,6 +787,34 @@ def _train_loop(cfg: TrainConfig, run: RunDir, state: dict[str, Any] | None, d: 
                               ("train_acc", train_acc), ("test_acc", test_acc),
                               ("loss_gap", test_loss - train_loss)):
             rows.append({"layer": ALL, "metric": metric, "value": value, "bin": None})
+        return rows
+
+    # sub-epoch tracking: optimiser steps are a function of the epoch (every epoch has the same batches)
+    step_set = set(cfg.track_steps or ())
+    per_epoch = steps_per_epoch(cfg, d) if step_set else 0
+    if step_set and max(step_set) > cfg.epochs * per_epoch:
+        raise ValueError(f"track_steps {sorted(s for s in step_set if s > cfg.epochs * per_epoch)} lie beyond the "
+                         f"run's last step {cfg.epochs * per_epoch} ({cfg.epochs} epochs x {per_epoch} steps); "
+                         "drop them or train more epochs")
+    rng_devices = [device.index or 0] if device.type == "cuda" else []
+
+    step_seconds = [0.0]  # time spent measuring steps in the current epoch (not counted in epoch_seconds)
+
+    def measure_step(step: int, epoch: int, out: list[dict[str, Any]]) -> None:
+        # the measurement must not change training: its random draws (VAE sampling) come from a forked RNG
+        t = time.perf_counter()
+        with torch.random.fork_rng(devices=rng_devices):
+            rows = measure_now()
+        model.train()
+        step_seconds[0] += time.perf_counter() - t
+        out += [{**r, "step": step, "epoch_fraction": step / per_epoch} for r in rows]
+        log.debug("%s step %d (epoch %d) measured", cfg.run_id, step, epoch)
+
+    def write_steps(epoch: int, rows: list[dict[str, Any]]) -> None:
+        run.write_rows(epoch, rows, cfg, path=_steps_path(run, epoch))
+
+    def track(epoch: int, epoch_loss: float | None, seconds: float | None) -> list[dict[str, Any]]:
+        rows = measure_now()
         if epoch_loss is not None:
             rows.append({"layer": ALL, "metric": "epoch_train_loss", "value": epoch_loss, "bin": None})
         if seconds is not None:
@@ -755,12 +822,13 @@ def _train_loop(cfg: TrainConfig, run: RunDir, state: dict[str, Any] | None, d: 
         if penalty is not None:
             for k, v in penalty.diagnostics().items():
                 rows.append({"layer": ALL, "metric": k, "value": v, "bin": None})
-        h = next(r["value"] for r in rows if r["layer"] == ALL and r["metric"] == "H")
-        log.info("%s epoch %d: H=%.3f bits, test_loss=%.4f, test_acc=%.4f", cfg.run_id, epoch, h, test_loss, test_acc)
+        got = {r["metric"]: r["value"] for r in rows if r["layer"] == ALL and r["metric"] in ("H", "test_loss", "test_acc")}
+        log.info("%s epoch %d: H=%.3f bits, test_loss=%.4f, test_acc=%.4f", cfg.run_id, epoch, got["H"],
+                 got["test_loss"], got["test_acc"])
         return rows
 
     def finish_epoch(epoch: int, epoch_loss: float | None, seconds: float | None, *, tracked: bool,
-                     checkpoint: bool) -> None:
+                     checkpoint: bool, step_rows: list[dict[str, Any]] | None = None) -> None:
         rows = track(epoch, epoch_loss, seconds) if tracked else None
         st = TrainState(cfg, run, epoch, model, d, device, rows, epoch_loss, seconds, task_net)
         if tracked:
@@ -776,7 +844,10 @@ def _train_loop(cfg: TrainConfig, run: RunDir, state: dict[str, Any] | None, d: 
                 "penalty": penalty.state_dict() if penalty is not None else None,
                 "config": cfg.to_dict(),
                 "rows": rows,  # so a kill before the rows file is written loses none of them
+                "step_rows": step_rows or None,
             })
+        if step_rows:
+            write_steps(epoch, step_rows)
         if rows is not None:
             run.write_rows(epoch, rows, cfg)
 
@@ -786,6 +857,8 @@ def _train_loop(cfg: TrainConfig, run: RunDir, state: dict[str, Any] | None, d: 
             run.write_rows(resumed, state["rows"], cfg)
         else:  # checkpoint of an older version: recompute (loses epoch_train_loss/seconds)
             finish_epoch(resumed, None, None, tracked=True, checkpoint=False)
+    if resumed is not None and state.get("step_rows") and not _steps_path(run, resumed).exists():
+        write_steps(resumed, state["step_rows"])
     if start_epoch == 0 and 0 in epochs_to_track and not run.has_rows(0):
         finish_epoch(0, None, None, tracked=True, checkpoint=False)
 
@@ -795,6 +868,11 @@ def _train_loop(cfg: TrainConfig, run: RunDir, state: dict[str, Any] | None, d: 
         model.train()
         t_ep = time.perf_counter()
         total, count = 0.0, 0
+        step = (epoch - 1) * per_epoch
+        step_rows: list[dict[str, Any]] = []
+        step_seconds[0] = 0.0
+        if epoch == 1 and 0 in step_set:
+            measure_step(0, epoch, step_rows)
         for x, y in epoch_batches(cfg, d, epoch):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             if cfg.memory_format == "channels_last" and x.dim() == 4:
@@ -815,9 +893,13 @@ def _train_loop(cfg: TrainConfig, run: RunDir, state: dict[str, Any] | None, d: 
             opt.step()
             total += float(loss.detach()) * b
             count += b
+            step += 1
+            if step in step_set:
+                measure_step(step, epoch, step_rows)
         if sched is not None:
             sched.step()
-        seconds = time.perf_counter() - t_ep
+        seconds = time.perf_counter() - t_ep - step_seconds[0]
         bar.set_postfix(loss=f"{total / max(count, 1):.4f}")
-        finish_epoch(epoch, total / max(count, 1), seconds, tracked=epoch in epochs_to_track, checkpoint=True)
+        finish_epoch(epoch, total / max(count, 1), seconds, tracked=epoch in epochs_to_track, checkpoint=True,
+                     step_rows=step_rows)
     return resumed

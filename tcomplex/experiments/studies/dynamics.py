@@ -28,7 +28,14 @@ Finally the MNIST MLP is compared with the authors' published curve
 (:data:`AUTHORS_MLP_MNIST`), measured under their convention (sigma0^2 = alpha*d,
 alpha = 0.01, n = 2000, bits).  A run line may end with the input normalisation
 ("dataset": MNIST's mean/std; "half": mean 0.5, std 0.5 as in the authors' code); the
-comparison uses the MLP-MNIST runs with the authors' normalisation when there are any.
+comparison uses the MLP-MNIST runs of the setting closest to theirs (:func:`authors_setting_order`):
+a run line may add training options (:data:`RUN_OPTIONS`), e.g. the learning-rate decay and the
+horizontal flip of the authors' repository (:data:`AUTHORS_LOOP_OPTIONS`).
+
+The dip study (:func:`dip_configs` ... :func:`dip_findings`) tracks the authors' MLP after the
+optimiser steps 0, 1, 2, 4, ..., 512 (``TrainConfig.track_steps``) and after every epoch, over a sweep
+of learning rates and at two alphas (the paper's and one with headroom below log2 n), and judges
+finding 1 per (alpha, learning rate) with the same rule and preconditions.
 """
 
 from __future__ import annotations
@@ -66,7 +73,7 @@ from tcomplex.experiments.report import (
     rise_then_saturate,
 )
 from tcomplex.experiments.measure import measure_complexity
-from tcomplex.experiments.train import TrainConfig, analysis_set_for, recipe_config
+from tcomplex.experiments.train import TrainConfig, analysis_set_for, read_step_rows, recipe_config
 
 __all__ = [
     "CHAPTER",
@@ -95,6 +102,23 @@ __all__ = [
     "plot_rates",
     "plot_vae",
     "plot_authors",
+    "DIP_STEPS",
+    "log_steps",
+    "dip_configs",
+    "dip_curves",
+    "dip_table",
+    "dip_findings",
+    "plot_dip",
+    "step_rows",
+    "dip_summary",
+    "dip_note",
+    "dip_setting",
+    "authors_setting_diffs",
+    "matched_note",
+    "RUN_OPTIONS",
+    "AUTHORS_LOOP_OPTIONS",
+    "authors_setting_order",
+    "setting_label",
 ]
 
 CHAPTER = "03_training_dynamics"
@@ -121,13 +145,18 @@ AUTHORS_MLP_MNIST_SOURCE = (
     "(sjtu-xai-lab/transformation-complexity), values read off and quoted in the project's "
     "issue and design notes (DESIGN.md, 'Known facts about the estimators')"
 )
-#: The setting behind :data:`AUTHORS_MLP_MNIST` (their code: 200 images per class
-#: from the training set, sigma0^2 = alpha * d, full MNIST, constant SGD).
+#: The setting behind :data:`AUTHORS_MLP_MNIST` as far as their public code shows it (200 images per
+#: class from the training set, sigma0^2 = alpha * d, full MNIST, SGD from lr 0.01).  Their repository
+#: holds no script that trains the plotted MLP; its one training loop decays the learning rate
+#: log-spaced from 0.01 to 1e-4 over the run (our ``schedule="log"``) and its MNIST loader applies a
+#: random horizontal flip by default (our ``flip=True``): both are assumed here.
 AUTHORS_SETTING: dict[str, Any] = {
     "model": "mlp_mnist", "dataset": "mnist", "bandwidth": "dims", "alpha": 0.01,
     "analysis_images": 2000, "optimizer": "sgd", "lr": 0.01, "momentum": 0.9,
-    "batch_size": 128, "epochs": 500, "train_subset": None,
+    "batch_size": 128, "epochs": 500, "train_subset": None, "schedule": "log", "flip": True,
 }
+#: The training options of the authors' repository loop and loader (a run line's options dict).
+AUTHORS_LOOP_OPTIONS: dict[str, Any] = {"schedule": "log", "flip": True}
 #: The authors' input normalisation of MNIST (their ``datasets/mnist.py``:
 #: ``transforms.Normalize(mean=[.5], std=[.5])``); ours uses the dataset's own
 #: mean and std (0.1307, 0.3081).
@@ -164,6 +193,11 @@ PAPER_RUNS: list[list[Any]] = [
 # ---------------------------------------------------------------------------
 # runs
 # ---------------------------------------------------------------------------
+#: Training options a run line may set (its optional last element, a dict), on top of the model's recipe:
+#: e.g. ``{"schedule": "log", "flip": True}``, the loop and MNIST loader of the authors' repository.
+RUN_OPTIONS = ("schedule", "flip", "lr", "optimizer", "momentum", "weight_decay", "batch_size")
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """One line of the notebook's ``runs`` parameter."""
@@ -174,15 +208,25 @@ class RunSpec:
     epochs: int
     train_subset: int | None
     normalization: str = "dataset"
+    options: tuple[tuple[str, Any], ...] = ()
 
     @classmethod
     def parse(cls, item: Sequence[Any]) -> RunSpec:
-        """From ``[group, model, dataset, epochs, train_subset]`` and an optional
-        input normalisation (see :data:`tcomplex.experiments.data.NORMALIZATIONS`)."""
+        """From ``[group, model, dataset, epochs, train_subset]``, an optional input normalisation
+        (see :data:`tcomplex.experiments.data.NORMALIZATIONS`) and an optional dict of training
+        options (:data:`RUN_OPTIONS`, e.g. ``{"schedule": "log", "flip": True}``)."""
+        item = list(item)
+        opts: dict[str, Any] = {}
+        if len(item) in (6, 7) and isinstance(item[-1], dict):
+            opts = dict(item.pop())
         if len(item) not in (5, 6):
             raise ValueError(
-                f"a run is [group, model, dataset, epochs, train_subset] or [..., normalization], got {item!r}"
+                f"a run is [group, model, dataset, epochs, train_subset], optionally + normalization and + a dict "
+                f"of training options, got {item!r}"
             )
+        unknown = sorted(set(opts) - set(RUN_OPTIONS))
+        if unknown:
+            raise ValueError(f"unknown training options {unknown} in {item!r}; valid: {list(RUN_OPTIONS)}")
         group, model, dataset, epochs, subset = item[:5]
         norm = str(item[5]) if len(item) == 6 else "dataset"
         if group not in GROUPS:
@@ -191,7 +235,22 @@ class RunSpec:
             raise ValueError(f"unknown dataset {dataset!r} in {item!r}; datasets: {sorted(data_mod.DATASETS)}")
         if norm not in data_mod.NORMALIZATIONS:
             raise ValueError(f"unknown normalization {norm!r} in {item!r}; valid: {list(data_mod.NORMALIZATIONS)}")
-        return cls(str(group), str(model), str(dataset), int(epochs), None if subset is None else int(subset), norm)
+        return cls(str(group), str(model), str(dataset), int(epochs), None if subset is None else int(subset), norm,
+                   tuple(sorted(opts.items())))
+
+    @property
+    def setting(self) -> str:
+        """The run line's departures from the recipe, in words ("" for none): input 0.5/0.5, options."""
+        return setting_label(self.normalization, dict(self.options))
+
+
+def setting_label(normalization: str, options: dict[str, Any]) -> str:
+    """A curve's setting as text: ``"input 0.5/0.5"`` for the authors' normalisation, then
+    the training options (``schedule=log, flip``); "" for the recipe's defaults."""
+    bits = ["input 0.5/0.5"] if normalization == "half" else []
+    for key, value in sorted(options.items()):
+        bits.append(key if value is True else f"{key}={value}")
+    return ", ".join(bits)
 
 
 def parse_runs(runs: Sequence[Sequence[Any]]) -> list[RunSpec]:
@@ -222,7 +281,8 @@ def configs(runs: Sequence[Sequence[Any]], seeds: Sequence[int], analysis_images
         classes = data_mod.DATASETS[spec.dataset].num_classes
         for seed in seeds:
             out.append(recipe_config(
-                spec.model, dataset=spec.dataset, task="vae" if spec.group == "vae" else "classify",
+                spec.model, **dict(spec.options),
+                dataset=spec.dataset, task="vae" if spec.group == "vae" else "classify",
                 epochs=spec.epochs, seed=int(seed), train_subset=spec.train_subset,
                 test_subset=eval_images, eval_train_size=eval_images or 10000,
                 model_kwargs=_model_kwargs(spec.model), track_every=track_every, track_log=True,
@@ -241,7 +301,14 @@ def with_groups(rows: pd.DataFrame, configs_: Sequence[TrainConfig]) -> pd.DataF
     out["group"] = out.run_id.map(groups)
     # rows cached before the field existed lack the column
     out["normalization"] = out.run_id.map({c.run_id: c.normalization for c in configs_})
+    out["setting"] = out.run_id.map({c.run_id: _config_setting(c) for c in configs_})
     return out
+
+
+def _config_setting(cfg: TrainConfig) -> str:
+    base = recipe_config(cfg.model)
+    opts = {k: getattr(cfg, k) for k in RUN_OPTIONS if getattr(cfg, k) != getattr(base, k)}
+    return setting_label(cfg.normalization, opts)
 
 
 def _describe(specs: Sequence[RunSpec], group: str) -> str:
@@ -278,7 +345,7 @@ def paper_comparisons(runs: Sequence[Sequence[Any]], analysis_images: int) -> li
 # aggregation
 # ---------------------------------------------------------------------------
 _CURVE_METRICS = ("H", "I_XSY", "saturated_H", "C", "width", "test_acc", "train_acc", "epoch_seconds")
-_KEYS = ["run_id", "group", "model", "dataset", "normalization", "seed", "n"]
+_KEYS = ["run_id", "group", "model", "dataset", "normalization", "setting", "seed", "n"]
 
 
 def curves(rows: pd.DataFrame) -> pd.DataFrame:
@@ -291,6 +358,11 @@ def curves(rows: pd.DataFrame) -> pd.DataFrame:
     log2_n (ceiling of H) and log2_classes (ceiling of I(X;Sigma;Y)).
     """
     sel = rows[(rows.layer == ALL) & rows.metric.isin(_CURVE_METRICS)].copy()
+    if "normalization" not in sel:
+        sel["normalization"] = "dataset"
+    if "setting" not in sel:  # rows made without :func:`with_groups`: the setting follows the normalisation
+        sel["setting"] = sel.normalization.map(lambda n: setting_label(n, {}))
+    sel["setting"] = sel.setting.fillna("")
     sel["n"] = sel.apply(lambda r: r.analysis_per_class * data_mod.DATASETS[r.dataset].num_classes, axis=1)
     wide = sel.pivot_table(index=_KEYS + ["epoch"], columns="metric", values="value").reset_index()
     wide.columns.name = None
@@ -442,17 +514,38 @@ def cost_table(rows: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def _authors_runs(frame: pd.DataFrame) -> pd.DataFrame:
-    """The MLP-MNIST runs (plain group) compared with the authors' curve: those with the
-    authors' input normalisation ("half") when there are any, else all."""
+def _mlp_mnist_runs(frame: pd.DataFrame) -> pd.DataFrame:
     sel = frame[(frame.group == "plain") & (frame.model == "mlp_mnist") & (frame.dataset == "mnist")]
-    half = sel[sel.normalization == "half"]
-    return half if len(half) else sel
+    if "setting" not in sel:
+        sel = sel.assign(setting=sel.normalization.map(lambda n: setting_label(n, {})))
+    return sel.assign(setting=sel.setting.fillna(""))
+
+
+def authors_setting_order(settings: Sequence[str]) -> list[str]:
+    """MLP-MNIST settings, closest to the authors' first: their loop and loader with their input
+    normalisation (:data:`AUTHORS_LOOP_OPTIONS`, "half"), their normalisation alone, the recipe, others."""
+    prefer = [setting_label("half", AUTHORS_LOOP_OPTIONS), setting_label("half", {}), ""]
+    present = sorted(set(settings))
+    return [p for p in prefer if p in present] + [p for p in present if p not in prefer]
+
+
+def _authors_runs(frame: pd.DataFrame) -> pd.DataFrame:
+    """The MLP-MNIST runs (plain group) compared with the authors' curve: those of the setting
+    closest to theirs (:func:`authors_setting_order`)."""
+    sel = _mlp_mnist_runs(frame)
+    if sel.empty:
+        return sel
+    return sel[sel.setting == authors_setting_order(sel.setting.tolist())[0]]
 
 
 def _authors_curve(curves_: pd.DataFrame) -> pd.DataFrame:
     """Our MLP-MNIST curve on MNIST (:func:`_authors_runs`), mean over seeds, per epoch."""
     return _authors_runs(curves_).groupby("epoch")[["H", "I_XSY", "saturated_H"]].mean().reset_index()
+
+
+def _setting_curve(curves_: pd.DataFrame, setting: str) -> pd.DataFrame:
+    sel = _mlp_mnist_runs(curves_)
+    return sel[sel.setting == setting].groupby("epoch")[["H", "I_XSY", "saturated_H"]].mean().reset_index()
 
 
 def authors_table(curves_: pd.DataFrame) -> pd.DataFrame:
@@ -463,10 +556,18 @@ def authors_table(curves_: pd.DataFrame) -> pd.DataFrame:
     our last epoch (against their epoch 500).  ``agrees``: within
     :data:`AUTHORS_TOL_BITS` and, for the minimum, at an epoch within a factor
     :data:`AUTHORS_EPOCH_FACTOR` of 55.  Empty when no MLP-MNIST run exists.
+    One block per MLP-MNIST setting (column ``setting``), closest to the authors' first
+    (:func:`authors_setting_order`); ``compared`` marks the block the verdict reads.
     """
-    ours = _authors_curve(curves_)
-    if ours.empty:
+    sel = _mlp_mnist_runs(curves_)
+    if sel.empty:
         return pd.DataFrame()
+    order = authors_setting_order(sel.setting.tolist())
+    return pd.concat([_authors_points(_setting_curve(curves_, st)).assign(setting=st, compared=st == order[0])
+                      for st in order], ignore_index=True)
+
+
+def _authors_points(ours: pd.DataFrame) -> pd.DataFrame:
     theirs = {e: {"H": h, "I_XSY": i} for e, h, i in AUTHORS_MLP_MNIST}
     e_min_theirs = min(theirs, key=lambda e: theirs[e]["H"])
     last_theirs = max(theirs)
@@ -524,6 +625,45 @@ def init_normalisation_table(seeds: Sequence[int], analysis_images: int,
     return pd.DataFrame(out)
 
 
+def authors_setting_diffs(curves_: pd.DataFrame, rows: pd.DataFrame) -> list[str]:
+    """How our compared MLP-MNIST runs (:func:`_authors_runs`) differ from :data:`AUTHORS_SETTING`, in words."""
+    return _authors_setting_diffs(curves_, rows)
+
+
+#: (how a difference of :func:`authors_setting_diffs` starts, what of the authors' setting it is about)
+_AUTHORS_ITEMS: tuple[tuple[str, str], ...] = (
+    ("n = ", "n = 2000 analysis images (200 per class of the training set)"),
+    ("training images", "all 60000 training images"),
+    ("epochs (theirs", "500 epochs"),
+    ("optimizer", "SGD"),
+    ("lr 0", "lr 0.01"),
+    ("momentum", "momentum 0.9"),
+    ("batch_size", "batch 128"),
+    ("bandwidth", "σ0² = α·d with α = 0.01, in bits"),
+    ("lr schedule", "the repository loop's lr decay (log-spaced 0.01 to 1e-4)"),
+    ("no horizontal flip", "the repository loader's random horizontal flip"),
+    ("input normalised", "input normalised with mean 0.5, std 0.5"),
+)
+
+
+def matched_note(diffs: Sequence[str]) -> str:
+    """Markdown: what of the authors' MLP-MNIST setting our compared runs matched, what they did
+    not (``diffs`` from :func:`authors_setting_diffs`), and what cannot be matched at all."""
+    if not diffs or diffs == ["no MLP-MNIST run"]:
+        return "**Authors' setting:** no MLP-MNIST run to compare."
+    def differs(prefix: str) -> bool:
+        return any(d.startswith(prefix) or (prefix == "training images" and prefix in d)
+                   or (prefix == "epochs (theirs" and prefix in d) for d in diffs)
+    matched = [what for prefix, what in _AUTHORS_ITEMS if not differs(prefix)]
+    return ("**What of the authors' setting was matched.** The architecture (784-1024-256-128-64-10 without "
+            "biases), weight decay 5e-4 and the estimator" + (", " + ", ".join(matched) if matched else "") + ". "
+            "**Not matched here:** " + "; ".join(diffs) + ". **Cannot be matched:** the script that trained "
+            "their plotted MLP is not public, so its learning-rate schedule, flip, seed and the number of runs "
+            "behind the curve are assumptions (the schedule and flip are those of the repository's one loop and "
+            "MNIST loader; the lr decay is applied per epoch here); their curve gives three points, read off the "
+            "published plot.")
+
+
 def _authors_setting_diffs(curves_: pd.DataFrame, rows: pd.DataFrame) -> list[str]:
     """How our MLP-MNIST runs differ from the authors' setting, in words."""
     sel = _authors_runs(rows)
@@ -541,6 +681,11 @@ def _authors_setting_diffs(curves_: pd.DataFrame, rows: pd.DataFrame) -> list[st
     for key in ("optimizer", "lr", "momentum", "batch_size", "bandwidth"):
         if first[key] != AUTHORS_SETTING[key]:
             diffs.append(f"{key} {first[key]} (theirs {AUTHORS_SETTING[key]})")
+    if first.get("schedule", "none") != AUTHORS_SETTING["schedule"]:
+        diffs.append(f"lr schedule {first.get('schedule', 'none')} (their repository's loop: log-spaced 0.01 to 1e-4)")
+    flip = first.get("flip", False)
+    if not (isinstance(flip, (bool, np.bool_)) and flip) and str(flip) != "True":
+        diffs.append("no horizontal flip (their MNIST loader: random horizontal flip)")
     if first.normalization != "half":
         info = data_mod.DATASETS["mnist"]
         diffs.append(f"input normalised with mean {info.mean[0]}, std {info.std[0]} "
@@ -551,9 +696,18 @@ def _authors_setting_diffs(curves_: pd.DataFrame, rows: pd.DataFrame) -> list[st
 # ---------------------------------------------------------------------------
 # verdicts
 # ---------------------------------------------------------------------------
+def _curve_label(model: str, dataset: str, setting: str = "") -> str:
+    """``model/dataset``, with the run line's setting in brackets when it has one."""
+    return f"{model}/{dataset}" + (f" [{setting}]" if isinstance(setting, str) and setting else "")
+
+
+def _with_setting(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame if "setting" in frame else frame.assign(setting="")
+
+
 def _per_model(shapes: pd.DataFrame) -> str:
     parts = []
-    for (model, dataset), g in shapes.groupby(["model", "dataset"], sort=False):
+    for (model, dataset, setting), g in _with_setting(shapes).groupby(["model", "dataset", "setting"], sort=False):
         bits = []
         for metric, gm in g.groupby("metric"):
             label = "H" if metric == "H" else "I(X;Σ;Y)"
@@ -566,7 +720,7 @@ def _per_model(shapes: pd.DataFrame) -> str:
                       f"{fmt_mean_sd(mins['drop'])} bits, rise {fmt_mean_sd(mins['rise'])} bits")
         elif len(mins):
             detail = f"; H rise {fmt_mean_sd(mins['rise'])} bits"
-        parts.append(f"{model}/{dataset}: " + ", ".join(bits) + detail)
+        parts.append(f"{_curve_label(model, dataset, setting)}: " + ", ".join(bits) + detail)
     return "; ".join(parts)
 
 
@@ -590,9 +744,9 @@ def group_preconditions(curves_: pd.DataFrame, group: str, metrics: Sequence[str
     sel = curves_[curves_.group == group] if "group" in curves_ else curves_.iloc[0:0]
     if sel.empty:
         return [learned(f"{group} networks", [], "", "")]
-    for (model, dataset), g in sel.groupby(["model", "dataset"], sort=False):
-        label = f"{model} on {dataset}"
-        pre.append(learned(label, _final_acc(sel, str(model), str(dataset)), str(model), str(dataset)))
+    for (model, dataset, setting), g in _with_setting(sel).groupby(["model", "dataset", "setting"], sort=False):
+        label = f"{model} on {dataset}" + (f" [{setting}]" if setting else "")
+        pre.append(learned(label, _final_acc(g, str(model), str(dataset)), str(model), str(dataset)))
         pre.append(enough(f"seeds ({label})", int(g.seed.nunique()), int(THRESHOLDS["min_seeds_curve"])))
         for metric in metrics:
             if metric == "H":
@@ -609,8 +763,9 @@ def _curve_parts(shapes: pd.DataFrame, columns: Sequence[str]) -> tuple[list[tup
     Returns (parts, the interval precondition: every deciding difference of a curve that holds has
     an interval above 0 (a curve that does not hold claims no sign), text)."""
     parts, decided, texts = [], [], []
-    for (model, dataset, metric), g in shapes.groupby(["model", "dataset", "metric"], sort=False):
-        label = f"{model}/{dataset} {'H' if metric == 'H' else 'I(X;Σ;Y)'}"
+    for (model, dataset, setting, metric), g in _with_setting(shapes).groupby(["model", "dataset", "setting", "metric"],
+                                                                                sort=False):
+        label = f"{_curve_label(model, dataset, setting)} {'H' if metric == 'H' else 'I(X;Σ;Y)'}"
         held = bool(g.holds.sum() > len(g) / 2)
         parts.append((label, held))
         cis = []
@@ -670,13 +825,13 @@ def findings(shapes: pd.DataFrame, rates: pd.DataFrame, gaps: pd.DataFrame, auth
             f"(epoch {r.min_epoch}) → {r.gate_entropy_last:.3f} (epoch {r.last_epoch})"
             for r in rates.itertuples())
         parts, decided, cis = [], [], []
-        for (model, dataset), g in rates.groupby(["model", "dataset"], sort=False):
+        for (model, dataset, setting), g in _with_setting(rates).groupby(["model", "dataset", "setting"], sort=False):
             held = bool(g.removed.sum() > len(g) / 2)
-            parts.append((f"{model}/{dataset}", held))
+            parts.append((_curve_label(model, dataset, setting), held))
             m, lo, hi = mean_ci((g.gate_entropy_0 - g.gate_entropy_min).tolist())
             if held:
                 decided.append(bool(np.isfinite(lo) and lo > 0))
-            cis.append(f"{model}/{dataset} fall of C/d {fmt_ci(m, lo, hi, 3)}")
+            cis.append(f"{_curve_label(model, dataset, setting)} fall of C/d {fmt_ci(m, lo, hi, 3)}")
         pre = [*group_preconditions(curves_, "plain", ("H",)),
                Precondition("fall of C/d where it is read: intervals above 0", "95% t interval over seeds above 0",
                             f"{sum(decided)}/{len(decided)} intervals", all(decided), "interval")]
@@ -761,6 +916,13 @@ def authors_finding(authors: pd.DataFrame, curves_: pd.DataFrame, rows: pd.DataF
              "(epoch 55) → 10.65 (epoch 500); I(X;Σ;Y) 3.28 → 1.5 → 3.25.")
     if authors.empty:
         return Finding("authors_curve", CHAPTER, claim, "no MLP-MNIST run", NOT_MEASURED)
+    others = ""
+    if "compared" in authors:
+        rest = authors[~authors.compared.astype(bool)]
+        others = "; ".join(
+            f"[{st or 'recipe'}] H min {r.our_value:.2f} @ {int(r.our_epoch)}"
+            for st, r in rest[(rest.metric == "H") & (rest.point == "minimum")].set_index("setting").iterrows())
+        authors = authors[authors.compared.astype(bool)]
     diffs = _authors_setting_diffs(curves_, rows)
     get = authors.set_index(["metric", "point"])
 
@@ -771,7 +933,7 @@ def authors_finding(authors: pd.DataFrame, curves_: pd.DataFrame, rows: pd.DataF
     measured = (f"ours: H {show('H', 'epoch 0')} (theirs 10.85 @ 0), min {show('H', 'minimum')} (theirs 7.35 @ 55), "
                 f"last {show('H', 'our last epoch')} (theirs 10.65 @ 500); I(X;Σ;Y) {show('I_XSY', 'epoch 0')}, min "
                 f"{show('I_XSY', 'minimum')}, last {show('I_XSY', 'our last epoch')} (theirs 3.28, 1.5, 3.25)."
-                + init_note(init_table))
+                + init_note(init_table) + (f" Other MLP-MNIST settings (not compared): {others}." if others else ""))
     n_diff = [d for d in diffs if d.startswith("n =")]
     if n_diff:
         return Finding("authors_curve", CHAPTER, claim,
@@ -798,6 +960,245 @@ def authors_finding(authors: pd.DataFrame, curves_: pd.DataFrame, rows: pd.DataF
 
 
 # ---------------------------------------------------------------------------
+# the dip at sub-epoch resolution: learning rates x alphas
+# ---------------------------------------------------------------------------
+def log_steps(last: int) -> list[int]:
+    """Optimiser steps 0, 1, 2, 4, ..., up to ``last`` (powers of 2): log-spaced sub-epoch tracking."""
+    if last < 0:
+        raise ValueError(f"last step must be >= 0, got {last}")
+    out, k = [0], 1
+    while k <= last:
+        out.append(k)
+        k *= 2
+    return out
+
+
+#: Optimiser steps tracked by the dip study (issue 13): 0, 1, 2, 4, ..., 512.
+DIP_STEPS: list[int] = log_steps(512)
+
+
+def dip_configs(model: str, dataset: str, normalization: str, epochs: int, train_subset: int | None,
+                lrs: Sequence[float], alphas: Sequence[float], seeds: Sequence[int], steps: Sequence[int],
+                analysis_images: int, eval_images: int | None) -> list[TrainConfig]:
+    """Runs of the dip study: one per learning rate x alpha x seed, on ``model``'s recipe.
+
+    Every epoch is tracked (``track_every=1``) and, with ``track_steps``, the listed optimiser
+    steps (Section 4.2's dip looked for within the first epoch as well as per epoch).  The alpha
+    (Eq. 2, sigma0^2 = alpha * d) only changes the measurement, not the training: runs that
+    differ only in alpha train identically (their measurement uses a forked RNG).
+    """
+    if not lrs or not alphas or not seeds:
+        raise ValueError(f"the dip study needs learning rates, alphas and seeds; got lrs={list(lrs)}, "
+                         f"alphas={list(alphas)}, seeds={list(seeds)}")
+    classes = data_mod.DATASETS[dataset].num_classes if dataset in data_mod.DATASETS else 0
+    if not classes:
+        raise ValueError(f"unknown dataset {dataset!r}; datasets: {sorted(data_mod.DATASETS)}")
+    out = []
+    for alpha in alphas:
+        for lr in lrs:
+            for seed in seeds:
+                out.append(recipe_config(
+                    model, lr=float(lr), dataset=dataset, epochs=int(epochs),
+                    seed=int(seed), train_subset=train_subset, test_subset=eval_images,
+                    eval_train_size=eval_images or 10000, normalization=normalization, alpha=float(alpha),
+                    track_every=1, track_log=False, track_steps=[int(s) for s in steps], per_layer=False,
+                    rates=False, analysis_per_class=analysis_images // classes, label="dip"))
+    return out
+
+
+_DIP_METRICS = ("H", "I_XSY", "saturated_H", "test_acc", "train_loss")
+
+
+def _wide(frame: pd.DataFrame, index: str) -> pd.DataFrame:
+    sel = frame[(frame.layer == ALL) & frame.metric.isin(_DIP_METRICS)]
+    out = sel.pivot_table(index=["run_id", index], columns="metric", values="value").reset_index()
+    out.columns.name = None
+    return out
+
+
+def dip_curves(epoch_rows: pd.DataFrame, step_rows: pd.DataFrame, configs_: Sequence[TrainConfig]) -> pd.DataFrame:
+    """One curve per dip run on an optimiser-step axis: the ``track_steps`` rows and the epoch
+    rows (epoch e at step e x steps per epoch; epoch 0 is step 0, measured once).
+
+    Columns: run_id, lr, alpha, seed, step, epoch (step / steps per epoch), source ("step" or
+    "epoch"), H, I_XSY, saturated_H, test_acc, train_loss, log2_n, log2_classes.
+    """
+    if step_rows.empty:
+        raise ValueError("the dip runs have no step rows: they must be trained with track_steps")
+    info = {c.run_id: c for c in configs_}
+    steps = _wide(step_rows[step_rows.run_id.isin(info)], "step")
+    frac = step_rows[step_rows.step > 0].groupby("run_id").apply(
+        lambda g: int(round(float(g.step.iloc[0]) / float(g.epoch_fraction.iloc[0]))), include_groups=False)
+    epochs = _wide(epoch_rows[epoch_rows.run_id.isin(info) & (epoch_rows.epoch > 0)], "epoch")
+    epochs["step"] = epochs.epoch * epochs.run_id.map(frac)
+    steps["source"], epochs["source"] = "step", "epoch"
+    out = pd.concat([steps, epochs.drop(columns="epoch")], ignore_index=True)
+    out = out.sort_values(["run_id", "step", "source"], ascending=[True, True, False])
+    out = out.drop_duplicates(["run_id", "step"]).reset_index(drop=True)  # a step on an epoch's end: once
+    out["step"] = out.step.astype(int)
+    out["epoch"] = out.step / out.run_id.map(frac)
+    for key in ("lr", "alpha", "seed"):
+        out[key] = out.run_id.map({r: getattr(c, key) for r, c in info.items()})
+    out["log2_n"] = out.run_id.map(
+        {r: math.log2(c.analysis_per_class * data_mod.DATASETS[c.dataset].num_classes) for r, c in info.items()})
+    out["log2_classes"] = out.run_id.map({r: math.log2(data_mod.DATASETS[c.dataset].num_classes)
+                                          for r, c in info.items()})
+    cols = ["run_id", "lr", "alpha", "seed", "step", "epoch", "source", *_DIP_METRICS, "log2_n", "log2_classes"]
+    return out.reindex(columns=cols).sort_values(["alpha", "lr", "seed", "step"]).reset_index(drop=True)
+
+
+def dip_table(curves_: pd.DataFrame, tol: float) -> pd.DataFrame:
+    """Per dip run and metric (H, I(X;Σ;Y)): :func:`~tcomplex.experiments.report.dip_then_rise` on
+    the step axis, where the minimum lies (step and epoch), the headroom of the curve's top below
+    its ceiling and the final test accuracy.  ``dips``: the drop from step 0 exceeds ``tol``;
+    ``holds``: it dips, then rises by more than ``tol``."""
+    out = []
+    for (run_id, alpha, lr, seed), g in curves_.groupby(["run_id", "alpha", "lr", "seed"], sort=False):
+        g = g.sort_values("step")
+        for metric in ("H", "I_XSY"):
+            d = dip_then_rise(g.step.to_numpy(float), g[metric].to_numpy(float), tol)
+            ceiling = float(g.log2_n.iloc[0] if metric == "H" else g.log2_classes.iloc[0])
+            i_min = int(np.argmin(g[metric].to_numpy(float)))
+            out.append({"run_id": run_id, "alpha": alpha, "lr": lr, "seed": seed, "metric": metric,
+                        "first": d["first"], "min": d["min"], "min_step": int(d["min_epoch"]),
+                        "min_epoch": float(g.epoch.iloc[i_min]), "last": d["last"], "drop": d["drop"],
+                        "rise": d["rise"], "dips": d["dips"], "holds": d["holds"], "ceiling": ceiling,
+                        "headroom": ceiling - float(g[metric].max()),
+                        "final_test_acc": float(g.test_acc.iloc[-1]), "last_step": int(g.step.iloc[-1])})
+    return pd.DataFrame(out)
+
+
+def dip_findings(table: pd.DataFrame, curves_: pd.DataFrame, model: str, dataset: str, setting: str
+                 ) -> list[Finding]:
+    """One finding per (alpha, learning rate) of the dip study: Section 4.2 (1) at sub-epoch resolution.
+
+    Parts: H and I(X;Σ;Y), each held when most seeds dip then rise.  Preconditions (as for the
+    epoch curves, :func:`group_preconditions`): the networks learned (final test accuracy), at least
+    ``THRESHOLDS["min_seeds_curve"]`` seeds, headroom of H below log2 n and of I(X;Σ;Y) below
+    log2 #classes at every tracked step, and 95% t intervals over seeds of the drop and the rise of
+    the curves that hold, above 0.  A learning rate at which the network does not learn in the run
+    is inconclusive (whatever its curve does), with its accuracy.
+    """
+    found = []
+    for (alpha, lr), g in table.groupby(["alpha", "lr"], sort=True):
+        cur = curves_[(curves_.alpha == alpha) & (curves_.lr == lr)]
+        label = f"{model} on {dataset}, α = {alpha:g}, lr = {lr:g}"
+        pre = [learned(label, g[g.metric == "H"].final_test_acc.tolist(), model, dataset),
+               enough(f"seeds ({label})", int(g.seed.nunique()), int(THRESHOLDS["min_seeds_curve"])),
+               headroom(f"H ({label})", cur.H.tolist(), float(cur.log2_n.max())),
+               class_headroom(f"I(X;Σ;Y) ({label})", cur.I_XSY.tolist(),
+                              int(round(2 ** float(cur.log2_classes.iloc[0]))))]
+        parts, decided, texts = [], [], []
+        for metric, gm in g.groupby("metric", sort=True):
+            name = "H" if metric == "H" else "I(X;Σ;Y)"
+            held = bool(gm.holds.sum() > len(gm) / 2)
+            parts.append((name, held))
+            cis = []
+            for col in ("drop", "rise"):
+                m, lo, hi = mean_ci(gm[col].tolist())
+                if held:
+                    decided.append(bool(np.isfinite(lo) and lo > 0))
+                cis.append(f"{col} {fmt_ci(m, lo, hi)}")
+            texts.append(f"{name}: {int(gm.holds.sum())}/{len(gm)} seeds dip then rise, {int(gm.dips.sum())} dip; "
+                         f"minimum at step(s) {sorted(gm.min_step.astype(int).tolist())} (epoch "
+                         f"{', '.join(f'{e:.2f}' for e in sorted(gm.min_epoch))}); {', '.join(cis)}")
+        pre.append(Precondition("deciding differences of the curves that hold: intervals above 0",
+                                "95% t interval over seeds above 0", f"{sum(decided)}/{len(decided)} intervals",
+                                all(decided), "interval"))
+        v, parts_text = judged(True, pre, parts)
+        steps = sorted(cur[cur.source == "step"].step.unique().astype(int).tolist())
+        measured = (f"tracked at optimiser steps {steps} and every epoch to step {int(cur.step.max())} "
+                    f"(tolerance as the chapter's): " + "; ".join(texts) + ".")
+        found.append(Finding(
+            f"dip_steps_alpha{alpha:g}_lr{lr:g}", CHAPTER,
+            f"Sec. 4.2 (1), Fig. 3a at sub-epoch resolution ({model}, α = {alpha:g}, lr = {lr:g}): H(Σ) and "
+            "I(X;Σ;Y) decreased first and increased later.", measured, v, setting, preconditions=pre,
+            parts=parts_text))
+    return found
+
+
+def step_rows(configs_: Sequence[TrainConfig], root: str | os.PathLike[str]) -> pd.DataFrame:
+    """The ``track_steps`` rows of the (trained) runs of ``configs_`` under ``root``, in one frame."""
+    frames = [read_step_rows(root, c) for c in configs_]
+    frames = [f for f in frames if len(f)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def dip_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """:func:`dip_table` per (alpha, lr, metric): seeds, how many dip / dip then rise, the median
+    step and epoch of the minimum, the mean drop and rise, the least headroom and the mean final accuracy."""
+    rows = []
+    for (alpha, lr, metric), g in table.groupby(["alpha", "lr", "metric"], sort=True):
+        rows.append({"alpha": alpha, "lr": lr, "metric": metric, "seeds": len(g), "dip": int(g.dips.sum()),
+                     "dip_then_rise": int(g.holds.sum()), "min_step": float(g.min_step.median()),
+                     "min_epoch": float(g.min_epoch.median()), "drop": float(g["drop"].mean()),
+                     "rise": float(g.rise.mean()), "headroom": float(g.headroom.min()),
+                     "final_test_acc": float(g.final_test_acc.mean())})
+    return pd.DataFrame(rows)
+
+
+def dip_note(table: pd.DataFrame, tol: float) -> str:
+    """Markdown: per alpha, whether and when H dipped at each learning rate (medians over seeds)."""
+    if table.empty:
+        return "No dip runs."
+    out = []
+    summary = dip_summary(table)
+    for alpha, g in summary[summary.metric == "H"].groupby("alpha", sort=True):
+        bits = []
+        for r in g.itertuples():
+            when = (f"minimum at step {r.min_step:.0f} (epoch {r.min_epoch:.2f}), drop {r.drop:.2f}, rise "
+                    f"{r.rise:.2f} bits" if r.dip else "no drop larger than tol")
+            bits.append(f"lr {r.lr:g}: H dipped by more than {tol:g} bits in {r.dip}/{r.seeds} seeds and rose "
+                        f"again in {r.dip_then_rise}; {when}; final test accuracy {r.final_test_acc:.3f}; "
+                        f"least headroom {r.headroom:.2f} bits")
+        out.append(f"* **α = {alpha:g}:** " + "; ".join(bits) + ".")
+    return "**Whether and when H dips** (medians over seeds):\n\n" + "\n".join(out)
+
+
+def dip_setting(configs_: Sequence[TrainConfig]) -> str:
+    """The dip study's setting beside the paper's (500 epochs of all images, lr 0.01), in words."""
+    if not configs_:
+        return ""
+    c = configs_[0]
+    n = c.analysis_per_class * data_mod.DATASETS[c.dataset].num_classes
+    images = "all" if c.train_subset is None else str(c.train_subset)
+    return (f"{c.epochs} epochs of {images} training images (paper 500 of all), tracked at optimiser steps "
+            f"{c.track_steps} and every epoch; n = {n} analysis images (paper 2000); "
+            f"{'input 0.5/0.5' if c.normalization == 'half' else 'input MNIST mean/std'}")
+
+
+def plot_dip(axes: Any, curves_: pd.DataFrame) -> None:
+    """H(Σ) (top row, one panel per alpha) and test accuracy (bottom row) against the optimiser
+    step (symlog), one line per learning rate (mean ± sd over seeds); dashed: log2 n; dotted: the
+    end of epoch 1."""
+    alphas = sorted(curves_.alpha.unique())
+    for j, alpha in enumerate(alphas):
+        sel = curves_[curves_.alpha == alpha]
+        for row, metric in enumerate(("H", "test_acc")):
+            ax = axes[row][j]
+            for lr, g in sel.groupby("lr", sort=True):
+                st = g.groupby("step")[metric].agg(["mean", "std"]).reset_index()
+                line = ax.plot(st.step, st["mean"], marker="o", ms=3, label=f"lr {lr:g}")[0]
+                if g.seed.nunique() > 1:
+                    ax.fill_between(st.step, st["mean"] - st["std"], st["mean"] + st["std"],
+                                    color=line.get_color(), alpha=0.2, lw=0)
+            if metric == "H":
+                ax.axhline(float(sel.log2_n.iloc[0]), ls="--", lw=1, color="0.4")
+                ax.set_title(f"H(Σ) [bits], α = {alpha:g}")
+            else:
+                ax.set_title(f"test accuracy, α = {alpha:g}")
+            one = sel[sel.source == "epoch"]
+            if len(one):
+                first_epoch = one[np.isclose(one.epoch, 1.0)].step
+                if len(first_epoch):
+                    ax.axvline(float(first_epoch.iloc[0]), ls=":", lw=1, color="0.4")
+            ax.set_xscale("symlog", linthresh=1)
+            ax.set_xlim(left=-0.3)
+            ax.set_xlabel("optimiser step")
+        axes[0][j].legend(fontsize=8)
+
+
+# ---------------------------------------------------------------------------
 # figures
 # ---------------------------------------------------------------------------
 def _symlog(ax: Any) -> None:
@@ -809,7 +1210,7 @@ def plot_group(axes: Sequence[Any], curves_: pd.DataFrame, group: str) -> None:
     """H(Sigma), I(X;Sigma;Y) and test accuracy against epochs (symlog), one line per
     model/dataset (mean ± sd over seeds), with the ceilings dashed."""
     sel = curves_[curves_.group == group].copy()
-    sel["name"] = sel.model + " / " + sel.dataset + np.where(sel.normalization == "half", " (input 0.5/0.5)", "")
+    sel["name"] = [_curve_label(m, d, st) for m, d, st in zip(sel.model, sel.dataset, sel.setting)]
     for ax, metric, title, ceiling in zip(
             axes, ["H", "I_XSY", "test_acc"], ["H(Σ) [bits]", "I(X;Σ;Y) [bits]", "test accuracy"],
             ["log2_n", "log2_classes", None]):
@@ -854,13 +1255,18 @@ def plot_vae(axes: Sequence[Any], rows: pd.DataFrame) -> None:
 
 
 def plot_authors(axes: Sequence[Any], curves_: pd.DataFrame) -> None:
-    """Our MLP-MNIST curves (one line per seed and input normalisation) with the authors'
+    """Our MLP-MNIST curves (one line per setting: mean ± sd over seeds) with the authors'
     published points as markers."""
-    sel = curves_[(curves_.group == "plain") & (curves_.model == "mlp_mnist") & (curves_.dataset == "mnist")]
+    sel = _mlp_mnist_runs(curves_)
     for ax, (idx, metric, title) in zip(axes, [(1, "H", "H(Σ) [bits]"), (2, "I_XSY", "I(X;Σ;Y) [bits]")]):
-        for (norm, seed), g in sel.groupby(["normalization", "seed"]):
-            inp = "authors' input 0.5/0.5" if norm == "half" else "MNIST mean/std"
-            ax.plot(g.epoch, g[metric], marker="o", ms=3, label=f"ours, {inp}, seed {seed} (n = {int(g.n.iloc[0])})")
+        for setting in authors_setting_order(sel.setting.tolist()):
+            g = sel[sel.setting == setting]
+            st = g.groupby("epoch")[metric].agg(["mean", "std"]).reset_index()
+            line = ax.plot(st.epoch, st["mean"], marker="o", ms=3,
+                           label=f"ours [{setting or 'recipe'}], {g.seed.nunique()} seeds (n = {int(g.n.iloc[0])})")[0]
+            if g.seed.nunique() > 1:
+                ax.fill_between(st.epoch, st["mean"] - st["std"], st["mean"] + st["std"], color=line.get_color(),
+                                alpha=0.2, lw=0)
         ax.plot([p[0] for p in AUTHORS_MLP_MNIST], [p[idx] for p in AUTHORS_MLP_MNIST], ls="none", marker="X",
                 ms=11, color="crimson", label="authors (published, n = 2000)")
         _symlog(ax)

@@ -29,7 +29,8 @@ from tcomplex.experiments.report import (
 )
 from tcomplex.plots import table_html
 
-__all__ = ["CHAPTERS", "VERDICT_ORDER", "VERDICT_COLOURS", "collect", "chapter_verdicts", "show_verdicts", "verdict_counts", "claims_table", "sanity_table",
+__all__ = ["CHAPTERS", "VERDICT_ORDER", "VERDICT_COLOURS", "EARLIER", "collect", "predating_preconditions",
+           "chapter_verdicts", "show_verdicts", "show_claims", "verdict_counts", "claims_table", "sanity_table",
            "settings_table", "networks", "thresholds_table", "accuracy_thresholds_table", "runtimes", "machine"]
 
 #: chapter notebook -> title, in book order
@@ -42,6 +43,8 @@ CHAPTERS = {
     "06_appendix": "6. Appendix",
 }
 VERDICT_ORDER = list(VERDICTS)
+#: appended to the section of findings saved before verdicts checked preconditions (see :func:`collect`)
+EARLIER = " (earlier version: preconditions not checked)"
 #: one colour per verdict, shared by the report's bar chart and the verdict tables
 VERDICT_COLOURS = {"reproduced": "#4c9a5e", "partly reproduced": "#e0a23b", "not reproduced": "#c8553d",
                    "inconclusive": "#6f8fb8", "not measured": "#9a9a9a"}
@@ -56,7 +59,17 @@ def collect(results_dir: str | Path) -> tuple[pd.DataFrame, list[str]]:
     df = df.assign(_order=df.chapter.map({c: i for i, c in enumerate(CHAPTERS)}).fillna(len(CHAPTERS)))
     df = df.sort_values("_order", kind="stable").drop(columns="_order").reset_index(drop=True)
     df.insert(1, "section", df.chapter.map(CHAPTERS).fillna(df.chapter))
+    # rows of a file saved before verdicts checked preconditions say so wherever their section is shown
+    df.loc[df.preconditions_data == "", "section"] += EARLIER
     return df, missing
+
+
+def predating_preconditions(df: pd.DataFrame) -> list[str]:
+    """Chapters whose findings file was saved before findings carried preconditions (read as claims by
+    :func:`tcomplex.experiments.report.load_findings`; their verdicts checked no precondition)."""
+    if df.empty:
+        return []
+    return [c for c in CHAPTERS if ((df.chapter == c) & (df.preconditions_data == "")).any()]
 
 
 def verdict_counts(df: pd.DataFrame, kind: str | None = "claim") -> pd.DataFrame:
@@ -90,13 +103,31 @@ def show_verdicts(findings: Sequence[Finding]) -> Any:
     are one click away below it, as in the result file ``findings_<chapter>.csv``."""
     from IPython.display import HTML
 
-    table = chapter_verdicts(findings)
-    html = table_html(table)
+    html = _coloured(table_html(chapter_verdicts(findings)))
+    full = findings_frame(findings).drop(columns=["preconditions_data", "preconditions_held"])
+    return HTML(html + f"<details><summary>all columns: preconditions, setting</summary>{table_html(full)}</details>")
+
+
+def _coloured(html: str) -> str:
     for verdict, colour in VERDICT_COLOURS.items():
         html = html.replace(f"<td>{verdict}</td>",
                             f'<td><span class="verdict" style="color:{colour};font-weight:600">{verdict}</span></td>')
-    full = findings_frame(findings).drop(columns=["preconditions_data", "preconditions_held"])
-    return HTML(html + f"<details><summary>all columns: preconditions, setting</summary>{table_html(full)}</details>")
+    return html
+
+
+def show_claims(df: pd.DataFrame, kind: str = "claim") -> Any:
+    """The report's claim table, compact: section (a link to the chapter's findings), claim, verdict
+    in its colour and why; the measured numbers (and keys) of :func:`claims_table` one click away."""
+    from IPython.display import HTML
+
+    full = claims_table(df, kind)
+    html = table_html(full[["section", "claim", "verdict", "why"]])
+    if not df.empty:
+        for chapter, section in CHAPTERS.items():
+            cell = table_html(pd.DataFrame({"section": [section]})).split("<td>")[1].split("</td>")[0]
+            html = html.replace(f"<td>{cell}</td>", f'<td><a href="{chapter}.html#findings">{cell}</a></td>')
+    return HTML(_coloured(html)
+                + f"<details><summary>with the measured numbers and keys</summary>{table_html(full)}</details>")
 
 
 def _why(row: pd.Series) -> str:
