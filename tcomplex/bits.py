@@ -112,13 +112,7 @@ def pack_pool_winners(indices: Tensor, plane: Sequence[int], kernel: Sequence[in
     if not flat.is_contiguous():
         flat = flat.contiguous()
     shape = (n, _words(flat.shape[1] * window))
-    if out is None:
-        target = np.zeros(shape, dtype=np.uint64)
-    else:
-        if tuple(out.shape) != shape or out.dtype != torch.int64 or out.device.type != "cpu" or out.stride(1) != 1:
-            raise ValueError(f"out must be an int64 CPU tensor {shape} with unit column stride, got "
-                             f"{out.dtype} {tuple(out.shape)} on {out.device} with strides {out.stride()}")
-        target = out.numpy().view(np.uint64)
+    target = np.zeros(shape, dtype=np.uint64) if out is None else _out_words(out, shape)
     if 8 % window == 0:  # whole windows per byte (2x2, 1x2, 1-D pools of 2, 4 or 8): a byte at a time
         base = _window_starts(channels, out_h, out_w, int(plane[1]), int(stride[0]), int(stride[1]),
                               int(padding[0]), int(padding[1]))
@@ -156,12 +150,19 @@ def pack_positive(values: Tensor, out: Tensor) -> int:
         raise ValueError(f"pack_positive needs float32/float64 [n, d] values on the CPU, got {values.dtype} "
                          f"{tuple(values.shape)} on {values.device}")
     n, d = values.shape
-    if tuple(out.shape) != (n, _words(d)) or out.dtype != torch.int64 or out.device.type != "cpu" or out.stride(1) != 1:
-        raise ValueError(f"out must be an int64 CPU tensor {(n, _words(d))} with unit column stride, got {out.dtype} "
-                         f"{tuple(out.shape)} on {out.device} with strides {out.stride()}")
+    target = _out_words(out, (n, _words(d)))
     if not values.is_contiguous():
         values = values.contiguous()
-    return int(_kernels()["positive_bytes"](values.detach().numpy(), out.numpy().view(np.uint8)))
+    return int(_kernels()["positive_bytes"](values.detach().numpy(), target.view(np.uint8)))
+
+
+def _out_words(out: Tensor, shape: tuple[int, int]) -> np.ndarray:
+    """``out`` as the uint64 array a packing kernel writes into, after checking it can take
+    ``shape`` words (int64, CPU, unit column stride: rows may be a view of a wider buffer)."""
+    if tuple(out.shape) != shape or out.dtype != torch.int64 or out.device.type != "cpu" or out.stride(1) != 1:
+        raise ValueError(f"out must be an int64 CPU tensor {shape} with unit column stride, got "
+                         f"{out.dtype} {tuple(out.shape)} on {out.device} with strides {out.stride()}")
+    return out.numpy().view(np.uint64)
 
 
 def unpack_bits(words: Tensor, d: int, *, route: str = "auto") -> Tensor:

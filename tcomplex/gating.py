@@ -1292,18 +1292,16 @@ class GateRecorder:
             dest = self._dest(layer, b, output.device)
             if pack_positive(output.view(b, width), dest) and self.check_nan:
                 raise ValueError(_nan_message(name))
-            if self.check_nan:  # a max-pool right after this ReLU gets the same tensor: checked once
-                self._nan_free, self._nan_free_version = output, output._version
             self._batch[key] = _StoredState(dest, width)
-            return
-        y = self._checked_input(name, (output,))  # relu keeps NaN, so this checks the input
+        else:
+            self._checked_input(name, (output,))  # relu keeps NaN, so this checks the input
+            # relu(x) is x where x > 0 and +-0 elsewhere, so relu(x) != 0 is exactly x > 0 (NaN
+            # aside: it would read as 1, hence the comparison when NaN is not ruled out)
+            state = (output.bool() if self.check_nan else output > 0).flatten(1)
+            after = "conv" if output.dim() > 2 else "fc"
+            self._record(key, state, "relu", after, tuple(output.shape[1:]), state.shape[1], 1)
         if self.check_nan:  # a max-pool right after this ReLU gets the same tensor: checked once
-            self._nan_free, self._nan_free_version = y, y._version
-        # relu(x) is x where x > 0 and +-0 elsewhere, so relu(x) != 0 is exactly x > 0 (NaN
-        # aside: it would read as 1, hence the comparison when NaN is not ruled out)
-        state = (y.bool() if self.check_nan else y > 0).flatten(1)
-        after = "conv" if y.dim() > 2 else "fc"
-        self._record(key, state, "relu", after, tuple(y.shape[1:]), state.shape[1], 1)
+            self._nan_free, self._nan_free_version = output, output._version
 
     def _make_pool_forward(self, name: str, module: nn.Module):
         """A forward for a stock MaxPool1d/2d: pools once and records the winners (keeping the
