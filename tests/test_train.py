@@ -239,6 +239,29 @@ def test_finished_run_is_not_redone(mnist_run, data_root):
     pd.testing.assert_frame_equal(again.rows, mnist_run.rows)  # including epoch_seconds: the same files
 
 
+def test_finished_run_keeps_only_the_trained_model(mnist_run, data_root, tmp_path):
+    """A finished run is never resumed: its checkpoint drops the optimiser state (disk), the model loads as trained."""
+    state = torch.load(mnist_run.path / "checkpoint.pt", weights_only=False)
+    assert state["compact"] is True and state["epoch"] == 2
+    assert "optimizer" not in state and "scheduler" not in state
+    cfg = _tiny(**MNIST_2EP)
+    model = RunDir(mnist_run.path.parent, cfg).load_model(cfg)
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, state["model"][name]), name
+    # a run killed after its finished flag but before compaction: compaction is idempotent and shrinks the file
+    full = dict(state, optimizer={"state": {0: {"m": torch.zeros(100_000)}}, "param_groups": []}, compact=False)
+    run = RunDir(tmp_path, cfg)
+    run.prepare()
+    run.save_checkpoint(full)
+    before = run.checkpoint_path.stat().st_size
+    run.compact_checkpoint()
+    after = run.checkpoint_path.stat().st_size
+    assert after < before - 300_000
+    run.compact_checkpoint()
+    assert run.checkpoint_path.stat().st_size == after
+    assert "optimizer" not in run.load_checkpoint()
+
+
 # a training process that is slowed down (not changed) so that the test can kill it mid-run
 _KILLABLE = """
 import json, sys, time

@@ -54,7 +54,7 @@ from tqdm import tqdm
 from tcomplex.experiments import data as data_mod
 from tcomplex.experiments import models as models_mod
 from tcomplex.experiments.measure import ALL, RATE_BINS, measure_complexity
-from tcomplex.experiments.runs import RunDir, load_results
+from tcomplex.experiments.runs import RunDir, RunFileError, load_results
 
 __all__ = [
     "TrainConfig",
@@ -753,6 +753,7 @@ def train(
     rows = run.read_rows()
     elapsed = time.perf_counter() - t0
     run.mark_finished(elapsed, cfg.epochs)
+    run.compact_checkpoint()  # after the flag: a kill in between leaves a full checkpoint, never a run that cannot resume
     return RunResult(cfg.run_id, run.path, rows, result, elapsed, read_step_rows(root, cfg))
 
 
@@ -762,8 +763,13 @@ def _train_loop(cfg: TrainConfig, run: RunDir, state: dict[str, Any] | None, d: 
     """Resume from the checkpoint, then train the remaining epochs; returns the epoch resumed from (or None)."""
     start_epoch, resumed = 0, None
     if state is not None:
+        if state.get("compact") and int(state["epoch"]) < cfg.epochs:
+            raise RunFileError(f"checkpoint {run.checkpoint_path} is a finished run's (no optimiser state, epoch "
+                               f"{state['epoch']}) but the run asks for {cfg.epochs} epochs; delete the run folder "
+                               f"{run.path} to train it again")
         model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
+        if "optimizer" in state:
+            opt.load_state_dict(state["optimizer"])
         if sched is not None and state.get("scheduler") is not None:
             sched.load_state_dict(state["scheduler"])
         if penalty is not None and state.get("penalty") is not None:
