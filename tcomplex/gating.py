@@ -105,11 +105,14 @@ from __future__ import annotations
 
 import functools
 import math
+import os
+import sys
 import threading
 import warnings
 import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -219,6 +222,18 @@ class GateInfo:
     def default_alpha(self) -> float:
         """alpha of Section 4.4: 0.04 after a convolution, 0.01 after an FC layer."""
         return ALPHA_CONV if self.after == "conv" else ALPHA_FC
+
+
+_INTERNAL_DIRS = tuple(str(Path(m.__file__).resolve().parent) + os.sep for m in (torch, sys.modules["tcomplex"]))
+
+
+def _caller_stacklevel() -> int:
+    """The ``stacklevel`` that points a warning at the first frame outside torch and tcomplex
+    (the user's ``model(x)`` or ``record_gates`` call), however deep torch's module call is."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and str(Path(frame.f_code.co_filename).resolve()).startswith(_INTERNAL_DIRS):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _quiet(fn: Any) -> Any:
@@ -1196,7 +1211,7 @@ class GateRecorder:
             f"gating states Sigma: {', '.join(self._non_gating)} (gating layers are ReLU, ReLU6, "
             "max-pool and training-mode dropout; see 'What counts as gating' in the README)",
             NonGatingWarning,
-            stacklevel=4,
+            stacklevel=_caller_stacklevel(),
         )
 
     def _wanted(self, key: tuple[str, int]) -> bool:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import itertools
 import math
+import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -533,6 +535,18 @@ def _adaptive_winner_onehot(h, out_hw):
             off = (a // (c1 - c0)) * kw + a % (c1 - c0)
             ref[:, :, i, j].scatter_(-1, off.unsqueeze(-1), True)
     return ref.reshape(n, -1), kh * kw
+
+
+def test_non_gating_warning_points_at_the_callers_line():
+    """Neither torch's module call nor the recorder's hooks: the warning names the line that ran the model."""
+    net = MixedNet().train()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with GateRecorder(net), torch.no_grad():
+            net(torch.randn(2, 1, 7, 5)); line = sys._getframe().f_lineno  # noqa: E702
+    got = [w for w in caught if issubclass(w.category, tc.NonGatingWarning)]
+    assert len(got) == 1
+    assert (Path(got[0].filename).resolve(), got[0].lineno) == (Path(__file__).resolve(), line)
 
 
 def test_every_gating_operation_is_recorded_and_non_gating_ones_are_named():
