@@ -136,6 +136,8 @@ def resnet224(n: int, batch_size: int, seed: int, target_n: int = 2000) -> None:
     print(f"| {n} | {t_fwd:.1f} | {t_rec:.1f} | {t_rec / t_fwd:.2f} | {t_h:.1f} | {float(h):.3f} "
           f"| {rec.nbytes / MIB:.1f} | {n * d / 8 / MIB:.1f} | {rec.nbytes / (n * d / 8):.3f} | {n * d / MIB:.0f} "
           f"| {peak / gib:.2f} |")
+    if n >= target_n:
+        return
     scale = target_n / n
     rec_target = rec.nbytes * scale
     print(f"\n### extrapolated to n = {target_n} (not measured)\n")

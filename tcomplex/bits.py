@@ -30,7 +30,8 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    "PackedStates", "pack_bits", "pack_onehot", "pack_pool_winners", "pack_positive", "unpack_bits", "hamming_block",
+    "PackedStates", "max_pool_packed", "pack_bits", "pack_onehot", "pack_pool_winners", "pack_positive", "unpack_bits",
+    "hamming_block",
     "hamming_distances", "kernel_block_sums",
 ]
 
@@ -154,6 +155,50 @@ def pack_positive(values: Tensor, out: Tensor) -> int:
     if not values.is_contiguous():
         values = values.contiguous()
     return int(_kernels()["positive_bytes"](values.detach().numpy(), target.view(np.uint8)))
+
+
+def max_pool_packed(values: Tensor, kernel: Sequence[int], stride: Sequence[int], out: Tensor, words: Tensor, *,
+                    count_nan: bool = True) -> int | None:
+    """Max-pool ``values`` into ``out`` and write the one-hot winner bits into ``words``, in one pass.
+
+    The max-pool states of Appendix A (output j's window takes gates ``j * window ..
+    j * window + window - 1``, row-major in the window, and only the winner's is 1): the
+    words :func:`pack_pool_winners` makes from ``max_pool(return_indices=True)``'s indices,
+    and in ``out`` the values ``max_pool`` returns (the winning element, ties to the first
+    in row-major order), without the indices.  ``values`` are C-contiguous float32/float64
+    ``[n, C, H, W]`` (a 1-D pool passes H = 1 and kernel/stride ``(1, k)``) on the CPU; no
+    padding, dilation 1, windows fully inside the plane (``ceil_mode=False``), and the
+    window (``kh * kw``) must divide 8, so that whole windows fill a byte.  ``out`` is
+    C-contiguous ``[n, C, OH, OW]`` of the same dtype, ``words`` int64 ``[n, words]`` with
+    unit column stride (rows may be a view of a recorder's word buffer).
+
+    Returns the number of NaN among the values; where it is not 0, ``out`` and ``words``
+    do not follow max_pool's NaN rule and the caller pools with torch instead.
+    ``count_nan=False`` skips the count (and returns 0) for values the caller already
+    knows to be free of NaN.  Returns None, writing nothing, where the arguments are
+    outside the cases above.
+    """
+    kh, kw = (int(k) for k in kernel)
+    sh, sw = (int(v) for v in stride)
+    if (values.dim() != 4 or values.device.type != "cpu" or values.dtype not in (torch.float32, torch.float64)
+            or not values.is_contiguous() or min(kh, kw, sh, sw) < 1 or 8 % (kh * kw)):
+        return None
+    n, c, h, w = values.shape
+    oh, ow = (h - kh) // sh + 1, (w - kw) // sw + 1
+    if min(oh, ow) < 1 or tuple(out.shape) != (n, c, oh, ow) or out.dtype != values.dtype or not out.is_contiguous():
+        return None
+    target = _out_words(words, (n, _words(c * oh * ow * kh * kw)))
+    offs = _window_offsets(kh, kw, w)
+    return int(_kernels()["max_pool_bytes"](values.detach().numpy().reshape(n, c, h * w), offs, w, sh, sw,
+                                            out.detach().numpy(), target.view(np.uint8), bool(count_nan)))
+
+
+@functools.lru_cache(maxsize=64)
+def _window_offsets(kh: int, kw: int, plane_w: int) -> np.ndarray:
+    """Flat plane offsets ``r W + c`` of a window's elements, row-major."""
+    offs = (np.arange(kh, dtype=np.int64)[:, None] * plane_w + np.arange(kw, dtype=np.int64)[None, :]).reshape(-1)
+    offs.setflags(write=False)
+    return offs
 
 
 def _out_words(out: Tensor, shape: tuple[int, int]) -> np.ndarray:
@@ -451,6 +496,68 @@ def _kernels() -> dict[str, Any]:
                         byte |= np.uint8(1) << np.uint8(q * window + delta - r * gap)
                 out8[i, b] = byte
 
+    @njit(boundscheck=False, nogil=True)
+    def max_pool_row(xi, offs, plane_w, s_h, s_w, oi, o8, count_nan):
+        """One sample of max_pool_bytes; returns its NaN count (a function of its own, so that
+        numba's parallel loop sees no reduction variables in the body)."""
+        C = xi.shape[0]
+        OH, OW = oi.shape[1], oi.shape[2]
+        window = offs.shape[0]
+        per = 8 // window
+        byte = np.uint8(0)
+        q = 0
+        b = 0
+        bad = 0
+        for ch in range(C):
+            for oh in range(OH):
+                row = oh * s_h * plane_w
+                for ow in range(OW):
+                    base = row + ow * s_w
+                    m = xi[ch, base]
+                    for t in range(1, window):
+                        v = xi[ch, base + offs[t]]
+                        m = v if v > m else m
+                    if count_nan:
+                        for t in range(window):
+                            v = xi[ch, base + offs[t]]
+                            bad += v != v
+                    arg = window - 1
+                    for t in range(window - 2, -1, -1):
+                        arg = t if xi[ch, base + offs[t]] == m else arg
+                    oi[ch, oh, ow] = xi[ch, base + offs[arg]]
+                    byte |= np.uint8(1) << np.uint8(q * window + arg)
+                    q += 1
+                    if q == per:
+                        o8[b] = byte
+                        b += 1
+                        byte = np.uint8(0)
+                        q = 0
+        if q:
+            o8[b] = byte
+            b += 1
+        for bb in range(b, o8.shape[0]):
+            o8[bb] = 0
+        return bad
+
+    @njit(parallel=True, boundscheck=False, nogil=True)
+    def max_pool_bytes(x, offs, plane_w, s_h, s_w, out, out8, count_nan):
+        """Max-pool ``x`` [n, C, H * W] (no padding, dilation 1) into ``out`` [n, C, OH, OW] and the
+        one-hot winner bits into ``out8`` (the bytes pool_winners_bytes writes), in one pass;
+        ``offs`` holds the flat offsets r W + c of the window's elements, row-major.
+
+        Branch-free per window: its maximum m by selects, then the winner is the first element
+        equal to m in row-major order (max_pool's rule: a later element wins only if strictly
+        greater), and the output is that element (so -0.0 / 0.0 ties give max_pool's value).
+        The branchy compare-and-update loop mispredicts on ReLU outputs (half zeros) and costs
+        several times more.  NaN makes this rule differ from max_pool's, so NaN is only counted:
+        the caller pools such a batch with torch instead.  Returns the NaN count (0 without
+        ``count_nan``, for values known to hold none)."""
+        n = x.shape[0]
+        nan = np.zeros(n, dtype=np.int64)
+        for i in prange(n):
+            nan[i] = max_pool_row(x[i], offs, plane_w, s_h, s_w, out[i], out8[i], count_nan)
+        return nan.sum()
+
     @njit(parallel=True, boundscheck=False, nogil=True)
     def positive_bytes(y, out8):
         """Byte b of row i of ``out8`` = bits of y[i, 8b .. 8b + 7] > 0 (little-endian bit order, as
@@ -516,7 +623,7 @@ def _kernels() -> dict[str, Any]:
             row_tot[i] += t
 
     _KERNELS.update(cross=cross, self_upper=self_upper, onehot=onehot, pool_winners=pool_winners, kernel_sums=kernel_sums,
-                    positive_bytes=positive_bytes, pool_winners_bytes=pool_winners_bytes,
+                    positive_bytes=positive_bytes, pool_winners_bytes=pool_winners_bytes, max_pool_bytes=max_pool_bytes,
                     exp_table=exp_table, numba=numba)
     return _KERNELS
 

@@ -1126,3 +1126,150 @@ def test_a_later_batch_of_another_shape_is_refused_with_the_layer_named():
         net(torch.randn(3, 1, 8, 8))
         with pytest.raises(RuntimeError, match=r"gating layer '1' has 50 gates in this forward pass but 72"):
             net(torch.randn(3, 1, 7, 7))
+
+
+# --------------------------------------------------------------------------- #
+# the recorder's own max-pool kernel (windows of 1, 2, 4 or 8 elements)
+# --------------------------------------------------------------------------- #
+FUSED_WINDOWS = [((1, 1), (1, 1)), ((1, 2), (1, 2)), ((2, 1), (1, 1)), ((2, 2), (2, 2)), ((2, 2), (1, 1)),
+                 ((1, 4), (1, 3)), ((4, 1), (2, 1)), ((2, 4), (2, 3)), ((4, 2), (3, 2)), ((1, 8), (1, 8)),
+                 ((8, 1), (1, 1))]
+
+
+def _pool_inputs(shape, seed, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    signed_zeros = torch.where(torch.rand(shape, generator=g) < 0.5, 0.0, -0.0)
+    ties = torch.randint(-1, 2, shape, generator=g).float()
+    relu_like = torch.relu(torch.randn(shape, generator=g))  # half zeros: the case the kernel is for
+    neg_inf = torch.where(torch.rand(shape, generator=g) < 0.7, -float("inf"), torch.randn(shape, generator=g))
+    return [t.to(dtype) for t in (signed_zeros, ties, relu_like, neg_inf)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("kernel, stride", FUSED_WINDOWS)
+def test_fused_max_pool_equals_torch_pooling_and_the_indices_route(kernel, stride, dtype):
+    """Output bit for bit (signed zeros, ties, -inf) and the winners' words of max_pool's indices."""
+    from tcomplex.bits import max_pool_packed, pack_pool_winners
+
+    shape = (5, 3, 9, 13)
+    for x in _pool_inputs(shape, sum(kernel) + 7 * sum(stride), dtype):
+        expected, idx = F.max_pool2d(x, kernel, stride, return_indices=True)
+        words = pack_pool_winners(idx, shape[2:], kernel, stride, (0, 0))
+        buf = torch.full((5, words.shape[1] + 3), -1, dtype=torch.int64)  # a strided out: columns 1 .. words
+        out = torch.full_like(expected, 7.0)
+        assert max_pool_packed(x, kernel, stride, out, buf[:, 1 : 1 + words.shape[1]]) == 0
+        bits = torch.int64 if dtype == torch.float64 else torch.int32
+        assert torch.equal(out.view(bits), expected.view(bits))
+        assert torch.equal(buf[:, 1 : 1 + words.shape[1]], words)
+        assert (buf[:, 0] == -1).all() and (buf[:, -2:] == -1).all()
+
+
+def test_fused_max_pool_counts_nan_and_refuses_what_it_does_not_cover():
+    from tcomplex.bits import max_pool_packed
+
+    x = torch.randn(2, 3, 6, 6)
+    out, words = torch.empty(2, 3, 3, 3), torch.zeros(2, 2, dtype=torch.int64)  # 3 * 9 windows of 4 gates
+    x[1, 2, 4, 5] = float("nan")
+    assert max_pool_packed(x, (2, 2), (2, 2), out, words) == 1  # the caller pools with torch then
+    for args in [(x, (3, 3), (2, 2), torch.empty(2, 3, 2, 2), words),  # a window of 9 does not fill bytes
+                 (x.transpose(2, 3), (2, 2), (2, 2), out, words),  # not contiguous
+                 (x.half(), (2, 2), (2, 2), out.half(), words),  # float16
+                 (x, (2, 2), (2, 2), torch.empty(2, 3, 3, 2), words)]:  # out of the wrong shape
+        assert max_pool_packed(*args) is None
+
+
+class _Pools(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3)
+        self.relu = nn.ReLU()
+        self.pool = nn.MaxPool2d(2)
+        self.pool_rect = nn.MaxPool2d((1, 2), (1, 1))
+        self.pool1d = nn.MaxPool1d(4, 2)
+        self.pool_pad = nn.MaxPool2d(2, 2, 1)  # padding: torch's pooling and the indices route
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.pool_rect(self.pool(self.relu(self.conv(x))))
+        return torch.cat([self.pool1d(y.flatten(2)).flatten(1), self.pool_pad(y).flatten(1)], 1)
+
+
+def _record_in_batches(model, x, **kwargs):
+    with GateRecorder(model, **kwargs) as rec:
+        out = torch.cat([model(b) for b in x.split(3)])
+    return out, rec.recording()
+
+
+def test_recorder_pools_with_its_kernel_from_the_second_batch_and_changes_nothing(monkeypatch):
+    import tcomplex.gating as gating
+
+    torch.manual_seed(30)
+    model = _Pools().eval()
+    x = torch.randn(11, 1, 12, 12)
+    calls = []
+    kernel = gating.max_pool_packed
+    monkeypatch.setattr(gating, "max_pool_packed", lambda *a, **k: calls.append(a[1]) or kernel(*a, **k))
+    with torch.no_grad():
+        plain = model(x)
+        out, rec = _record_in_batches(model, x)
+        monkeypatch.setattr(gating, "FUSED_MAX_POOL", False)
+        out_torch, rec_torch = _record_in_batches(model, x)
+    # batches 2, 3 and 4: pool, pool_rect and pool1d by the kernel (pool_pad has padding)
+    assert sorted(calls) == sorted([(2, 2), (1, 2), (1, 4)] * 3)
+    assert torch.equal(out.view(torch.int32), plain.view(torch.int32))
+    assert torch.equal(out_torch.view(torch.int32), plain.view(torch.int32))
+    assert rec.names == rec_torch.names == ["relu", "pool", "pool_rect", "pool1d", "pool_pad"]
+    for name in rec.names:
+        assert torch.equal(rec[name], rec_torch[name]), name
+
+
+def test_recorder_kernel_steps_aside_for_modes_nan_and_autograd(monkeypatch):
+    import tcomplex.gating as gating
+    from torch.overrides import TorchFunctionMode
+
+    class Spy(TorchFunctionMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.pools = 0
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            self.pools += "max_pool" in getattr(func, "__name__", "")
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(31)
+    model = _Pools().eval()
+    x = torch.randn(9, 1, 12, 12)
+    calls = []
+    kernel = gating.max_pool_packed
+    monkeypatch.setattr(gating, "max_pool_packed", lambda *a, **k: calls.append(a) or kernel(*a, **k))
+    with torch.no_grad():
+        reference, rec_ref = _record_in_batches(model, x)
+    n_ref = len(calls)
+    calls.clear()
+    # a user's torch-function mode is owed every pooling call: torch pools
+    with torch.no_grad(), Spy() as spy:
+        out, rec = _record_in_batches(model, x)
+    assert not calls and spy.pools == 3 * 4  # four pools, three batches
+    assert torch.equal(out, reference) and all(torch.equal(rec[k], rec_ref[k]) for k in rec.names)
+    # NaN in a later batch with check_nan=False: the kernel counts it and torch pools that batch
+    x_nan = x.clone()
+    x_nan[7, 0, 3:6, 3:6] = float("nan")
+    with torch.no_grad():
+        plain = model(x_nan)
+        out, rec = _record_in_batches(model, x_nan, check_nan=False)
+        monkeypatch.setattr(gating, "FUSED_MAX_POOL", False)
+        _, rec_torch = _record_in_batches(model, x_nan, check_nan=False)
+        monkeypatch.setattr(gating, "FUSED_MAX_POOL", True)
+    assert torch.equal(out.isnan(), plain.isnan()) and torch.equal(out.nan_to_num(), plain.nan_to_num())
+    assert all(torch.equal(rec[k], rec_torch[k]) for k in rec.names)
+    # autograd: torch pools, gradients as without the recorder
+    calls.clear()
+    xg = x.clone().requires_grad_()
+    with GateRecorder(model):
+        for b in xg.split(3):
+            model(b).sum().backward()
+    assert not calls
+    grad = xg.grad.clone()
+    xg.grad = None
+    for b in xg.split(3):
+        model(b).sum().backward()
+    assert torch.equal(grad, xg.grad)
