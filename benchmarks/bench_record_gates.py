@@ -10,9 +10,11 @@
   repeated three times).
 
 For each network it times ``record_gates(model, x, batch_size=256)`` against
-the same batches through ``model`` under ``torch.no_grad()``, in one process,
-with all contenders interleaved (every repeat visits every model; the order of
-the two contenders flips every other repeat) and reports the medians.
+the same batches through ``model`` under ``torch.no_grad()``, and record_gates
+with ``tcomplex.gating.FUSED_MAX_POOL = False`` (torch pools, as in the plain
+forward: the recording's own overhead), in one process, with all contenders
+interleaved (every repeat visits every model; the order of the three contenders
+rotates from repeat to repeat) and reports the medians and paired ratios.
 
 The recording's memory (``Recording.nbytes``: bits, 64 gates per word, every layer
 word-aligned) is printed next to n * d / 8 bytes (target: <= 1.1x) and the bool
@@ -22,14 +24,15 @@ states' n * d bytes (the storage before packing).
 torchvision's ``resnet18()`` (eval, batches of ``--batch-size``): time of
 ``record_gates(kinds=("relu",))`` and of one plain forward pass over the same
 batches, then ``kde_entropy(rec.packed())`` (H of the whole network, Eq. 2), with
-the recording's bytes and the process's peak RSS; a second table extrapolates to
-n = 2000 (record and forward linear in n, H quadratic, the recording linear).
+the recording's bytes and the process's peak RSS; for N < 2000 a second table
+extrapolates to n = 2000 (record and forward linear in n, H quadratic, the
+recording linear).
 
 Usage::
 
     TCOMPLEX_DATA=/work/shared/data python benchmarks/bench_record_gates.py
     python benchmarks/bench_record_gates.py --data-root /work/shared/data --quick
-    python benchmarks/bench_record_gates.py --resnet224 200 --batch-size 50
+    python benchmarks/bench_record_gates.py --resnet224 2000 --batch-size 50
 """
 
 from __future__ import annotations
@@ -173,6 +176,7 @@ def main() -> None:
     t_start = time.perf_counter()
     load_start = loadavg()
 
+    from tcomplex import gating
     from tcomplex.experiments.data import analysis_set, resolve_data_root
     from tcomplex.gating import record_gates
 
@@ -206,18 +210,26 @@ def main() -> None:
         for _ in range(k):
             forward_all(m, xb, args.batch_size)
 
-    def record_k(m, xb, k):
-        for _ in range(k):
-            record_gates(m, xb, batch_size=args.batch_size)
+    def record_k(m, xb, k, fused=True):
+        gating.FUSED_MAX_POOL = fused
+        try:
+            for _ in range(k):
+                record_gates(m, xb, batch_size=args.batch_size)
+        finally:
+            gating.FUSED_MAX_POOL = True
 
     t_fwd = {k: [] for k in models}
     t_rec = {k: [] for k in models}
+    t_rec_torch = {k: [] for k in models}  # the recorders' max-pool kernel off: torch pools
     for r in range(repeats):
         for name, m in models.items():
             xb, k = inputs[name], inner[name]
-            run_fwd = lambda: t_fwd[name].append(timed(lambda: forward_k(m, xb, k)) / k)  # noqa: E731
-            run_rec = lambda: t_rec[name].append(timed(lambda: record_k(m, xb, k)) / k)  # noqa: E731
-            for fn in ((run_fwd, run_rec) if r % 2 == 0 else (run_rec, run_fwd)):
+            runs = [
+                lambda: t_fwd[name].append(timed(lambda: forward_k(m, xb, k)) / k),
+                lambda: t_rec[name].append(timed(lambda: record_k(m, xb, k)) / k),
+                lambda: t_rec_torch[name].append(timed(lambda: record_k(m, xb, k, fused=False)) / k),
+            ]
+            for fn in runs[r % 3:] + runs[: r % 3]:  # the order rotates with the repeat
                 fn()
 
     print("## record_gates benchmark\n")
@@ -237,23 +249,32 @@ def main() -> None:
               "CPU and multi-threaded (OpenMP) timings become erratic; --threads 1 gives steadier ratios")
     print()
     print(f"| model | gating layers | total gates per sample | forward s | record_gates s | ratio of medians "
-          f"| paired ratio: median [min, max] | ≤ {RATIO_TARGET}× (paired median) |")
-    print("|---|---|---:|---:|---:|---:|---:|:---:|")
+          f"| paired ratio: median [min, max] | ≤ {RATIO_TARGET}× (paired median) "
+          "| record_gates, torch's max-pool s | its paired ratio: median [min, max] |")
+    print("|---|---|---:|---:|---:|---:|---:|:---:|---:|---:|")
     for name in models:
         f_s, r_s = statistics.median(t_fwd[name]), statistics.median(t_rec[name])
         paired = [r / f for r, f in zip(t_rec[name], t_fwd[name])]
+        paired_torch = [r / f for r, f in zip(t_rec_torch[name], t_fwd[name])]
         ratio = statistics.median(paired)
         ok = ratio <= RATIO_TARGET
         layers, gates, kinds = info[name]
         print(f"| {name} | {layers} ({kinds}) | {gates} | {f_s:.3f} | {r_s:.3f} | {r_s / f_s:.2f} | "
-              f"{ratio:.2f} [{min(paired):.2f}, {max(paired):.2f}] | {'PASS' if ok else 'FAIL'} |")
+              f"{ratio:.2f} [{min(paired):.2f}, {max(paired):.2f}] | {'PASS' if ok else 'FAIL'} | "
+              f"{statistics.median(t_rec_torch[name]):.3f} | {statistics.median(paired_torch):.2f} "
+              f"[{min(paired_torch):.2f}, {max(paired_torch):.2f}] |")
     print()
+    print("- record_gates pools a stock max-pool whose window has 1, 2, 4 or 8 elements (LeNet-5's 2x2) from the "
+          "second batch on with its own one-pass kernel (`tcomplex.bits.max_pool_packed`: the module's exact output "
+          "and the winners' bits); the last two columns run record_gates with `tcomplex.gating.FUSED_MAX_POOL = "
+          "False`, where torch pools as in the plain forward, so they show the recording's own overhead. "
+          "torchvision's resnet18 pools 3x3 with padding: torch pools it either way.")
     print(f"- forward: the same batches through the model under `torch.no_grad()`; record_gates: "
           f"`record_gates(model, x, batch_size={args.batch_size})` (returns the stored Recording).")
-    print(f"- median of {repeats} repeats; every repeat runs every model, the two contenders' order flips "
-          "every other repeat; one process. Seconds are per pass over all images; a repeat of a fast model "
+    print(f"- median of {repeats} repeats; every repeat runs every model, the three contenders' order rotates "
+          "from repeat to repeat; one process. Seconds are per pass over all images; a repeat of a fast model "
           "times several passes (" + ", ".join(f"{k}: {v}" for k, v in inner.items()) + ") and divides.")
-    print("- paired ratio: record_gates / forward of the same repeat (the two run back to back, so a slow "
+    print("- paired ratio: record_gates / forward of the same repeat (they run back to back, so a slow "
           "stretch of a shared machine slows both); the target is read on their median, and [min, max] "
           "shows how far single repeats scatter.")
     print("- gates per sample: sum of the recorded widths; a max-pool layer counts d' x window "
