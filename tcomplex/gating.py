@@ -1319,11 +1319,9 @@ class GateRecorder:
         if self._order is not None and self.store and _packs_positive(output):
             # after the first batch: bits of output > 0 straight into this batch's rows of the
             # word buffer, NaN counted in the same pass (no bool states, no separate NaN check)
-            layer = self._names[key]
             b = output.shape[0]
             width = math.prod(output.shape[1:])
-            self._check_width(layer, width)
-            dest = self._dest(layer, b, output.device)
+            dest = self._layer_words(key, b, width, output.device)
             if pack_positive(output.view(b, width), dest) and self.check_nan:
                 raise ValueError(_nan_message(name))
             self._batch[key] = _StoredState(dest, width)
@@ -1407,13 +1405,11 @@ class GateRecorder:
         out_plane = [(size - kk) // ss + 1 for size, kk, ss in zip(plane, k, s)]
         if min(out_plane) < 1:
             return None  # torch's error message for a too small input
-        layer = self._names[key]
         width = c * math.prod(out_plane) * math.prod(k)
-        self._check_width(layer, width)
-        out = torch.empty((n, c, *out_plane), dtype=x.dtype)
-        dest = self._dest(layer, n, x.device)
+        dest = self._layer_words(key, n, width, x.device)
         if dest.device.type != "cpu":
             return None
+        out = torch.empty((n, c, *out_plane), dtype=x.dtype)
         # with check_nan the input passed _checked_input, so it holds no NaN: nothing to count
         nan = max_pool_packed(x.view(n, c, *plane), k, s, out, dest, count_nan=not self.check_nan)
         if nan is None or nan:
@@ -1475,6 +1471,13 @@ class GateRecorder:
         # packed as soon as it is recorded: the layer's bool states (or pool indices) are freed at
         # once, so the forward pass runs with the working set of a plain one
         self._batch[key] = self._store(name, state) if self.store else state
+
+    def _layer_words(self, key: tuple[str, int], b: int, width: int, device: torch.device) -> Tensor:
+        """After the first batch: the word-buffer columns of this batch's rows that layer ``key``
+        (``width`` gates, checked against the first batch's) is packed into directly."""
+        layer = self._names[key]
+        self._check_width(layer, width)
+        return self._dest(layer, b, device)
 
     def _check_width(self, name: str, width: int) -> None:
         if width != self.info[name].width:

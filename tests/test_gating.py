@@ -1243,7 +1243,7 @@ def test_recorder_kernel_steps_aside_for_modes_nan_and_autograd(monkeypatch):
     monkeypatch.setattr(gating, "max_pool_packed", lambda *a, **k: calls.append(a) or kernel(*a, **k))
     with torch.no_grad():
         reference, rec_ref = _record_in_batches(model, x)
-    n_ref = len(calls)
+    assert calls  # the reference batches after the first were pooled by the kernel
     calls.clear()
     # a user's torch-function mode is owed every pooling call: torch pools
     with torch.no_grad(), Spy() as spy:
