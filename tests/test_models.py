@@ -345,6 +345,39 @@ def test_target_mlp_residual_skips_only_square_layers() -> None:
     assert sum(isinstance(m, nn.Linear) for m in plain.modules()) == 7
 
 
+def test_target_mlp_scaled_residual_init_keeps_deep_outputs_at_the_input_scale() -> None:
+    x = torch.rand(256, 784)
+
+    def rms(depth: int, init: str) -> float:
+        torch.manual_seed(0)
+        model = M.TargetMLP(depth, in_features=784, residual=True, init=init)
+        with torch.no_grad():
+            return float(model(x).pow(2).mean().sqrt())
+
+    # kaiming-normal skip blocks grow the output geometrically with depth; the scaled init does not
+    kaiming = [rms(d, "kaiming_normal") for d in (6, 24)]
+    scaled = [rms(d, "scaled_residual") for d in (6, 24)]
+    assert kaiming[1] > 100 * kaiming[0]
+    assert max(scaled) < 5.0 and scaled[1] < 3 * scaled[0]
+    # only the skip blocks' W are scaled, by 1 / sqrt(blocks); the first (784 -> 1024) and output FC are not
+    torch.manual_seed(0)
+    ref = M.TargetMLP(6, in_features=784, residual=True)
+    torch.manual_seed(0)
+    scaled_model = M.TargetMLP(6, in_features=784, residual=True, init="scaled_residual")
+    assert torch.equal(ref.blocks[0].fc.weight, scaled_model.blocks[0].fc.weight)
+    assert torch.equal(ref.fc_out.weight, scaled_model.fc_out.weight)
+    for a, b in zip(list(ref.blocks)[1:], list(scaled_model.blocks)[1:]):
+        assert torch.allclose(b.fc.weight, a.fc.weight / 5 ** 0.5)
+    # a stacked target has no skip block: the init changes nothing
+    torch.manual_seed(0)
+    plain = M.TargetMLP(6, in_features=784)
+    torch.manual_seed(0)
+    plain_scaled = M.TargetMLP(6, in_features=784, init="scaled_residual")
+    assert all(torch.equal(p, q) for p, q in zip(plain.parameters(), plain_scaled.parameters()))
+    with pytest.raises(ValueError, match="init must be"):
+        M.TargetMLP(6, residual=True, init="xavier")
+
+
 # ---------------------------------------------------------------------------
 # VAE sampling switch (Eq. 3)
 # ---------------------------------------------------------------------------

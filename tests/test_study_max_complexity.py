@@ -146,6 +146,20 @@ def test_configs_cover_the_grid_and_reach_the_target_mlp():
     assert kinds == {("stacked", 6), ("stacked", 12), ("residual", 6), ("residual", 12)}
     assert {(mc.architecture_of(c.model_kwargs)[0], c.lr) for c in cfgs} == {("stacked", 1e-4), ("residual", 1e-3)}
     assert mc.architecture_of(json.dumps({"n_relu": 18, "residual": True})) == ("residual", 18)
+    # the default init stays out of the config (cached runs keep their ids); another one reaches residual targets only
+    assert all("init" not in c.model_kwargs for c in cfgs)
+    scaled = mc.configs(dataset="mnist", task_ns=[0, 8], depths=[6, 12], architectures=["stacked", "residual"],
+                        seeds=[0], epochs=2, train_subset=100, eval_size=50, analysis_size=30, optimizer="adam",
+                        lr_stacked=1e-4, lr_residual=1e-3, batch_size=32, residual_init="scaled_residual")
+    by_arch = {mc.architecture_of(c.model_kwargs)[0]: c for c in scaled}
+    assert by_arch["residual"].model_kwargs["init"] == "scaled_residual"
+    assert "init" not in by_arch["stacked"].model_kwargs
+    assert {c.run_id for c in scaled if "init" not in c.model_kwargs} == \
+        {c.run_id for c in cfgs if mc.architecture_of(c.model_kwargs)[0] == "stacked"}
+    with pytest.raises(ValueError, match="residual_init"):
+        mc.configs(dataset="mnist", task_ns=[0], depths=[6], architectures=["residual"], seeds=[0], epochs=1,
+                   train_subset=None, eval_size=None, analysis_size=10, optimizer="adam", lr_stacked=1e-4,
+                   lr_residual=1e-3, batch_size=8, residual_init="zero")
     with pytest.raises(ValueError):
         mc.configs(dataset="mnist", task_ns=[0], depths=[6], architectures=["dense"], seeds=[0], epochs=1,
                    train_subset=None, eval_size=None, analysis_size=10, optimizer="adam", lr_stacked=1e-4, lr_residual=1e-3, batch_size=8)

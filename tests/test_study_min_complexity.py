@@ -222,6 +222,14 @@ def test_per_model_overrides():
     assert cfgs[-1].model_kwargs == {}
     with pytest.raises(ValueError, match="unknown override"):
         mc.resolve_setups([["resnet20", "mnist", {"batch": 3}]], seeds=[0], epochs=1, lr=0.01, train_subset=None)
+    # the learning-rate schedule: chapter-wide default "none" (run ids of runs without one unchanged), per model
+    sched = mc.configs([["resmlp10", "mnist"], ["resnet20", "mnist", {"seeds": [0], "schedule": "cosine"}]], [0.0],
+                       [0], epochs=3, train_subset=100, test_subset=None, analysis_per_class=5)
+    assert [(c.model, c.schedule) for c in sched] == [("resmlp10", "none"), ("resnet20", "cosine")]
+    assert sched[0].run_id == cfgs[0].run_id
+    with pytest.raises(ValueError, match="unknown schedule 'linear'"):
+        mc.resolve_setups([["resnet20", "mnist", {"schedule": "linear"}]], seeds=[0], epochs=1, lr=0.01,
+                          train_subset=None)
 
 
 def test_descriptions_of_the_setting():

@@ -32,6 +32,7 @@ for every alpha (:func:`verdicts_by_alpha`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Sequence
@@ -67,6 +68,7 @@ from tcomplex.gating import record_gates
 __all__ = [
     "CHAPTER",
     "ARCHITECTURES",
+    "RESIDUAL_INITS",
     "configs",
     "architecture_of",
     "final_table",
@@ -96,11 +98,20 @@ _DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 _FINAL_METRICS = ("H", "saturated_H", "rate_mean", "train_loss", "test_loss", "epoch_train_loss", "epoch_seconds")
 
 
-def _model_kwargs(depth: int, architecture: str) -> dict[str, object]:
+#: initialisations of a residual target (:class:`tcomplex.experiments.models.TargetMLP`'s ``init``)
+RESIDUAL_INITS = ("kaiming_normal", "scaled_residual")
+
+
+def _model_kwargs(depth: int, architecture: str, residual_init: str = "kaiming_normal") -> dict[str, object]:
+    if residual_init not in RESIDUAL_INITS:
+        raise ValueError(f"residual_init must be one of {RESIDUAL_INITS}, got {residual_init!r}")
     if architecture == "stacked":
         return {"n_relu": int(depth)}
     if architecture == "residual":
-        return {"n_relu": int(depth), "residual": True}
+        kw: dict[str, object] = {"n_relu": int(depth), "residual": True}
+        if residual_init != "kaiming_normal":  # the default stays out of the config (and of the run id)
+            kw["init"] = residual_init
+        return kw
     raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {architecture!r}")
 
 
@@ -126,6 +137,8 @@ def configs(
     lr_residual: float,
     batch_size: int,
     task_seed: int = 0,
+    residual_init: str = "kaiming_normal",
+    epochs_residual: int | None = None,
 ) -> list[TrainConfig]:
     """Training runs of Figure 5: every target MLP on every Task-n.
 
@@ -142,21 +155,29 @@ def configs(
     one, so a deep residual target starts with outputs orders of magnitude
     larger than the task's (:func:`init_output_scale`) and needs a larger step
     size to bring them down; a deep stacked target loses many of its active
-    gates with that step size.
+    gates with that step size.  ``residual_init="scaled_residual"`` scales every
+    skip block's ``W`` by ``1 / sqrt(blocks)`` at initialisation instead
+    (:class:`~tcomplex.experiments.models.TargetMLP`), so that a residual target of
+    any depth starts at the task's output scale; stacked targets ignore it.
+    ``epochs_residual``: epochs of the residual targets (None: ``epochs``, as for
+    the stacked ones).
     """
+    if epochs_residual is not None and int(epochs_residual) < 1:
+        raise ValueError(f"epochs_residual must be >= 1 or None, got {epochs_residual}")
     out = []
     for arch in architectures:
+        n_epochs = int(epochs_residual) if arch == "residual" and epochs_residual is not None else int(epochs)
         for depth in depths:
             for n in task_ns:
                 for s in seeds:
                     out.append(TrainConfig(
                         model="target_mlp", dataset=dataset, task="regress", task_n=int(n), task_seed=task_seed,
-                        model_kwargs=_model_kwargs(depth, arch), epochs=epochs, seed=int(s),
+                        model_kwargs=_model_kwargs(depth, arch, residual_init), epochs=n_epochs, seed=int(s),
                         batch_size=batch_size, optimizer=optimizer,
                         lr=lr_stacked if arch == "stacked" else lr_residual, weight_decay=0.0,
                         train_subset=train_subset, test_subset=eval_size,
                         eval_train_size=eval_size if eval_size is not None else 10000,
-                        analysis_size=analysis_size, track_epochs=[epochs], per_layer=False, rates=True,
+                        analysis_size=analysis_size, track_epochs=[n_epochs], per_layer=False, rates=True,
                         label=f"{arch} target MLP, {depth} ReLU layers, Task-{n}",
                     ))
     return out
@@ -211,23 +232,33 @@ def init_output_scale(cfgs: Sequence[TrainConfig], ctx: Context) -> pd.DataFrame
 
     The model is built exactly as :func:`train` builds it (global seed, then the
     registry), before any step.  Compare with the task's RMS output
-    (``sqrt(mean_sq_target)`` of :func:`task_variance`): a residual target starts
-    orders of magnitude above it.
+    (``sqrt(mean_sq_target)`` of :func:`task_variance`): a residual target with
+    kaiming-normal weights starts orders of magnitude above it.  Columns ``init``
+    (the run's initialisation) and ``rms_output_at_init``; for a residual target
+    built with another init, ``rms_output_kaiming_normal`` is the same network
+    drawn with the default kaiming-normal weights, for comparison.
     """
     out, seen = [], set()
     for cfg in cfgs:
         arch, depth = architecture_of(cfg.model_kwargs)
-        key = (arch, depth, cfg.seed)
+        init = str(cfg.model_kwargs.get("init", "kaiming_normal"))
+        key = (arch, depth, cfg.seed, init)
         if key in seen:
             continue
         seen.add(key)
         ax, _ = analysis_set_for(cfg, ctx.data_root)
-        torch.manual_seed(cfg.seed)
-        model = build_model_for(cfg).eval()
-        with torch.no_grad():
-            y = torch.cat([model(x) for x in ax.split(500)])
-        out.append({"arch": arch, "depth": depth, "seed": cfg.seed,
-                    "rms_output_at_init": float(y.pow(2).mean().sqrt())})
+        row: dict[str, object] = {"arch": arch, "depth": depth, "seed": cfg.seed, "init": init}
+        variants = [("rms_output_at_init", cfg)]
+        if init != "kaiming_normal":
+            kaiming = {k: v for k, v in cfg.model_kwargs.items() if k != "init"}
+            variants.append(("rms_output_kaiming_normal", dataclasses.replace(cfg, model_kwargs=kaiming)))
+        for column, c in variants:
+            torch.manual_seed(c.seed)
+            model = build_model_for(c).eval()
+            with torch.no_grad():
+                y = torch.cat([model(x) for x in ax.split(500)])
+            row[column] = float(y.pow(2).mean().sqrt())
+        out.append(row)
     return pd.DataFrame(out).sort_values(["arch", "depth", "seed"]).reset_index(drop=True)
 
 

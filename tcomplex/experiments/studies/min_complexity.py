@@ -71,7 +71,7 @@ from tcomplex.experiments.report import (
     verdict,
 )
 from tcomplex.experiments.studies.common import Context, load_trained_model
-from tcomplex.experiments.train import TrainConfig, analysis_set_for, build_model_for, recipe_config
+from tcomplex.experiments.train import SCHEDULES, TrainConfig, analysis_set_for, build_model_for, recipe_config
 from tcomplex.gating import record_gates, resolve_layers
 
 __all__ = [
@@ -177,17 +177,19 @@ TOLERANCE: dict[str, float] = {"H_pen": 0.05, "I_XSY": 0.05, "H_all": 0.05, "C_p
 # the runs
 # ---------------------------------------------------------------------------
 #: what an entry of ``model_datasets`` may override, per model
-SETUP_KEYS = ("seeds", "epochs", "lr", "train_subset", "variants", "lambdas", "lambda_scaling", "track_points")
+SETUP_KEYS = ("seeds", "epochs", "lr", "schedule", "train_subset", "variants", "lambdas", "lambda_scaling",
+              "track_points")
 
 
 def resolve_setups(model_datasets: Sequence[Sequence[Any]], *, seeds: Sequence[int], epochs: int, lr: float,
                    train_subset: int | None, variants: Sequence[str] = ("learned",),
                    lambdas: Sequence[float] | None = None, lambda_scaling: str = "plain",
-                   track_points: int = 1) -> list[dict[str, Any]]:
+                   track_points: int = 1, schedule: str = "none") -> list[dict[str, Any]]:
     """The per-model settings: each entry is ``[model, dataset]`` or ``[model, dataset, {overrides}]``.
 
     Overrides (keys of :data:`SETUP_KEYS`) replace the chapter-wide ``seeds``,
-    ``epochs``, ``lr``, ``train_subset``, ``variants``, ``lambdas`` (the λ grid),
+    ``epochs``, ``lr``, ``schedule`` (the learning-rate schedule of
+    :class:`~tcomplex.experiments.train.TrainConfig`), ``train_subset``, ``variants``, ``lambdas`` (the λ grid),
     ``lambda_scaling`` (a key of :data:`LAMBDA_SCALINGS`) and ``track_points``
     (:func:`match_epochs`) for that model, so that an expensive network can get
     fewer seeds or epochs than a cheap one within one budget, and a network whose
@@ -204,13 +206,15 @@ def resolve_setups(model_datasets: Sequence[Sequence[Any]], *, seeds: Sequence[i
         if unknown:
             raise ValueError(f"{model}: unknown override(s) {unknown}; allowed: {list(SETUP_KEYS)}")
         setup = {"model": model, "dataset": dataset, "seeds": list(seeds), "epochs": epochs, "lr": lr,
-                 "train_subset": train_subset, "variants": list(variants),
+                 "schedule": schedule, "train_subset": train_subset, "variants": list(variants),
                  "lambdas": None if lambdas is None else [float(x) for x in lambdas],
                  "lambda_scaling": lambda_scaling, "track_points": int(track_points)}
         setup.update(extra)
         if setup["lambda_scaling"] not in LAMBDA_SCALINGS:
             raise ValueError(f"{model}: unknown lambda_scaling {setup['lambda_scaling']!r}; "
                              f"known: {sorted(LAMBDA_SCALINGS)}")
+        if setup["schedule"] not in SCHEDULES:
+            raise ValueError(f"{model}: unknown schedule {setup['schedule']!r}; known: {list(SCHEDULES)}")
         if int(setup["track_points"]) < 1:
             raise ValueError(f"{model}: track_points must be >= 1 (1: the last epoch only), "
                              f"got {setup['track_points']}")
@@ -248,7 +252,8 @@ def match_epochs(epochs: int, points: int) -> list[int]:
 def configs(model_datasets: Sequence[Sequence[Any]], lambdas: Sequence[float], seeds: Sequence[int], *,
             epochs: int, train_subset: int | None, test_subset: int | None, analysis_per_class: int,
             lr: float = 0.01, resmlp_init: str = "torch_default", variants: Sequence[str] = ("learned",),
-            lambda_scaling: str = "plain", tc: bool = False, track_points: int = 1) -> list[TrainConfig]:
+            lambda_scaling: str = "plain", tc: bool = False, track_points: int = 1,
+            schedule: str = "none") -> list[TrainConfig]:
     """One run per (model, dataset) x lambda x seed (x variant for lambda > 0); lambda = 0 is the
     task-loss-only baseline, shared by the variants.
 
@@ -257,7 +262,7 @@ def configs(model_datasets: Sequence[Sequence[Any]], lambdas: Sequence[float], s
     ``lambda_scaling``: a key of :data:`LAMBDA_SCALINGS`; ``tc``: also track
     TC(Sigma_l) per layer (Eq. 28).
 
-    ``model_datasets`` entries may override seeds, epochs, lr, train_subset, variants,
+    ``model_datasets`` entries may override seeds, epochs, lr, schedule, train_subset, variants,
     the λ grid, the λ scaling and ``track_points`` (:func:`resolve_setups`).  The tracked
     epochs are :func:`match_epochs` ``(epochs, track_points)``: the last epoch only by
     default.  The residual MLP gets ``resmlp_init``: the authors'
@@ -269,7 +274,7 @@ def configs(model_datasets: Sequence[Sequence[Any]], lambdas: Sequence[float], s
     out = []
     for st in resolve_setups(model_datasets, seeds=seeds, epochs=epochs, lr=lr, train_subset=train_subset,
                              variants=variants, lambdas=lambdas, lambda_scaling=lambda_scaling,
-                             track_points=track_points):
+                             track_points=track_points, schedule=schedule):
         unknown = sorted(set(st["variants"]) - set(VARIANTS))
         if unknown or not st["variants"]:
             raise ValueError(f"{st['model']}: unknown or no penalty variant(s) {unknown or st['variants']}; "
@@ -283,6 +288,7 @@ def configs(model_datasets: Sequence[Sequence[Any]], lambdas: Sequence[float], s
                 for seed in st["seeds"]:
                     out.append(recipe_config(
                         st["model"], dataset=st["dataset"], epochs=st["epochs"], seed=seed, lr=st["lr"],
+                        schedule=st["schedule"],
                         train_subset=st["train_subset"], test_subset=test_subset,
                         analysis_per_class=analysis_per_class, track_epochs=tracked, rates=False, tc=tc,
                         model_kwargs=kwargs, complexity_lambda=float(lam), complexity_layers=list(PENALISED_LAYERS),
