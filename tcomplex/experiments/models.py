@@ -641,7 +641,7 @@ class TargetMLP(nn.Module):
 
     ``init="kaiming_normal"`` (default) draws every FC kaiming-normal.  With
     skips, each block ``ReLU(x + W x)`` then multiplies the mean square of its
-    activations by about 2, so a 24-block target starts with outputs ~10^3
+    activations by about 2, so a 24-block target starts with outputs ~10^4
     times the task's scale and two epochs do not bring it back (held-out R²
     below 0).  ``init="scaled_residual"`` multiplies the kaiming-normal ``W`` of
     every skip block by ``1 / sqrt(number of skip blocks)`` (the residual-branch

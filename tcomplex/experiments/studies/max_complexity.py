@@ -151,11 +151,12 @@ def configs(
     No weight decay: the paper names no regulariser for this regression.
     ``lr_stacked`` / ``lr_residual``: learning rate per architecture (the
     paper gives none).  A residual block ``ReLU(x + W x)`` with kaiming-normal
-    W multiplies the mean square of its activations by a constant factor above
-    one, so a deep residual target starts with outputs orders of magnitude
-    larger than the task's (:func:`init_output_scale`) and needs a larger step
-    size to bring them down; a deep stacked target loses many of its active
-    gates with that step size.  ``residual_init="scaled_residual"`` scales every
+    W (``residual_init="kaiming_normal"``) multiplies the mean square of its
+    activations by a constant factor above one, so a deep residual target starts
+    with outputs orders of magnitude larger than the task's
+    (:func:`init_output_scale`) and needs a larger step size to bring them down,
+    one with which a deep stacked target loses many of its active gates
+    (hence the two rates).  ``residual_init="scaled_residual"`` scales every
     skip block's ``W`` by ``1 / sqrt(blocks)`` at initialisation instead
     (:class:`~tcomplex.experiments.models.TargetMLP`), so that a residual target of
     any depth starts at the task's output scale; stacked targets ignore it.
