@@ -75,6 +75,7 @@ __all__ = [
     "TASK_MLP_DEPTHS",
     "TARGET_MLP_DEPTHS",
     "SECTION42_WIDTH",
+    "TARGET_MLP_INITS",
     "SECTION42_IN_FEATURES",
     "SECTION42_OUT_FEATURES",
     "VAE_HIDDEN",
@@ -139,6 +140,8 @@ RESMLP_DEPTH = 10
 #: target MLPs with 6, 12, 18, 24 ReLU layers, all FC layers 1024 wide.
 TASK_MLP_DEPTHS: tuple[int, ...] = tuple(range(32))
 TARGET_MLP_DEPTHS: tuple[int, ...] = (6, 12, 18, 24)
+#: initialisations of a target MLP (:class:`TargetMLP`'s ``init``; the second scales residual branches)
+TARGET_MLP_INITS: tuple[str, ...] = ("kaiming_normal", "scaled_residual")
 SECTION42_WIDTH = 1024
 #: Input: a CIFAR-10 image in grey scale, 32 x 32 = 1024 values.
 SECTION42_IN_FEATURES = 32 * 32
@@ -663,8 +666,8 @@ class TargetMLP(nn.Module):
         super().__init__()
         if n_relu < 1:
             raise ValueError(f"n_relu must be >= 1, got {n_relu}")
-        if init not in ("kaiming_normal", "scaled_residual"):
-            raise ValueError(f"init must be 'kaiming_normal' or 'scaled_residual', got {init!r}")
+        if init not in TARGET_MLP_INITS:
+            raise ValueError(f"init must be one of {TARGET_MLP_INITS}, got {init!r}")
         self.n_relu, self.residual, self.init = n_relu, residual, init
         if residual:
             blocks: list[nn.Module] = []

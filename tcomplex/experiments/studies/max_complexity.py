@@ -98,13 +98,11 @@ _DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 _FINAL_METRICS = ("H", "saturated_H", "rate_mean", "train_loss", "test_loss", "epoch_train_loss", "epoch_seconds")
 
 
-#: initialisations of a residual target (:class:`tcomplex.experiments.models.TargetMLP`'s ``init``)
-RESIDUAL_INITS = ("kaiming_normal", "scaled_residual")
+#: initialisations of a residual target (:data:`tcomplex.experiments.models.TARGET_MLP_INITS`)
+RESIDUAL_INITS = models_mod.TARGET_MLP_INITS
 
 
 def _model_kwargs(depth: int, architecture: str, residual_init: str = "kaiming_normal") -> dict[str, object]:
-    if residual_init not in RESIDUAL_INITS:
-        raise ValueError(f"residual_init must be one of {RESIDUAL_INITS}, got {residual_init!r}")
     if architecture == "stacked":
         return {"n_relu": int(depth)}
     if architecture == "residual":
@@ -163,6 +161,8 @@ def configs(
     ``epochs_residual``: epochs of the residual targets (None: ``epochs``, as for
     the stacked ones).
     """
+    if residual_init not in RESIDUAL_INITS:
+        raise ValueError(f"residual_init must be one of {RESIDUAL_INITS}, got {residual_init!r}")
     if epochs_residual is not None and int(epochs_residual) < 1:
         raise ValueError(f"epochs_residual must be >= 1 or None, got {epochs_residual}")
     out = []
